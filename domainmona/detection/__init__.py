@@ -1,0 +1,1 @@
+"""Rotated-box detection on DOTA/STAR with Mona-Swin inside mmrotate."""

@@ -1,0 +1,1 @@
+"""GeoTIFF tiling and whole-scene prediction."""

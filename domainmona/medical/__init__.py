@@ -1,0 +1,1 @@
+"""CT segmentation with Mona-3D in MONAI SwinUNETR."""

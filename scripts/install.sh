@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Create .venv/ at the repo root with domainmona's real stack. Idempotent: re-running checks, not rebuilds.
+#
+# The one non-obvious step is onedl-mmcv. It is installed from its sdist with the compiled ops
+# (MMCV_WITH_OPS=1), and its setup.py hard-codes `-std=c++14/17` for the extension, while torch >= 2.13
+# headers need C++20 (upstream mmcv issue #3341). We patch exactly those flags to `-std=c++20` in a copy
+# of the sdist kept at a stable path under the user cache. pip keys its wheel cache by that path, so
+# the ~20-minute CPU build happens once per machine; later installs (CI, fresh clones) reuse the wheel.
+# With a visible GPU and nvcc (or FORCE_CUDA=1) the same steps build the CUDA ops, cached separately.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3.11}"
+MMCV_VERSION=2.3.6
+CACHE="${DOMAINMONA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/domainmona}"
+start=$(date +%s)
+
+log() { printf '[install] %s\n' "$*"; }
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+
+pip install -q "pip==26.3" "setuptools>=80" wheel packaging ninja
+log "torch 2.14.1 + torchvision 0.29.1"
+pip install -q "torch==2.14.1" "torchvision==0.29.1"
+
+# CPU or CUDA ops: CUDA only where a GPU is visible and nvcc exists, or when FORCE_CUDA=1 is set.
+if [[ "${FORCE_CUDA:-}" == 1 ]] || { command -v nvcc >/dev/null && "$VENV/bin/python" -c \
+        'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }; then
+    export FORCE_CUDA=1
+    variant="cuda$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda)')"
+else
+    export FORCE_CUDA=0
+    variant=cpu
+fi
+torch_version="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')"
+
+if "$VENV/bin/python" -c 'import mmcv, mmcv.ops; from mmcv.ops import nms_rotated' 2>/dev/null; then
+    log "onedl-mmcv with compiled ops already installed"
+else
+    sdist_dir="$CACHE/mmcv-src/torch$torch_version-$variant"
+    sdist="$sdist_dir/onedl_mmcv-$MMCV_VERSION.tar.gz"
+    if [[ ! -f "$sdist" ]]; then
+        log "patching onedl-mmcv $MMCV_VERSION sdist for C++20 -> $sdist"
+        work="$(mktemp -d)"
+        pip download -q --no-deps --no-binary :all: "onedl-mmcv==$MMCV_VERSION" -d "$work"
+        tar -xzf "$work/onedl_mmcv-$MMCV_VERSION.tar.gz" -C "$work"
+        sed -i -E "s/-std=c\+\+1[47]/-std=c++20/g" "$work/onedl_mmcv-$MMCV_VERSION/setup.py"
+        grep -q -- "-std=c++20" "$work/onedl_mmcv-$MMCV_VERSION/setup.py"
+        mkdir -p "$sdist_dir"
+        tar -czf "$work/patched.tar.gz" -C "$work" "onedl_mmcv-$MMCV_VERSION"
+        mv "$work/patched.tar.gz" "$sdist"
+        rm -rf "$work"
+    fi
+    log "building onedl-mmcv ops ($variant; ~20 min on 2 CPU cores the first time, cached after)"
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --no-build-isolation "$sdist"
+fi
+
+log "domainmona and the rest of the stack"
+pip install -q -e "$ROOT[test]"
+pip check
+"$VENV/bin/python" -c 'from mmcv.ops import nms_rotated, box_iou_rotated, RoIAlignRotated'
+log "done in $(( $(date +%s) - start )) s"
