@@ -1,8 +1,10 @@
-"""`domainmona split|train|test|eval dota|star` and `domainmona demo`."""
+"""`domainmona train|test dota|star` and `domainmona demo`; dataset commands live in dataset_cli.py."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from domainmona.detection import dataset_cli
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
@@ -11,17 +13,15 @@ if TYPE_CHECKING:
 def register(groups: "CommandGroups") -> None:
     from domainmona.cli import not_built
 
+    dataset_cli.register(groups)
+
     @groups.root.command("demo")
     def demo() -> None:
         """Generate DOTA-style scenes, fine-tune a micro Mona-Swin Oriented R-CNN, test, merge, evaluate."""
         not_built("demo", 4)
 
     for dataset in ("dota", "star"):
-        groups.split.command(dataset, help=f"Split raw {dataset.upper()} images into patches.")(
-            lambda dataset=dataset: not_built(f"split {dataset}", 4))
         groups.train.command(dataset, help=f"Oriented R-CNN with a Mona-Swin backbone on {dataset.upper()}.")(
             lambda dataset=dataset: not_built(f"train {dataset}", 4))
         groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint and write Task1 files.")(
             lambda dataset=dataset: not_built(f"test {dataset}", 4))
-    groups.eval.command("dota", help="Full-image DOTA evaluation of Task1 files.")(
-        lambda: not_built("eval dota", 4))
