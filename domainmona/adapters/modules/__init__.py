@@ -1,0 +1,1 @@
+"""Trainable building blocks that methods attach to a backbone (Mona, bottleneck adapters, LoRA)."""

@@ -1,0 +1,108 @@
+"""Mona, the Multi-cognitive Visual Adapter (arXiv 2408.08345), in 2D and 3D, with exact fusion.
+
+Parameter names follow the official code (`norm, gamma, gammax, project1, project2,
+adapter_conv.conv1|conv2|conv3|projector`) so official checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class MonaConv(nn.Module):
+    """Multi-cognitive filter: mean of depthwise 3/5/7 convs plus identity, then a 1x1 conv with its own skip."""
+
+    def __init__(self, channels: int, spatial_dims: int = 2):
+        super().__init__()
+        conv = _CONVS[spatial_dims]
+        self.spatial_dims = spatial_dims
+        self.conv1 = conv(channels, channels, 3, padding=1, groups=channels)
+        self.conv2 = conv(channels, channels, 5, padding=2, groups=channels)
+        self.conv3 = conv(channels, channels, 7, padding=3, groups=channels)
+        self.projector = conv(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (self.conv1(x) + self.conv2(x) + self.conv3(x)) / 3.0 + x
+        return x + self.projector(x)
+
+    @torch.no_grad()
+    def fused(self) -> "FusedMonaConv":
+        """One 7^d depthwise conv (three kernels averaged, identity as a centre tap) and one 1x1 with W+I."""
+        channels = self.conv3.in_channels
+        fused = FusedMonaConv(channels, self.spatial_dims).to(self.conv3.weight)
+        kernel = self.conv3.weight.clone()
+        for small in (self.conv1.weight, self.conv2.weight):
+            pad = (kernel.shape[-1] - small.shape[-1]) // 2
+            kernel += F.pad(small, (pad, pad) * self.spatial_dims)
+        kernel /= 3.0
+        centre = (slice(None), 0) + (kernel.shape[-1] // 2,) * self.spatial_dims
+        kernel[centre] += 1.0
+        fused.depthwise.weight.copy_(kernel)
+        fused.depthwise.bias.copy_((self.conv1.bias + self.conv2.bias + self.conv3.bias) / 3.0)
+        eye = torch.eye(channels, dtype=kernel.dtype, device=kernel.device)
+        fused.pointwise.weight.copy_(self.projector.weight + eye.view(channels, channels, *(1,) * self.spatial_dims))
+        fused.pointwise.bias.copy_(self.projector.bias)
+        return fused
+
+
+class FusedMonaConv(nn.Module):
+    """Inference form of `MonaConv`: same function, two convs instead of four plus two adds."""
+
+    def __init__(self, channels: int, spatial_dims: int = 2):
+        super().__init__()
+        conv = _CONVS[spatial_dims]
+        self.depthwise = conv(channels, channels, 7, padding=3, groups=channels)
+        self.pointwise = conv(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class Mona(nn.Module):
+    """2D Mona on tokens (B, N, C) with N = H*W; leading prefix tokens (CLS, registers) skip the conv path."""
+
+    spatial_dims = 2
+
+    def __init__(self, dim: int, inner_dim: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))
+        self.gammax = nn.Parameter(torch.ones(dim))
+        self.project1 = nn.Linear(dim, inner_dim)
+        self.adapter_conv: nn.Module = MonaConv(inner_dim, self.spatial_dims)
+        self.dropout = nn.Dropout(dropout)
+        self.project2 = nn.Linear(inner_dim, dim)
+
+    def forward(self, x: torch.Tensor, hw_shape, num_prefix_tokens: int = 0) -> torch.Tensor:
+        identity = x
+        x = self.project1(self.norm(x) * self.gamma + x * self.gammax)
+        prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+        batch, count, channels = tokens.shape
+        spatial = tuple(int(s) for s in hw_shape)
+        if len(spatial) != self.spatial_dims or math.prod(spatial) != count:
+            raise ValueError(f"{type(self).__name__}: {count} tokens do not form a map of shape {spatial}")
+        grid = tokens.reshape(batch, *spatial, channels).movedim(-1, 1)
+        tokens = self.adapter_conv(grid).movedim(1, -1).reshape(batch, count, channels)
+        x = torch.cat((prefix, tokens), dim=1) if num_prefix_tokens else tokens
+        return identity + self.project2(self.dropout(F.gelu(x)))
+
+    @property
+    def is_fused(self) -> bool:
+        return isinstance(self.adapter_conv, FusedMonaConv)
+
+    def fuse(self) -> None:
+        """Swap the conv path for its exact fused form (inference only: the fused form is not trained)."""
+        if not self.is_fused:
+            self.adapter_conv = self.adapter_conv.fused()
+
+
+class Mona3d(Mona):
+    """3D Mona for volumes: tokens (B, N, C) with N = D*H*W, depthwise Conv3d 3/5/7."""
+
+    spatial_dims = 3
