@@ -1,0 +1,126 @@
+"""Opening GeoTIFFs with clear errors, and reading tiles through windows aligned to the file's blocks.
+
+GDAL decodes whole blocks: a window that cuts blocks costs the same I/O as the blocks it touches, so each
+tile read is widened to the block grid and cropped in numpy. Reads stay inside the raster (boundless
+reads are slow) and the outside is padded here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+from domainmona.errors import UserError
+
+SUPPORTED_DTYPES = ("uint8", "uint16")
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """`"1,2,3"` → (1, 2, 3); None keeps every band."""
+    if text is None or not text.strip():
+        return None
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--bands must be comma-separated band numbers like 1,2,3, got '{text}'") from None
+    if any(b < 1 for b in bands):
+        raise UserError(f"--bands are 1-based band numbers, got '{text}'")
+    return bands
+
+
+@contextlib.contextmanager
+def open_raster(path: str | Path, bands: Sequence[int] | None = None,
+                allow_no_crs: bool = False) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster for reading, refusing what the tiler cannot use with a one-line reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: raster not found")
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise UserError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+    with src:
+        dtypes = set(src.dtypes)
+        if not dtypes <= set(SUPPORTED_DTYPES):
+            raise UserError(f"{path}: unsupported dtype {', '.join(sorted(dtypes))} "
+                            f"(supported: {', '.join(SUPPORTED_DTYPES)})")
+        for band in bands or ():
+            if band > src.count:
+                raise UserError(f"{path}: band {band} requested but the raster has {src.count} band(s)")
+        if src.crs is None and not allow_no_crs:
+            raise UserError(f"{path}: raster has no CRS (pass --allow-no-crs to use pixel coordinates)")
+        yield src
+
+
+def selected_bands(src: rasterio.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
+    return tuple(bands) if bands else tuple(range(1, src.count + 1))
+
+
+def grid_origins(length: int, size: int, stride: int, fit_last: bool) -> list[int]:
+    """Tile origins along one axis covering [0, length).
+
+    ``fit_last`` shifts the last tile back so it ends at the edge (the DOTA splitter's grid, no padding);
+    otherwise the grid keeps a constant stride and the last tile overhangs (the streaming predictor needs
+    the constant stride).
+    """
+    if length <= size:
+        return [0]
+    origins = list(range(0, length - size, stride))
+    last = length - size if fit_last else origins[-1] + stride
+    if last > origins[-1]:
+        origins.append(last)
+    return origins
+
+
+def _snap(start: int, stop: int, block: int, limit: int) -> tuple[int, int]:
+    """Widen [start, stop) to block boundaries, unless blocks are larger than the span (striped files)."""
+    if block > stop - start:
+        return start, stop
+    return (start // block) * block, min(-(-stop // block) * block, limit)
+
+
+def block_aligned_window(src: rasterio.DatasetReader, col: int, row: int, width: int, height: int) -> Window:
+    """The in-bounds part of a tile window, widened to the file's block grid."""
+    block_h, block_w = src.block_shapes[0]
+    c0, c1 = max(col, 0), min(col + width, src.width)
+    r0, r1 = max(row, 0), min(row + height, src.height)
+    c0, c1 = _snap(c0, c1, block_w, src.width)
+    r0, r1 = _snap(r0, r1, block_h, src.height)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def read_tile(src: rasterio.DatasetReader, bands: Sequence[int], col: int, row: int,
+              size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bands, size, size) pixels and a bool validity mask for the tile at (col, row); outside is invalid."""
+    data = np.zeros((len(bands), size, size), dtype=src.dtypes[bands[0] - 1])
+    valid = np.zeros((size, size), dtype=bool)
+    if col >= src.width or row >= src.height or col + size <= 0 or row + size <= 0:
+        return data, valid
+    window = block_aligned_window(src, col, row, size, size)
+    pixels = src.read(list(bands), window=window)
+    masks = src.read_masks(list(bands), window=window)
+    # The tile's in-bounds part, in the widened window's frame and in the tile's frame.
+    c0, r0 = max(col, 0), max(row, 0)
+    c1, r1 = min(col + size, src.width), min(row + size, src.height)
+    crop = np.s_[r0 - window.row_off:r1 - window.row_off, c0 - window.col_off:c1 - window.col_off]
+    place = np.s_[r0 - row:r1 - row, c0 - col:c1 - col]
+    data[(slice(None), *place)] = pixels[(slice(None), *crop)]
+    valid[place] = (masks[(slice(None), *crop)] > 0).any(axis=0)
+    return data, valid
+
+
+def processing_windows(src: rasterio.DatasetReader, target: int = 1024) -> Iterator[Window]:
+    """Block-aligned windows of about ``target`` pixels a side covering the raster once (for full passes)."""
+    block_h, block_w = src.block_shapes[0]
+    step_h = block_h * max(1, target // block_h) if block_h <= target else target
+    step_w = block_w * max(1, target // block_w) if block_w <= target else target
+    for row in range(0, src.height, step_h):
+        for col in range(0, src.width, step_w):
+            yield Window(col, row, min(step_w, src.width - col), min(step_h, src.height - row))

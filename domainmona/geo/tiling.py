@@ -1,0 +1,214 @@
+"""`domainmona tile`: scenes + vector labels → training chips (DOTA detection or segmentation masks).
+
+Two passes per raster, both streamed through block-aligned windows: band histograms (scene statistics),
+then the chips that hold labels, read one at a time. Chips that are all nodata are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import shapely
+from affine import Affine
+from PIL import Image
+from rasterio.features import rasterize
+
+from domainmona.console import console, progress
+from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad, write_dota_labels
+from domainmona.detection.dota.patch_labels import ScaledObjects, objects_in_window, scale_objects
+from domainmona.errors import UserError
+from domainmona.geo.labels import PixelIndex, read_labels, reproject
+from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands
+from domainmona.geo.shots import select_shots
+from domainmona.geo.stats import band_histograms, stretch_to_uint8, summarise
+from domainmona.io import atomic_dir
+
+# The splitter's rule for cut objects (domainmona split's defaults): at least VISIBLE_NORMAL of the area
+# inside keeps the label, at least SLIVER marks it difficult 2, less drops it.
+VISIBLE_NORMAL = 0.7
+SLIVER = 0.1
+IGNORE = 255  # mask value of nodata pixels
+MANIFEST = "manifest.json"
+LAYOUT = {"detection": ("images", "annfiles"), "segmentation": ("images", "masks")}  # detection: as split writes
+
+
+@dataclass
+class TileOptions:
+    size: int = 1024
+    overlap: int = 200
+    bands: tuple[int, ...] | None = None
+    task: str = "detection"
+    class_field: str = "class"
+    shots: int | None = None
+    seed: int = 0
+    allow_no_crs: bool = False
+
+
+@dataclass
+class ChipPlan:
+    raster: int
+    col: int
+    row: int
+    name: str
+    objects: list  # detection: DotaObjects in chip pixels; segmentation: (class, polygon in raster pixels)
+    counts: Counter = field(default_factory=Counter)
+
+
+def chip_name(stem: str, size: int, col: int, row: int) -> str:
+    """DOTA's patch naming, `{image}__{size}__{x}___{y}`."""
+    return f"{stem}__{size}__{col}___{row}"
+
+
+def _check_options(opts: TileOptions) -> None:
+    if opts.task not in LAYOUT:
+        raise UserError(f"--task must be detection or segmentation, got '{opts.task}'")
+    if opts.size < 32 or not 0 <= opts.overlap < opts.size:
+        raise UserError(f"need --size >= 32 and 0 <= --overlap < --size (got {opts.size}, {opts.overlap})")
+    if opts.shots is not None and opts.shots < 1:
+        raise UserError(f"--shots must be >= 1, got {opts.shots}")
+    if opts.task == "detection" and opts.bands and len(opts.bands) not in (1, 3):
+        raise UserError(f"detection chips are RGB images: --bands must name 1 or 3 bands, got {len(opts.bands)}")
+
+
+def _chip_objects(pixel_labels: PixelIndex, scaled: ScaledObjects | None, col: int, row: int,
+                  size: int) -> list:
+    if scaled is not None:  # detection: exactly the splitter's clipping of rotated boxes
+        objects, _ = objects_in_window(scaled, col, row, size, VISIBLE_NORMAL, SLIVER)
+        return objects
+    box = shapely.box(col, row, col + size, row + size)
+    indices = pixel_labels.query(col, row, size, size)
+    polygons = pixel_labels.polygons[indices]
+    visible = shapely.area(shapely.intersection(polygons, box)) / shapely.area(polygons)
+    return [(str(pixel_labels.classes[i]), p) for i, p, v in zip(indices, polygons, visible) if v >= SLIVER]
+
+
+def _plan_raster(index: int, path: Path, pixel_labels: PixelIndex, opts: TileOptions,
+                 width: int, height: int) -> list[ChipPlan]:
+    """The chips of one raster that hold labels, with their objects (geometry only, no pixels read)."""
+    scaled = None
+    if opts.task == "detection":
+        scaled = scale_objects([DotaObject(polygon_to_dota_quad(p), str(c))
+                                for p, c in zip(pixel_labels.polygons, pixel_labels.classes)], 1.0)
+    stride = opts.size - opts.overlap
+    plans = []
+    for row in grid_origins(height, opts.size, stride, fit_last=True):
+        for col in grid_origins(width, opts.size, stride, fit_last=True):
+            objects = _chip_objects(pixel_labels, scaled, col, row, opts.size)
+            if objects:
+                counts = Counter(o.cls if isinstance(o, DotaObject) else o[0] for o in objects)
+                plans.append(ChipPlan(index, col, row, chip_name(path.stem, opts.size, col, row), objects, counts))
+    return plans
+
+
+def _class_mask(plan: ChipPlan, classes: list[str], size: int, valid: np.ndarray) -> np.ndarray:
+    shapes = [(polygon, classes.index(cls) + 1) for cls, polygon in plan.objects]
+    mask = rasterize(shapes, out_shape=(size, size), transform=Affine.translation(plan.col, plan.row),
+                     fill=0, dtype="uint8")
+    mask[~valid] = IGNORE
+    return mask
+
+
+def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, src: rasterio.DatasetReader,
+                opts: TileOptions, classes: list[str], stats: list[dict]) -> Affine:
+    image_dir, label_dir = LAYOUT[opts.task]
+    chip_transform = src.transform * Affine.translation(plan.col, plan.row)
+    if opts.task == "detection":
+        rgb = stretch_to_uint8(data, stats)
+        rgb = np.repeat(rgb, 3, axis=0) if len(rgb) == 1 else rgb
+        rgb[:, ~valid] = 0
+        Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(out / image_dir / f"{plan.name}.png")
+        write_dota_labels(out / label_dir / f"{plan.name}.txt", plan.objects)
+    else:
+        profile = dict(driver="GTiff", width=opts.size, height=opts.size, crs=src.crs, transform=chip_transform,
+                       tiled=True, blockxsize=min(256, opts.size // 16 * 16), blockysize=min(256, opts.size // 16 * 16),
+                       compress="deflate")
+        with rasterio.open(out / image_dir / f"{plan.name}.tif", "w", count=len(data), dtype=data.dtype,
+                           nodata=src.nodata, **profile) as dst:
+            dst.write(data)
+        with rasterio.open(out / label_dir / f"{plan.name}.tif", "w", count=1, dtype="uint8", nodata=IGNORE,
+                           **profile) as dst:
+            dst.write(_class_mask(plan, classes, opts.size, valid)[None])
+    return chip_transform
+
+
+def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOptions) -> dict:
+    """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest."""
+    _check_options(opts)
+    if not rasters:
+        raise UserError("give at least one raster to tile")
+    labels = read_labels(labels_path, opts.class_field)
+    classes = labels.class_names
+    scenes, plans = [], []
+    for index, path in enumerate(rasters):
+        with open_raster(path, opts.bands, opts.allow_no_crs) as src:
+            local = reproject(labels, src.crs, str(labels_path))
+            pixel_labels = PixelIndex(local, src.transform)
+            scenes.append({"path": str(Path(path).resolve()), "crs": src.crs.to_wkt() if src.crs else None,
+                           "transform": list(src.transform)[:6], "width": src.width, "height": src.height,
+                           "dtype": src.dtypes[0], "nodata": src.nodata,
+                           "bands": list(selected_bands(src, opts.bands)),
+                           "labels": len(pixel_labels.query(0, 0, src.width, src.height))})
+            plans += _plan_raster(index, Path(path), pixel_labels, opts, src.width, src.height)
+    if not any(scene["labels"] for scene in scenes):
+        raise UserError(f"{labels_path}: no label overlaps {', '.join(str(r) for r in rasters)} "
+                        "(wrong file, or a CRS mismatch?)")
+    if len({len(scene["bands"]) for scene in scenes}) > 1:
+        raise UserError("all rasters must provide the same number of bands (use --bands)")
+    if opts.shots:
+        chosen, totals = select_shots([p.counts for p in plans], classes, opts.shots, opts.seed)
+        plans = [plans[i] for i in chosen]
+        short = [f"{c} ({totals[c]})" for c in classes if totals[c] < opts.shots]
+        if short:
+            console.print(f"[yellow]fewer than {opts.shots} shots available for: {', '.join(short)}[/]")
+    return _write_dataset(rasters, out, opts, classes, scenes, plans)
+
+
+def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: list[str], scenes: list[dict],
+                   plans: list[ChipPlan]) -> dict:
+    chips, skipped = [], 0
+    with atomic_dir(out) as tmp, progress() as bar:
+        for sub in LAYOUT[opts.task]:
+            (tmp / sub).mkdir()
+        histograms = []
+        for index, path in enumerate(rasters):
+            with open_raster(path, opts.bands, opts.allow_no_crs) as src:
+                bands = scenes[index]["bands"]
+                task = bar.add_task(f"statistics {Path(path).name}", total=None)
+                histograms.append(band_histograms(src, bands))
+                bar.remove_task(task)
+        stats = summarise(np.sum(histograms, axis=0))
+        for scene, hist in zip(scenes, histograms):
+            scene["stats"] = summarise(hist)
+        task = bar.add_task("chips", total=len(plans))
+        for index, path in enumerate(rasters):
+            with open_raster(path, opts.bands, opts.allow_no_crs) as src:
+                for plan in (p for p in plans if p.raster == index):
+                    data, valid = read_tile(src, scenes[index]["bands"], plan.col, plan.row, opts.size)
+                    bar.advance(task)
+                    if not valid.any():
+                        skipped += 1
+                        continue
+                    chip_transform = _write_chip(tmp, plan, data, valid, src, opts, classes, stats)
+                    chips.append({"name": plan.name, "raster": index,
+                                  "window": [plan.col, plan.row, opts.size, opts.size],
+                                  "transform": list(chip_transform)[:6], "objects": dict(plan.counts)})
+        if not chips:
+            raise UserError("no chip holds both labels and valid pixels: nothing to write")
+        manifest = {"version": 1, "task": opts.task, "size": opts.size, "overlap": opts.overlap,
+                    "class_field": opts.class_field, "classes": classes, "shots": opts.shots, "seed": opts.seed,
+                    "layout": dict(zip(("images", "labels"), LAYOUT[opts.task])), "stats": stats,
+                    "rasters": scenes, "chips": chips, "skipped_nodata_chips": skipped}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def read_manifest(chips_dir: Path) -> dict:
+    path = Path(chips_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{chips_dir}: no {MANIFEST}; make chips with 'domainmona tile' first")
+    return json.loads(path.read_text())
