@@ -1,0 +1,30 @@
+"""timm Swin (also inside segmentation-models-pytorch `tu-swin*` encoders): blocks take NHWC maps."""
+
+from __future__ import annotations
+
+import torch
+
+from domainmona.adapters.families.host import AdapterHost
+from domainmona.adapters.families.spec import Family
+
+
+class TimmSwinBlockForward(AdapterHost):
+    """`SwinTransformerBlock.forward` with the adapter joins; timm checkpoints whole blocks, adapters included."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, channels = x.shape
+        shape = (height, width)
+        branch = self.drop_path1(self._attn(self.norm1(x)))
+        x = self.join_attention(x.reshape(batch, -1, channels), branch.reshape(batch, -1, channels), shape)
+        x = self.join_mlp(x, self.drop_path2(self.mlp(self.norm2(x))), shape)
+        return x.reshape(batch, height, width, channels)
+
+
+FAMILY = Family(
+    name="timm-swin",
+    blocks=(("timm.models.swin_transformer", "SwinTransformerBlock"),),
+    roots=(("timm.models.swin_transformer", "SwinTransformer"),),
+    forward=TimmSwinBlockForward,
+    dim=lambda block: block.dim,
+    qkv=lambda block: block.attn.qkv,
+)

@@ -1,0 +1,85 @@
+"""`inject(model, method, **cfg)`: add a method's adapters to a backbone and freeze what it does not train."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from domainmona import __version__
+from domainmona.adapters.families import find_backbone, find_sites, rewire
+from domainmona.adapters.families.host import SLOTS
+from domainmona.adapters.methods import get_method
+from domainmona.errors import UserError
+
+STATE_ATTR = "domainmona_adapter"
+
+
+@dataclass(frozen=True)
+class AdapterState:
+    """What was injected into a backbone; stored on it so freezing can be re-applied and checkpoints checked."""
+
+    method: str
+    config: dict[str, Any]
+    family: str
+    version: str = __version__
+
+
+def inject(model: nn.Module, method: str, **config: Any) -> nn.Module:
+    """Add `method`'s adapters to every block of the backbone in `model` (the model itself when it is a
+    backbone) and freeze that backbone except what the method trains; modules outside it (necks, heads,
+    decoders) are left trainable. Returns `model`."""
+    meth = get_method(method)
+    cfg = meth.make_config(**config)
+    _, root, family = find_backbone(model)
+    if getattr(root, STATE_ATTR, None) is not None:
+        raise UserError(f"{type(root).__name__} already has '{getattr(root, STATE_ATTR).method}' adapters; "
+                        f"build a fresh model to inject another method")
+    sites = find_sites(root, family)
+    for site in sites:
+        rewire(site)
+        meth.attach(site, cfg)
+    family.prepare(root, sites)
+    setattr(root, STATE_ATTR, AdapterState(meth.name, dataclasses.asdict(cfg), family.name))
+    if any(isinstance(m, _BatchNorm) for m in root.modules()):
+        root.register_forward_pre_hook(_keep_frozen_batchnorm_eval)
+    apply_freeze(model)
+    return model
+
+
+def adapted_backbones(model: nn.Module) -> list[tuple[str, nn.Module, AdapterState]]:
+    """(path, module, state) of every backbone inside `model` that went through `inject`."""
+    return [(n, m, getattr(m, STATE_ATTR)) for n, m in model.named_modules() if getattr(m, STATE_ATTR, None)]
+
+
+def is_adapter_parameter(path: str) -> bool:
+    """Parameters that injection added (adapter slots, LoRA factors), judged by name."""
+    parts = path.split(".")
+    return any(p in SLOTS for p in parts) or parts[-1].startswith("lora_")
+
+
+def apply_freeze(model: nn.Module) -> None:
+    """(Re-)apply each adapted backbone's freezing; idempotent. Call it again after anything that may have
+    reset `requires_grad` (e.g. a framework's `init_weights` or pretrained loading)."""
+    for _, root, state in adapted_backbones(model):
+        meth = get_method(state.method)
+        cfg = meth.Config(**state.config)
+        _, _, family = find_backbone(root)
+        sites = find_sites(root, family)
+        for owner_name, owner in root.named_modules():
+            for name, param in owner.named_parameters(recurse=False):
+                path = f"{owner_name}.{name}" if owner_name else name
+                param.requires_grad_(is_adapter_parameter(path) or meth.trains_base(path, owner, sites, cfg))
+
+
+def _keep_frozen_batchnorm_eval(root: nn.Module, args) -> None:
+    """Frozen BatchNorms keep their running statistics: `model.train()` must not start updating them."""
+    if getattr(root, STATE_ATTR).method == "full":
+        return
+    for module in root.modules():
+        if isinstance(module, _BatchNorm) and module.training and not any(p.requires_grad
+                                                                          for p in module.parameters()):
+            module.eval()

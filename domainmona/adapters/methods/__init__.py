@@ -1,0 +1,24 @@
+"""Registry of the PEFT methods (the Mona paper's comparison set), one file per method."""
+
+from domainmona.adapters.methods.adapter import Adapter
+from domainmona.adapters.methods.adaptformer import AdaptFormer
+from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.bitfit import BitFit
+from domainmona.adapters.methods.fixed import Fixed
+from domainmona.adapters.methods.full import Full
+from domainmona.adapters.methods.lora import LoRA
+from domainmona.adapters.methods.lorand import LoRand
+from domainmona.adapters.methods.mona import Mona
+from domainmona.adapters.methods.normtuning import NormTuning
+from domainmona.adapters.methods.partial import Partial
+from domainmona.errors import UserError
+
+METHODS: dict[str, Method] = {m.name: m for m in (Full(), Fixed(), BitFit(), NormTuning(), Partial(), Adapter(),
+                                                  LoRA(), AdaptFormer(), LoRand(), Mona())}
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UserError(f"unknown adapter method '{name}' (choose from: {', '.join(METHODS)})") from None

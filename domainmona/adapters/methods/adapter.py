@@ -1,0 +1,22 @@
+"""Adapter (Houlsby et al. 2019): a bottleneck on the attention and the MLP branch of every block."""
+
+from dataclasses import dataclass
+
+from domainmona.adapters.methods.base import Method
+from domainmona.adapters.modules.bottleneck import BottleneckAdapter
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    inner_dim: int = 64
+    dropout: float = 0.1
+
+
+class Adapter(Method):
+    name = "adapter"
+    summary = "Houlsby bottleneck on both branches"
+    Config = AdapterConfig
+
+    def attach(self, site, config) -> None:
+        for slot in self.slots(site, "branch"):
+            site.block.add_module(slot, BottleneckAdapter(site.dim, config.inner_dim, config.dropout))

@@ -1,0 +1,23 @@
+"""AdaptFormer (Chen et al. 2022): a scaled bottleneck in parallel with every MLP."""
+
+from dataclasses import dataclass
+
+from domainmona.adapters.methods.base import Method
+from domainmona.adapters.modules.bottleneck import AdaptFormer as AdaptFormerModule
+
+
+@dataclass(frozen=True)
+class AdaptFormerConfig:
+    inner_dim: int = 64
+    scale: float = 0.1
+    dropout: float = 0.1
+
+
+class AdaptFormer(Method):
+    name = "adaptformer"
+    summary = "scaled bottleneck parallel to the MLP"
+    Config = AdaptFormerConfig
+
+    def attach(self, site, config) -> None:
+        for slot in self.slots(site, "parallel"):
+            site.block.add_module(slot, AdaptFormerModule(site.dim, config.inner_dim, config.scale, config.dropout))

@@ -1,0 +1,58 @@
+"""A PEFT method: its config dataclass, the modules it attaches to each block, the base weights it trains."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from domainmona.adapters.families.spec import Site
+from domainmona.errors import UserError
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """Methods without options."""
+
+
+class Method:
+    """Base class; subclasses set `name`, `summary`, `Config` and override `attach` / `trains_base`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type] = NoConfig
+
+    def make_config(self, **options: Any):
+        """Validated config from keyword options (strings from a CLI are converted to the field's type)."""
+        fields = {f.name: f for f in dataclasses.fields(self.Config)}
+        values = {}
+        for key, value in options.items():
+            field = fields.get(key)
+            if field is None:
+                known = ", ".join(fields) or "none"
+                raise UserError(f"method '{self.name}' has no option '{key}' (options: {known})")
+            kind = type(field.default)
+            try:
+                values[key] = kind(value)
+            except (TypeError, ValueError):
+                raise UserError(f"method '{self.name}': option {key}={value!r} is not a {kind.__name__}") from None
+            if kind in (int, float) and values[key] < 0:
+                raise UserError(f"method '{self.name}': option {key} must be >= 0, got {value}")
+        return self.Config(**values)
+
+    def attach(self, site: Site, config) -> None:
+        """Add this method's modules to one block (default: none)."""
+
+    def trains_base(self, path: str, owner: nn.Module, sites: list[Site], config) -> bool:
+        """Whether the backbone's own parameter at `path` (owned by module `owner`) trains (default: no)."""
+        return False
+
+    def slots(self, site: Site, placement: str) -> tuple[str, ...]:
+        """The block's slots for `placement`, or a one-line error when its family has none."""
+        slots = site.family.slots(placement)
+        if not slots:
+            raise UserError(f"method '{self.name}' needs {placement} adapter slots, which {site.family.name} "
+                            f"blocks do not have (try 'mona')")
+        return slots

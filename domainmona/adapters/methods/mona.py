@@ -1,0 +1,24 @@
+"""Mona: one Mona after each residual add (attention and MLP) of every block; 3D blocks get Mona3d."""
+
+from dataclasses import dataclass
+
+from domainmona.adapters.methods.base import Method
+from domainmona.adapters.modules.mona import Mona as Mona2d
+from domainmona.adapters.modules.mona import Mona3d
+
+
+@dataclass(frozen=True)
+class MonaConfig:
+    inner_dim: int = 64
+    dropout: float = 0.1
+
+
+class Mona(Method):
+    name = "mona"
+    summary = "multi-cognitive visual adapter after each residual add"
+    Config = MonaConfig
+
+    def attach(self, site, config) -> None:
+        module = Mona3d if site.spatial_dims == 3 else Mona2d
+        for slot in self.slots(site, "post"):
+            site.block.add_module(slot, module(site.dim, config.inner_dim, config.dropout))
