@@ -2,17 +2,84 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
 
+# `split dota` accepts every DOTA version's classes (v2.0 is a superset of v1.0 and v1.5).
+_SPLIT_CLASSES = {"dota": "dota2.0", "star": "star"}
+
+
+def _split(dataset: str, src: Path, dst: Path, size: int, gap: int, rates: list[float], workers: int | None) -> None:
+    from domainmona.console import console
+    from domainmona.detection.classes import DATASETS
+    from domainmona.detection.dota.split import split_dataset
+
+    summary = split_dataset(src, dst, size=size, gap=gap, rates=rates, workers=workers,
+                            classes=DATASETS[_SPLIT_CLASSES[dataset]])
+    counts = summary.objects
+    resumed = f" ({summary.resumed} already done)" if summary.resumed else ""
+    console.print(f"{summary.images} images{resumed} -> {summary.patches} patches in {dst}")
+    if summary.labelled:
+        console.print(f"objects per patch: {counts.kept} kept, {counts.cut} cut (difficult 2), "
+                      f"{counts.dropped} slivers dropped")
+    else:
+        console.print("no labelTxt/: images only (a test set)")
+
+
+def _register_split(groups: "CommandGroups", dataset: str) -> None:
+    @groups.split.command(dataset, help=f"Split raw {dataset.upper()} images (SRC/images, SRC/labelTxt) into "
+                                        "overlapping patches for mmrotate (DST/images, DST/annfiles).")
+    def split(
+        src: Annotated[Path, typer.Option(help="Raw dataset folder holding images/ and optionally labelTxt/.")],
+        dst: Annotated[Path, typer.Option(help="Output folder; rerunning resumes an interrupted split.")],
+        size: Annotated[int, typer.Option(help="Patch size in pixels.")] = 1024,
+        gap: Annotated[int, typer.Option(help="Overlap between neighbouring patches in pixels.")] = 200,
+        rates: Annotated[Optional[list[float]], typer.Option(
+            help="Rescaling rates, repeat for multi-scale (e.g. --rates 0.5 --rates 1.0 --rates 1.5).")] = None,
+        workers: Annotated[Optional[int], typer.Option(help="Parallel processes (default: all cores).")] = None,
+    ) -> None:
+        _split(dataset, src, dst, size, gap, rates or [1.0], workers)
+
+
+def _print_table(result) -> None:
+    from rich.table import Table
+
+    from domainmona.console import console
+
+    table = Table(title=f"Task1 {result.metric} AP, IoU>{result.iou_thr:g}")
+    for column, justify in (("class", "left"), ("AP", "right"), ("gts", "right"), ("dets", "right")):
+        table.add_column(column, justify=justify)
+    for name, item in result.per_class.items():
+        table.add_row(name, "-" if item.ap is None else f"{item.ap:.4f}", str(item.num_gts), str(item.num_dets))
+    table.add_section()
+    table.add_row("[bold]mAP[/]", f"[bold]{result.map:.4f}[/]", "", "")
+    console.print(table)
+
 
 def register(groups: "CommandGroups") -> None:
-    from domainmona.cli import not_built
-
     for dataset in ("dota", "star"):
-        groups.split.command(dataset, help=f"Split raw {dataset.upper()} images into patches.")(
-            lambda dataset=dataset: not_built(f"split {dataset}", 4))
-    groups.eval.command("dota", help="Full-image DOTA evaluation of Task1 files.")(
-        lambda: not_built("eval dota", 4))
+        _register_split(groups, dataset)
+
+    @groups.eval.command("dota")
+    def eval_dota(
+        dets: Annotated[Path, typer.Option(help="Folder of Task1_<class>.txt files.")],
+        gt: Annotated[Path, typer.Option(help="Folder of full-image DOTA label files (labelTxt).")],
+        metric: Annotated[str, typer.Option(help="voc07 (11-point, the DOTA server's) or area.")] = "voc07",
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
+    ) -> None:
+        """Full-image DOTA evaluation of Task1 files: exact polygon IoU, difficult objects ignored."""
+        import json
+
+        from domainmona.detection.dota.evaluate import evaluate_task1
+        from domainmona.io import atomic_path
+
+        result = evaluate_task1(dets, gt, metric=metric)
+        _print_table(result)
+        if json_out is not None:
+            with atomic_path(json_out) as tmp:
+                tmp.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")

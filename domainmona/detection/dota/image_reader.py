@@ -1,0 +1,107 @@
+"""Patch reads from images of any size with bounded memory.
+
+Everything goes through GDAL (rasterio), so PNG, JPEG, BMP and TIFF behave alike and rescaling uses
+one resampler. An image up to LARGE_IMAGE_BYTES is decoded once into memory (one decode beats many
+window reads for DOTA-sized images). A larger one (STAR scenes reach ~28k x 31k px, 2.6 GB decoded) is
+read through windows: a tiled GeoTIFF directly; anything else (PNG and JPEG cannot seek to a window,
+striped TIFFs re-decode whole-width strips per window) is first streamed top to bottom, once, into a
+tiled GeoTIFF cache, holding one 512-row strip at a time.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from domainmona.errors import UserError
+from domainmona.io import atomic_path
+
+LARGE_IMAGE_BYTES = 256 * 2**20
+_TILE = 512
+
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+def _open(path: Path) -> rasterio.DatasetReader:
+    try:
+        return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def _bands(dataset: rasterio.DatasetReader, path: Path) -> list[int]:
+    if dataset.dtypes[0] != "uint8":
+        raise UserError(f"{path}: expected an 8-bit image, got {dataset.dtypes[0]}")
+    return [1, 2, 3] if dataset.count >= 3 else [1]  # alpha dropped; grey becomes RGB on read
+
+
+def _stream_to_tiled_tiff(dataset: rasterio.DatasetReader, bands: list[int], target: Path) -> None:
+    profile = dict(driver="GTiff", width=dataset.width, height=dataset.height, count=len(bands), dtype="uint8",
+                   tiled=True, blockxsize=_TILE, blockysize=_TILE, compress="deflate", zlevel=1,
+                   BIGTIFF="IF_SAFER")
+    with atomic_path(target) as tmp, rasterio.open(tmp, "w", **profile) as out:
+        for row in range(0, dataset.height, _TILE):  # whole tile rows: each compressed block written once
+            window = Window(0, row, dataset.width, min(_TILE, dataset.height - row))
+            out.write(dataset.read(bands, window=window), window=window)
+
+
+class ImageSource:
+    """One image opened for patch reads; use as a context manager (removes its cache on success)."""
+
+    def __init__(self, path: Path, cache_dir: Path) -> None:
+        self.path = path
+        self._cache: Path | None = None
+        dataset = _open(path)
+        bands = _bands(dataset, path)
+        self.in_memory = dataset.width * dataset.height * len(bands) <= LARGE_IMAGE_BYTES
+        if not self.in_memory and not (dataset.driver == "GTiff" and dataset.profile.get("tiled")):
+            self._cache = cache_dir / f"{path.stem}.tif"
+            with dataset:
+                if not self._cache.exists():
+                    _stream_to_tiled_tiff(dataset, bands, self._cache)
+            dataset, bands = _open(self._cache), list(range(1, len(bands) + 1))
+        self._dataset, self._bands = dataset, bands
+        self.width, self.height = dataset.width, dataset.height
+
+    def at_rate(self, rate: float) -> "RescaledImage":
+        return RescaledImage(self, rate)
+
+    def read(self, window: Window | None, out_width: int, out_height: int) -> np.ndarray:
+        """(bands, out_height, out_width) pixels of a (fractional) window, bilinear when rescaled."""
+        return self._dataset.read(self._bands, window=window, out_shape=(len(self._bands), out_height, out_width),
+                                  resampling=Resampling.bilinear)
+
+    def __enter__(self) -> "ImageSource":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._dataset.close()
+        if exc_info[0] is None and self._cache is not None:
+            self._cache.unlink(missing_ok=True)
+
+
+class RescaledImage:
+    """(size, size, 3) uint8 patches of the image rescaled by `rate`, zero-padded past its border."""
+
+    def __init__(self, source: ImageSource, rate: float) -> None:
+        self.source = source
+        self.width = max(1, round(source.width * rate))
+        self.height = max(1, round(source.height * rate))
+        self._pixels = source.read(None, self.width, self.height) if source.in_memory else None
+
+    def read(self, x: int, y: int, size: int) -> np.ndarray:
+        width, height = min(size, self.width - x), min(size, self.height - y)
+        if self._pixels is not None:
+            data = self._pixels[:, y:y + height, x:x + width]
+        else:
+            scale_x, scale_y = self.source.width / self.width, self.source.height / self.height
+            data = self.source.read(Window(x * scale_x, y * scale_y, width * scale_x, height * scale_y), width, height)
+        patch = np.zeros((size, size, 3), dtype=np.uint8)
+        patch[:height, :width] = np.moveaxis(data, 0, -1)  # one band broadcasts to three
+        return patch

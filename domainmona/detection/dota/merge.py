@@ -1,0 +1,130 @@
+"""Patch detections -> full-image detections (rotated NMS) -> DOTA Task1 submission files and zip."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from domainmona.detection.dota.geometry import obb_to_poly, poly_to_obb
+from domainmona.detection.dota.patch_names import parse_patch_name
+from domainmona.errors import UserError
+from domainmona.io import atomic_dir, atomic_path
+
+TASK1_PREFIX = "Task1_"
+
+
+@dataclass
+class Detections:
+    """Rotated detections of one patch or image: le90 `boxes` (N, 5), `scores` (N,), class `labels` (N,)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, boxes, scores, labels) -> "Detections":
+        """Accept le90 boxes (N, 5) or polygons (N, 8) / (N, 4, 2), as numpy arrays or CPU tensors."""
+        boxes = np.asarray(boxes, dtype=np.float64)
+        if boxes.ndim == 2 and boxes.shape[1] == 5:
+            obbs = boxes.copy()
+        elif boxes.size == 0:
+            obbs = np.zeros((0, 5))
+        else:
+            obbs = poly_to_obb(boxes.reshape(-1, 8))
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if not len(obbs) == len(scores) == len(labels):
+            raise UserError(f"detections disagree in length: {len(obbs)} boxes, {len(scores)} scores, "
+                            f"{len(labels)} labels")
+        return cls(obbs, scores, labels)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _as_detections(dets: "Detections | tuple") -> Detections:
+    return dets if isinstance(dets, Detections) else Detections.of(*dets)
+
+
+def _class_wise_nms(dets: Detections, iou_thr: float) -> Detections:
+    """mmcv's compiled nms_rotated (exact rotated-rectangle IoU); its CPU kernel ignores `labels`, so
+    classes are suppressed one at a time."""
+    import torch
+    from mmcv.ops import nms_rotated
+
+    keep = []
+    for label in np.unique(dets.labels):
+        index = np.flatnonzero(dets.labels == label)
+        _, kept = nms_rotated(torch.from_numpy(dets.boxes[index]), torch.from_numpy(dets.scores[index]), iou_thr)
+        keep.append(index[kept.numpy()])
+    order = np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+    order = order[np.argsort(-dets.scores[order], kind="stable")]
+    return Detections(dets.boxes[order], dets.scores[order], dets.labels[order])
+
+
+def merge_patch_detections(patch_dets: Mapping[str, "Detections | tuple"], iou_thr: float = 0.1
+                           ) -> dict[str, Detections]:
+    """Map each patch's detections (keyed by patch name, in patch pixels) to its full image, divided by
+    the patch's rate, and suppress duplicates from overlapping patches class by class.
+
+    Values are `Detections` or `(boxes, scores, labels)` tuples. Returns image name -> detections sorted
+    by score; every image with at least one patch appears, possibly with no detections.
+    """
+    per_image: dict[str, list[Detections]] = defaultdict(list)
+    for name, dets in patch_dets.items():
+        patch = parse_patch_name(name)
+        dets = _as_detections(dets)
+        boxes = dets.boxes.copy()
+        boxes[:, :2] = (boxes[:, :2] + (patch.x, patch.y)) / patch.rate
+        boxes[:, 2:4] /= patch.rate
+        per_image[patch.image].append(Detections(boxes, dets.scores, dets.labels))
+    return {image: _class_wise_nms(Detections(np.concatenate([d.boxes for d in parts]).reshape(-1, 5),
+                                              np.concatenate([d.scores for d in parts]),
+                                              np.concatenate([d.labels for d in parts])), iou_thr)
+            for image, parts in per_image.items()}
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """write_task1 replaces `out_dir` as a whole: refuse to wipe anything but an earlier submission."""
+    if not out_dir.exists():
+        return
+    foreign = [p.name for p in out_dir.iterdir()
+               if not (p.is_file() and (p.name.startswith(TASK1_PREFIX) or p.suffix == ".zip"))]
+    if foreign:
+        raise UserError(f"{out_dir} holds files other than a Task1 submission ({foreign[0]}); choose another folder")
+
+
+def write_task1(out_dir: str | os.PathLike, merged: Mapping[str, Detections], classes: Sequence[str]) -> list[Path]:
+    """Write `Task1_<class>.txt` for every class (lines `image score x1 y1 ... x4 y4`), all at once."""
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    lines: dict[int, list[str]] = {index: [] for index in range(len(classes))}
+    for image in sorted(merged):
+        dets = _as_detections(merged[image])
+        if len(dets) and (dets.labels.min() < 0 or dets.labels.max() >= len(classes)):
+            raise UserError(f"image {image}: class index {dets.labels.max()} outside the {len(classes)} classes")
+        polys = obb_to_poly(dets.boxes).reshape(-1, 8)
+        for label, score, poly in zip(dets.labels, dets.scores, polys, strict=True):
+            lines[int(label)].append(f"{image} {score:.6f} " + " ".join(f"{c:.2f}" for c in poly))
+    with atomic_dir(out_dir) as tmp:
+        for index, name in enumerate(classes):
+            (tmp / f"{TASK1_PREFIX}{name}.txt").write_text("".join(f"{line}\n" for line in lines[index]),
+                                                          encoding="utf-8")
+    return [out_dir / f"{TASK1_PREFIX}{name}.txt" for name in classes]
+
+
+def zip_task1(out_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
+    """Zip the Task1 files of `out_dir` flat, as the DOTA evaluation server expects."""
+    files = sorted(Path(out_dir).glob(f"{TASK1_PREFIX}*.txt"))
+    if not files:
+        raise UserError(f"no {TASK1_PREFIX}*.txt files in {out_dir}")
+    with atomic_path(zip_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in files:
+            archive.write(file, file.name)
+    return Path(zip_path)

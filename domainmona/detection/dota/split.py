@@ -1,0 +1,205 @@
+"""Split raw DOTA/STAR images (`src/images/`, optional `src/labelTxt/`) into overlapping patches.
+
+Output, as mmrotate's DOTADataset reads it: `dst/images/<patch>.png` and, for labelled sources,
+`dst/annfiles/<patch>.txt` (label lines without headers: mmrotate parses every line as an object).
+Patch names and the grid are in `patch_names`, the label geometry in `patch_labels`, image reads in
+`image_reader`. Every file is written atomically and an image counts as done only once its marker in
+`dst/.split/done/` exists, so a killed split resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from domainmona.console import progress
+from domainmona.detection.dota.labels import DotaLabels, format_dota_line, read_dota_labels
+from domainmona.detection.dota.patch_labels import PatchCounts, objects_in_window, scale_objects
+from domainmona.detection.dota.patch_names import patch_name, patch_starts
+from domainmona.errors import UserError
+from domainmona.io import atomic_path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    size: int
+    gap: int
+    rates: tuple[float, ...]
+    iof_thr: float
+    sliver_thr: float
+
+    def validate(self) -> None:
+        if self.size <= 0 or not 0 <= self.gap < self.size:
+            raise UserError(f"need size > 0 and 0 <= gap < size, got size {self.size}, gap {self.gap}")
+        if not self.rates or any(rate <= 0 for rate in self.rates):
+            raise UserError(f"rates must be positive, got {list(self.rates)}")
+        if not 0 <= self.sliver_thr <= self.iof_thr <= 1:
+            raise UserError(f"need 0 <= sliver_thr <= iof_thr <= 1, got {self.sliver_thr} and {self.iof_thr}")
+
+
+@dataclass
+class SplitSummary:
+    """What a split produced; `resumed` images were already done by an earlier, interrupted run."""
+
+    dst: Path
+    labelled: bool
+    images: int = 0
+    resumed: int = 0
+    patches: int = 0
+    objects: PatchCounts = field(default_factory=PatchCounts)
+
+
+@dataclass
+class _ImageJob:
+    image: Path
+    labels: Path | None
+    dst: Path
+    settings: SplitSettings
+    classes: tuple[str, ...] | None
+
+
+def _find_images(src: Path) -> list[Path]:
+    images_dir = src / "images"
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir} not found: the source must hold images/ (and labelTxt/ when labelled)")
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems:
+            raise UserError(f"two images share the name '{image.stem}': {stems[image.stem].name}, {image.name}")
+        stems[image.stem] = image
+    return images
+
+
+def _pair_labels(src: Path, images: list[Path]) -> list[Path | None]:
+    labels_dir = src / "labelTxt"
+    if not labels_dir.is_dir():
+        return [None] * len(images)
+    labels = {p.stem: p for p in labels_dir.glob("*.txt")}
+    stems = {image.stem for image in images}
+    orphans = sorted(set(labels) - stems)
+    if orphans:
+        raise UserError(f"{labels[orphans[0]]} has no image in {src / 'images'} ({len(orphans)} such label files)")
+    missing = [image for image in images if image.stem not in labels]
+    if missing:
+        raise UserError(f"{missing[0]} has no label file {labels_dir / (missing[0].stem + '.txt')}"
+                        f" ({len(missing)} such images)")
+    return [labels[image.stem] for image in images]
+
+
+def _write_patch(job: _ImageJob, name: str, pixels, lines: list[str] | None) -> None:
+    with atomic_path(job.dst / "images" / f"{name}.png") as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
+    if lines is not None:
+        with atomic_path(job.dst / "annfiles" / f"{name}.txt") as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+
+
+def _split_image(job: _ImageJob) -> dict:
+    """Write all patches of one image, then its done-marker; returns the marker's content."""
+    from domainmona.detection.dota.image_reader import ImageSource  # rasterio: only in workers
+
+    settings = job.settings
+    labels = read_dota_labels(job.labels, job.classes) if job.labels is not None else DotaLabels()
+    counts, patches = PatchCounts(), 0
+    with ImageSource(job.image, job.dst / ".split" / "cache") as source:
+        for rate in settings.rates:
+            image = source.at_rate(rate)
+            scaled = scale_objects(labels.objects, rate)
+            for y in patch_starts(image.height, settings.size, settings.gap):
+                for x in patch_starts(image.width, settings.size, settings.gap):
+                    lines = None
+                    if job.labels is not None:
+                        objects, patch_counts = objects_in_window(scaled, x, y, settings.size, settings.iof_thr,
+                                                                  settings.sliver_thr)
+                        counts.add(patch_counts)
+                        lines = [format_dota_line(obj.poly, obj.cls, obj.difficult) for obj in objects]
+                    _write_patch(job, patch_name(job.image.stem, settings.size, rate, x, y),
+                                 image.read(x, y, settings.size), lines)
+                    patches += 1
+    marker = {"patches": patches, "objects": asdict(counts)}
+    with atomic_path(_marker_path(job.dst, job.image.stem)) as tmp:
+        tmp.write_text(json.dumps(marker), encoding="utf-8")
+    return marker
+
+
+def _marker_path(dst: Path, stem: str) -> Path:
+    return dst / ".split" / "done" / f"{stem}.json"
+
+
+def _check_settings(dst: Path, settings: SplitSettings) -> None:
+    """A destination holds one split: resuming with other settings would mix patch sets."""
+    path = dst / ".split" / "settings.json"
+    wanted = asdict(settings)
+    wanted["rates"] = list(settings.rates)
+    if path.exists():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        if found != wanted:
+            raise UserError(f"{dst} holds a split made with other settings ({found}); use another --dst")
+        return
+    if (dst / "images").is_dir() and any((dst / "images").iterdir()):
+        raise UserError(f"{dst / 'images'} already holds files not written by this splitter; use another --dst")
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(wanted), encoding="utf-8")
+
+
+def _add(summary: SplitSummary, marker: dict) -> None:
+    summary.patches += marker["patches"]
+    summary.objects.add(PatchCounts(**marker["objects"]))
+
+
+def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 1024, gap: int = 200,
+                  rates: Sequence[float] = (1.0,), workers: int | None = None,
+                  classes: Sequence[str] | None = None, iof_thr: float = 0.7,
+                  sliver_thr: float = 0.1) -> SplitSummary:
+    """Split every image of `src` into `size` patches overlapping by `gap`, at each rescaling `rate`.
+
+    Objects at least `iof_thr` inside a patch stay as labelled, partly visible ones (at least
+    `sliver_thr` inside) become difficult 2, smaller slivers are dropped; labels naming a class outside
+    `classes` (when given) are an error. `workers` processes (default: all cores) split images in parallel.
+    """
+    src, dst = Path(src), Path(dst)
+    settings = SplitSettings(int(size), int(gap), tuple(float(r) for r in rates), float(iof_thr), float(sliver_thr))
+    settings.validate()
+    images = _find_images(src)
+    labels = _pair_labels(src, images)
+    _check_settings(dst, settings)
+    summary = SplitSummary(dst=dst, labelled=labels[0] is not None, images=len(images))
+    jobs = []
+    for image, label in zip(images, labels, strict=True):
+        marker = _marker_path(dst, image.stem)
+        if marker.exists():
+            summary.resumed += 1
+            _add(summary, json.loads(marker.read_text(encoding="utf-8")))
+        else:
+            jobs.append(_ImageJob(image, label, dst, settings, tuple(classes) if classes is not None else None))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    with progress() as bar:
+        task = bar.add_task(f"split {src.name}", total=len(images), completed=summary.resumed)
+        if workers == 1:
+            for job in jobs:
+                _add(summary, _split_image(job))
+                bar.advance(task)
+            return summary
+        # spawn: workers must not inherit the progress bar's thread and locks through fork
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_split_image, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    _add(summary, future.result())
+                    bar.advance(task)
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    return summary
