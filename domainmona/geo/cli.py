@@ -2,17 +2,104 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from domainmona.console import console
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
 
 
-def register(groups: "CommandGroups") -> None:
-    from domainmona.cli import not_built
+class Task(str, Enum):
+    detection = "detection"
+    segmentation = "segmentation"
 
-    for name in ("tile", "tile-predict", "geo-demo"):
-        groups.root.command(name, help=f"{name} (not built yet).")(lambda name=name: not_built(name, 6))
-    for name in ("geo-det", "geo-seg"):
-        groups.train.command(name, help=f"train {name} (not built yet).")(
-            lambda name=name: not_built(f"train {name}", 6))
+
+class DetBackbone(str, Enum):
+    swin_t = "swin-t"
+    swin_b = "swin-b"
+    micro = "micro"
+
+
+def register(groups: "CommandGroups") -> None:
+    @groups.root.command("tile")
+    def tile(rasters: list[Path] = typer.Argument(..., help="GeoTIFF scene(s)."),
+             labels: Path = typer.Option(..., "--labels", help="Polygons (GeoPackage, GeoJSON, ...), any CRS."),
+             out: Path = typer.Option(..., "--out", help="Chip folder to write (replaced atomically)."),
+             size: int = typer.Option(1024, "--size", help="Chip size in pixels."),
+             overlap: int = typer.Option(200, "--overlap", help="Overlap between chips in pixels."),
+             bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands, e.g. 1,2,3 (default all)."),
+             task: Task = typer.Option(Task.detection, "--task"),
+             class_field: str = typer.Option("class", "--class-field", help="Attribute holding the class name."),
+             shots: Optional[int] = typer.Option(None, "--shots", help="Keep a K-shot subset (K objects per class)."),
+             seed: int = typer.Option(0, "--seed", help="Seed of the K-shot subset."),
+             allow_no_crs: bool = typer.Option(False, "--allow-no-crs", help="Accept rasters without a CRS.")) -> None:
+        """Cut scenes and their vector labels into training chips: DOTA-format boxes or class masks."""
+        from domainmona.geo.raster import parse_bands
+        from domainmona.geo.tiling import TileOptions, tile_scenes
+
+        opts = TileOptions(size, overlap, parse_bands(bands), task.value, class_field, shots, seed, allow_no_crs)
+        manifest = tile_scenes(rasters, labels, out, opts)
+        console.print(f"{len(manifest['chips'])} chips ({manifest['skipped_nodata_chips']} all-nodata skipped), "
+                      f"classes: {', '.join(manifest['classes'])}")
+        console.print(str(out), soft_wrap=True)
+
+    @groups.root.command("tile-predict")
+    def tile_predict(raster: Path = typer.Argument(..., help="GeoTIFF scene."),
+                     checkpoint: Path = typer.Option(..., "--checkpoint", help="From a train command."),
+                     out: Path = typer.Option(..., "--out", help="OUT.tif (segmentation) or OUT.gpkg/.geojson."),
+                     size: Optional[int] = typer.Option(None, "--size", help="Tile size (default: training's)."),
+                     overlap: Optional[int] = typer.Option(None, "--overlap", help="Tile overlap (default: training's)."),
+                     batch_size: int = typer.Option(4, "--batch-size"),
+                     score_thr: float = typer.Option(0.3, "--score-thr", help="Detection score threshold."),
+                     iou_thr: float = typer.Option(0.1, "--iou-thr", help="Rotated NMS IoU across tile overlaps."),
+                     cog: bool = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF."),
+                     allow_no_crs: bool = typer.Option(False, "--allow-no-crs")) -> None:
+        """Predict a whole scene tile by tile into a GeoTIFF class map or a polygon layer."""
+        from domainmona.geo.models import tile_predict as run
+
+        console.print(str(run(raster, checkpoint, out, size, overlap, batch_size, score_thr, iou_thr, cog,
+                              allow_no_crs)), soft_wrap=True)
+
+    @groups.train.command("geo-seg")
+    def train_geo_seg(chips: Path = typer.Option(..., "--chips", help="Segmentation chips from 'tile'."),
+                      work_dir: Path = typer.Option(..., "--work-dir"),
+                      max_iters: Optional[int] = typer.Option(None, "--max-iters"),
+                      encoder: Optional[str] = typer.Option(None, "--encoder", help="swin-t, swin-b or micro."),
+                      arch: Optional[str] = typer.Option(None, "--arch", help="smp decoder: UPerNet, FPN, ..."),
+                      adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (mona)."),
+                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
+                      batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+                      lr: Optional[float] = typer.Option(None, "--lr"),
+                      seed: Optional[int] = typer.Option(None, "--seed")) -> None:
+        """Fine-tune a Mona-Swin segmentation model (smp) on chips; prints the checkpoint path last."""
+        from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
+
+        opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed)
+        console.print(str(train_segmentation(opts)), soft_wrap=True)
+
+    @groups.train.command("geo-det")
+    def train_geo_det(chips: Path = typer.Option(..., "--chips", help="Detection chips from 'tile'."),
+                      work_dir: Path = typer.Option(..., "--work-dir"),
+                      max_iters: Optional[int] = typer.Option(None, "--max-iters"),
+                      backbone: DetBackbone = typer.Option(DetBackbone.swin_t, "--backbone"),
+                      adapter: str = typer.Option("mona", "--adapter"),
+                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
+                      seed: int = typer.Option(0, "--seed")) -> None:
+        """Fine-tune the Mona-Swin Oriented R-CNN on detection chips; prints the checkpoint path last."""
+        from domainmona.geo.dettrain import train_detection
+
+        console.print(str(train_detection(chips, work_dir, max_iters, backbone.value, adapter, pretrained, seed)),
+                      soft_wrap=True)
+
+    @groups.root.command("geo-demo")
+    def geo_demo(out: Path = typer.Option(Path("domainmona-geo-demo"), "--out"),
+                 task: Task = typer.Option(Task.segmentation, "--task")) -> None:
+        """Sample scene → tile → few-shot Mona fine-tuning → tile-predict → PNG preview."""
+        from domainmona.geo.demo import run_demo
+
+        console.print(str(run_demo(out, task.value)), soft_wrap=True)

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyogrio
 import rasterio
 import shapely
 from affine import Affine
@@ -20,6 +19,7 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from domainmona.geo.labels import Labels, affine_polygons, reproject
+from domainmona.geo.vectors import write_polygons
 from domainmona.io import atomic_path
 
 # Distinct colours and footprints so that a tiny model can learn them in minutes.
@@ -123,7 +123,7 @@ def write_scene(raster_path: str | Path, labels_path: str | Path, spec: SceneSpe
     """Write a tiled GeoTIFF and its labels (GeoPackage or GeoJSON by suffix, in ``spec.label_crs``)."""
     rng = np.random.default_rng(spec.seed)
     polygons, classes = _place_objects(spec, rng)
-    transform = Affine.translation(*spec.origin) * Affine.scale(spec.pixel_size, -spec.pixel_size)
+    transform = Affine.translation(*spec.origin) @ Affine.scale(spec.pixel_size, -spec.pixel_size)
     crs = CRS.from_user_input(spec.crs)
     colours = _class_colours(spec)
     tree = shapely.STRtree(polygons)
@@ -153,11 +153,7 @@ def _write_labels(path: str | Path, map_polygons: np.ndarray, classes: np.ndarra
                   spec: SceneSpec) -> None:
     moved = reproject(Labels(map_polygons, classes, crs), CRS.from_user_input(spec.label_crs), str(path))
     geoms, names = _group_multiparts(moved.polygons, classes, spec.multipart_every)
-    path = Path(path)
-    driver = "GeoJSON" if path.suffix.lower() in (".geojson", ".json") else "GPKG"
-    with atomic_path(path) as tmp:
-        pyogrio.raw.write(tmp, shapely.to_wkb(geoms), [np.array(names, dtype=object)], ["class"],
-                          layer=path.stem, driver=driver, geometry_type="Unknown", crs=spec.label_crs)
+    write_polygons(path, geoms, {"class": np.array(names, dtype=object)}, moved.crs)
 
 
 def _group_multiparts(polygons: np.ndarray, classes: np.ndarray, every: int) -> tuple[np.ndarray, list[str]]:

@@ -116,7 +116,7 @@ def _class_mask(plan: ChipPlan, classes: list[str], size: int, valid: np.ndarray
 def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, src: rasterio.DatasetReader,
                 opts: TileOptions, classes: list[str], stats: list[dict]) -> Affine:
     image_dir, label_dir = LAYOUT[opts.task]
-    chip_transform = src.transform * Affine.translation(plan.col, plan.row)
+    chip_transform = src.transform @ Affine.translation(plan.col, plan.row)
     if opts.task == "detection":
         rgb = stretch_to_uint8(data, stats)
         rgb = np.repeat(rgb, 3, axis=0) if len(rgb) == 1 else rgb

@@ -1,0 +1,118 @@
+"""From a checkpoint to a tile-batch inference function, and `tile_predict` which picks the right stream.
+
+geo-seg checkpoints (domainmona.geo.segmodel) give blended class maps; detector checkpoints from any
+`domainmona train` detection command (domainmona.detection.checkpoint) give rotated-box polygons.
+Mona is fused for inference in both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from domainmona.errors import UserError
+from domainmona.geo.predict import DetectInfer, SegmentInfer, StreamOptions, Tile, detect_scene, segment_scene
+from domainmona.geo.raster import open_raster
+from domainmona.geo.stats import band_histograms, normalise, stretch_to_uint8, summarise
+
+
+def segment_infer(model, stats: list[dict]) -> SegmentInfer:
+    """Normalise like training (nodata pixels 0 after normalisation), softmax over classes."""
+    import torch
+
+    def infer(batch: list[Tile]) -> np.ndarray:
+        images = np.stack([normalise(t.pixels, stats) * t.valid for t in batch])
+        with torch.inference_mode():
+            return torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
+
+    return infer
+
+
+def detect_infer(model, config_text: str, stats: list[dict] | None) -> DetectInfer:
+    """mmdet's test pipeline on in-memory tiles, batched through `model.test_step`.
+
+    Tiles become the uint8 BGR images the detector was trained on (chips are RGB PNGs that mmcv reads as
+    BGR); uint16 scenes are stretched with the chips' statistics.
+    """
+    import torch
+    from mmcv.transforms import Compose
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import init_default_scope
+
+    from domainmona.detection.dota.merge import Detections
+
+    cfg = Config.fromstring(config_text, file_format=".py")
+    init_default_scope("mmrotate")
+    steps = [s for s in cfg.test_dataloader.dataset.pipeline if "LoadAnnotations" not in s["type"]]
+    pipeline = Compose([dict(type="mmdet.LoadImageFromNDArray"), *steps[1:]])
+
+    def infer(batch: list[Tile]) -> list:
+        samples = []
+        for i, tile in enumerate(batch):
+            rgb = stretch_to_uint8(tile.pixels, stats) if stats else tile.pixels.astype(np.uint8)
+            rgb = np.repeat(rgb, 3, axis=0) if len(rgb) == 1 else rgb
+            bgr = np.ascontiguousarray((rgb * tile.valid).transpose(1, 2, 0)[:, :, ::-1])
+            samples.append(pipeline(dict(img=bgr, img_id=str(i), img_path=None)))
+        with torch.inference_mode():
+            outputs = model.test_step(pseudo_collate(samples))
+        results = []
+        for sample in outputs:
+            pred = sample.pred_instances
+            boxes = pred.bboxes.tensor if hasattr(pred.bboxes, "tensor") else pred.bboxes
+            results.append(Detections.of(boxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()))
+        return results
+
+    return infer
+
+
+def geo_sidecar(checkpoint: Path) -> Path:
+    """`train geo-det` writes the chips' bands and statistics beside the detector checkpoint."""
+    return checkpoint.with_suffix(".geo.json")
+
+
+def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, overlap: int | None,
+                 batch_size: int, score_thr: float, iou_thr: float = 0.1, cog: bool = False,
+                 allow_no_crs: bool = False) -> Path:
+    from domainmona.adapters import fuse
+    from domainmona.geo.segmodel import load_segmenter, read_spec
+
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint}: no such checkpoint")
+    spec = read_spec(checkpoint)
+    if spec is not None:
+        if out.suffix.lower() not in (".tif", ".tiff"):
+            raise UserError(f"{out}: a segmentation checkpoint writes a GeoTIFF (.tif)")
+        size = size or spec["size"]
+        if size % 32:
+            raise UserError(f"--size {size}: segmentation tiles must be a multiple of 32")
+        model, spec = load_segmenter(checkpoint, size)
+        opts = StreamOptions(size, spec["overlap"] if overlap is None else overlap, batch_size,
+                             tuple(spec["bands"]), allow_no_crs)
+        return segment_scene(raster, out, segment_infer(model, spec["stats"]), spec["classes"], opts, cog)
+
+    from domainmona.detection.checkpoint import load_detector
+
+    model, info = load_detector(checkpoint)
+    fuse(model)
+    bands, stats = _detection_inputs(raster, checkpoint, allow_no_crs)
+    opts = StreamOptions(size or info.patch_size, info.patch_gap if overlap is None else overlap, batch_size,
+                         bands, allow_no_crs)
+    infer = detect_infer(model, info.config_text, stats)
+    return detect_scene(raster, out, infer, list(info.classes), opts, score_thr, iou_thr)
+
+
+def _detection_inputs(raster: Path, checkpoint: Path, allow_no_crs: bool) -> tuple[tuple[int, ...], list | None]:
+    """Bands and uint8 stretch of the chips the detector saw (sidecar); without one, the first three bands
+    and, for uint16 scenes, the scene's own statistics."""
+    sidecar = geo_sidecar(checkpoint)
+    geo = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    bands = tuple(geo["bands"]) if geo.get("bands") else None
+    with open_raster(raster, bands, allow_no_crs) as src:
+        bands = bands or tuple(range(1, min(src.count, 3) + 1))
+        stats = geo.get("stats")
+        if stats is None and src.dtypes[0] != "uint8":
+            stats = summarise(band_histograms(src, bands))
+    return bands, stats

@@ -1,0 +1,185 @@
+"""`domainmona tile-predict`: stream a scene through a model tile by tile into a GIS output.
+
+Tiles lie on a constant-stride grid read through block-aligned windows, in row-major order, batched.
+Segmentation blends overlapping probabilities (RollingBlender) and writes each compressed block row of
+the output once; detection keeps only detections (never pixels) and merges tile duplicates with the
+detection pipeline's class-wise rotated NMS. All-nodata tiles are skipped. Memory does not grow with the
+scene's area.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.windows import Window
+
+from domainmona.console import progress
+from domainmona.errors import UserError
+from domainmona.geo.blend import RollingBlender
+from domainmona.geo.raster import grid_origins, open_raster, read_tile
+from domainmona.io import atomic_path
+
+LABEL_NODATA = 255
+OUTPUT_BLOCK = 256
+
+
+
+@dataclass
+class StreamOptions:
+    size: int = 1024
+    overlap: int = 200
+    batch_size: int = 4
+    bands: tuple[int, ...] | None = None
+    allow_no_crs: bool = False
+
+
+@dataclass
+class Tile:
+    row_index: int
+    col_index: int
+    col: int
+    row: int
+    pixels: np.ndarray
+    valid: np.ndarray
+
+
+# A batch of tiles -> probabilities (N, C, S, S) for segmentation, or each tile's Detections (le90 boxes in
+# tile pixels) for detection.
+SegmentInfer = Callable[[list[Tile]], np.ndarray]
+DetectInfer = Callable[[list[Tile]], list]
+
+
+def iter_tiles(src: rasterio.DatasetReader, bands: tuple[int, ...], size: int, overlap: int,
+               on_tile: Callable[[], None]) -> Iterator[Tile]:
+    """The constant-stride grid's non-empty tiles in row-major order; ``on_tile`` ticks for every tile."""
+    stride = size - overlap
+    for r, row in enumerate(grid_origins(src.height, size, stride, fit_last=False)):
+        for c, col in enumerate(grid_origins(src.width, size, stride, fit_last=False)):
+            pixels, valid = read_tile(src, bands, col, row, size)
+            on_tile()
+            if valid.any():
+                yield Tile(r, c, col, row, pixels, valid)
+
+
+def batches(tiles: Iterator[Tile], batch_size: int) -> Iterator[list[Tile]]:
+    while batch := list(islice(tiles, batch_size)):
+        yield batch
+
+
+def tile_count(src: rasterio.DatasetReader, size: int, overlap: int) -> int:
+    stride = size - overlap
+    return len(grid_origins(src.height, size, stride, False)) * len(grid_origins(src.width, size, stride, False))
+
+
+def check_stream_options(opts: StreamOptions, half_overlap: bool) -> None:
+    if opts.size < 32 or opts.overlap < 0 or opts.batch_size < 1:
+        raise UserError(f"need --size >= 32, --overlap >= 0 and --batch-size >= 1 "
+                        f"(got {opts.size}, {opts.overlap}, {opts.batch_size})")
+    limit = opts.size // 2 if half_overlap else opts.size - 1
+    if opts.overlap > limit:
+        raise UserError(f"--overlap {opts.overlap} is too large for --size {opts.size} (at most {limit})")
+
+
+class BlockRowWriter:
+    """Gathers final label regions into full-width rows of output blocks; writes each block row once."""
+
+    def __init__(self, dst: rasterio.io.DatasetWriter, block: int):
+        self.dst, self.block = dst, block
+        self.pending: dict[int, np.ndarray] = {}
+
+    def put(self, y: int, x: int, labels: np.ndarray) -> None:
+        h, w = labels.shape
+        for index in range(y // self.block, (y + h - 1) // self.block + 1):
+            top = index * self.block
+            rows = self.pending.get(index)
+            if rows is None:
+                rows = np.full((min(self.block, self.dst.height - top), self.dst.width), LABEL_NODATA, np.uint8)
+                self.pending[index] = rows
+            lo, hi = max(y, top), min(y + h, top + len(rows))
+            rows[lo - top:hi - top, x:x + w] = labels[lo - y:hi - y]
+
+    def flush(self, final_rows: int) -> None:
+        for index in sorted(self.pending):
+            top = index * self.block
+            rows = self.pending[index]
+            if top + len(rows) <= final_rows:
+                self.dst.write(rows[None], window=Window(0, top, self.dst.width, len(rows)))
+                del self.pending[index]
+
+
+def segment_scene(raster: Path, out: Path, infer: SegmentInfer, classes: list[str], opts: StreamOptions,
+                  cog: bool = False) -> Path:
+    """Write the blended class map (0 background, i + 1 for classes[i], 255 nodata) as a tiled GeoTIFF."""
+    check_stream_options(opts, half_overlap=True)
+    with open_raster(raster, opts.bands, opts.allow_no_crs) as src, atomic_path(out) as tmp, \
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=".tile-predict.") as scratch:
+        bands = opts.bands or tuple(range(1, src.count + 1))
+        tiled = Path(scratch) / "tiled.tif" if cog else tmp
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
+                       crs=src.crs, transform=src.transform, nodata=LABEL_NODATA, tiled=True,
+                       blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", BIGTIFF="IF_SAFER")
+        with rasterio.open(tiled, "w", **profile) as dst, progress() as bar:
+            dst.update_tags(classes=",".join(["background", *classes]))
+            writer = BlockRowWriter(dst, OUTPUT_BLOCK)
+
+            def emit(y: int, x: int, probs: np.ndarray, weight: np.ndarray) -> None:
+                labels = probs.argmax(axis=0).astype(np.uint8)
+                labels[weight <= 0] = LABEL_NODATA
+                writer.put(y, x, labels)
+
+            blender = RollingBlender(src.width, src.height, opts.size, opts.overlap, len(classes) + 1, emit)
+            task = bar.add_task("tile-predict", total=tile_count(src, opts.size, opts.overlap))
+            tiles = iter_tiles(src, bands, opts.size, opts.overlap, lambda: bar.advance(task))
+            for batch in batches(tiles, opts.batch_size):
+                probs = infer(batch)
+                for tile, tile_probs in zip(batch, probs):
+                    blender.add(tile.row_index, tile.col_index, tile_probs, tile.valid)
+                    writer.flush(blender.final_rows)
+            blender.finish()
+            writer.flush(blender.final_rows)
+        if cog:
+            rasterio.shutil.copy(tiled, tmp, driver="COG", compress="DEFLATE", BIGTIFF="IF_SAFER")
+    return out
+
+
+
+
+def detect_scene(raster: Path, out: Path, infer: DetectInfer, classes: list[str], opts: StreamOptions,
+                 score_thr: float = 0.3, iou_thr: float = 0.1) -> Path:
+    """Write merged rotated detections as polygons with (class, score): GeoPackage in the raster's CRS,
+    or GeoJSON in lon/lat."""
+    import shapely
+
+    from domainmona.detection.dota.geometry import obb_to_poly
+    from domainmona.detection.dota.merge import Detections, merge_patch_detections
+    from domainmona.detection.dota.patch_names import patch_name
+    from domainmona.geo.labels import affine_polygons
+    from domainmona.geo.vectors import vector_driver, write_polygons
+
+    check_stream_options(opts, half_overlap=False)
+    vector_driver(out)
+    per_tile: dict[str, Detections] = {}
+    with open_raster(raster, opts.bands, opts.allow_no_crs) as src, progress() as bar:
+        bands = opts.bands or tuple(range(1, src.count + 1))
+        task = bar.add_task("tile-predict", total=tile_count(src, opts.size, opts.overlap))
+        tiles = iter_tiles(src, bands, opts.size, opts.overlap, lambda: bar.advance(task))
+        for batch in batches(tiles, opts.batch_size):
+            results = infer(batch)
+            for tile, dets in zip(batch, results):
+                keep = dets.scores >= score_thr
+                per_tile[patch_name("scene", opts.size, 1.0, tile.col, tile.row)] = Detections(
+                    dets.boxes[keep], dets.scores[keep], dets.labels[keep])
+        crs, transform = src.crs, src.transform
+    merged = merge_patch_detections(per_tile, iou_thr).get("scene") if per_tile else None
+    if merged is None:
+        merged = Detections.of(np.zeros((0, 5)), [], [])
+    polygons = affine_polygons(shapely.polygons(obb_to_poly(merged.boxes).reshape(-1, 4, 2)), transform)
+    names = np.array([classes[i] for i in merged.labels], dtype=object)
+    return write_polygons(out, polygons, {"class": names, "score": merged.scores.astype(np.float64)}, crs)

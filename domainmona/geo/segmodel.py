@@ -1,0 +1,107 @@
+"""The geo-seg model: a segmentation-models-pytorch decoder on a timm Swin (`tu-` encoder) with adapters.
+
+The checkpoint is one safetensors file with the whole state and, as metadata, the spec needed to rebuild
+the model (encoder, decoder, bands, classes, normalisation), so `tile-predict` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from domainmona.errors import UserError
+from domainmona.io import atomic_path
+from domainmona.recipes import CONFIGS_DIR
+
+FORMAT = "domainmona.geo-seg/1"
+SETTINGS = CONFIGS_DIR / "geo" / "geo-seg.yaml"
+
+
+def load_settings(**overrides: Any) -> dict[str, Any]:
+    """configs/geo/geo-seg.yaml with the non-None overrides applied."""
+    settings = yaml.safe_load(SETTINGS.read_text())
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if settings["encoder"] not in settings["encoders"]:
+        raise UserError(f"unknown encoder '{settings['encoder']}' (choose from {', '.join(settings['encoders'])})")
+    return settings
+
+
+def build_model(spec: dict[str, Any]):
+    """smp model from a spec (arch, timm, timm_kwargs, in_channels, classes, size, adapter, adapter_cfg).
+
+    Output channels: background + one per class. The adapter goes into the encoder only, so the decoder
+    stays fully trainable. With other than 3 bands the patch embedding cannot come from RGB weights and
+    is left trainable.
+    """
+    import segmentation_models_pytorch as smp
+
+    from domainmona.adapters import inject
+
+    try:
+        model = smp.create_model(spec["arch"], encoder_name=f"tu-{spec['timm']}", encoder_weights=None,
+                                 in_channels=spec["in_channels"], classes=len(spec["classes"]) + 1,
+                                 img_size=spec["size"], strict_img_size=False, **spec["timm_kwargs"])
+    except KeyError as exc:
+        raise UserError(f"unknown segmentation architecture '{spec['arch']}' ({exc})") from None
+    inject(model.encoder, spec["adapter"], **spec["adapter_cfg"])
+    if spec["in_channels"] != 3:
+        for param in patch_embedding(model).parameters():
+            param.requires_grad_(True)
+    return model
+
+
+def patch_embedding(model):
+    return model.encoder.model.patch_embed
+
+
+def model_spec(settings: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    encoder = settings["encoders"][settings["encoder"]]
+    return {"arch": settings["arch"], "encoder": settings["encoder"], "timm": encoder["timm"],
+            "timm_kwargs": encoder["kwargs"], "in_channels": len(manifest["rasters"][0]["bands"]),
+            "bands": manifest["rasters"][0]["bands"], "classes": manifest["classes"], "size": manifest["size"],
+            "overlap": manifest["overlap"], "stats": manifest["stats"], "adapter": settings["adapter"],
+            "adapter_cfg": settings["adapter_cfg"]}
+
+
+def save_segmenter(model, spec: dict[str, Any], path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "spec": json.dumps(spec)})
+    return path
+
+
+def read_spec(path: Path) -> dict[str, Any] | None:
+    """The spec of a geo-seg checkpoint, or None for any other safetensors file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
+        raise UserError(f"{path}: not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    return json.loads(meta["spec"]) if meta.get("format") == FORMAT else None
+
+
+def load_segmenter(path: Path, size: int | None = None):
+    """(fused model in eval mode, spec) from a geo-seg checkpoint; ``size`` rebuilds it for other tiles."""
+    from safetensors.torch import load_file
+
+    from domainmona.adapters import fuse
+
+    spec = read_spec(path)
+    if spec is None:
+        raise UserError(f"{path}: not a geo-seg checkpoint (no '{FORMAT}' metadata)")
+    model = build_model({**spec, "size": size or spec["size"]})
+    state = load_file(str(path))
+    own = model.state_dict()
+    mismatched = sorted(set(own) ^ set(state)) + [k for k in state if k in own and own[k].shape != state[k].shape]
+    if mismatched:
+        raise UserError(f"{path}: weights do not fit the model they describe ({len(mismatched)} keys, "
+                        f"e.g. '{mismatched[0]}')")
+    model.load_state_dict(state)
+    return fuse(model.eval()), spec
