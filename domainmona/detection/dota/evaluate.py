@@ -86,7 +86,8 @@ def read_task1(dets_dir: str | os.PathLike) -> dict[str, Task1Detections]:
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, metric: str = "voc07") -> float:
     if metric == "voc07":
-        return float(sum(precision[recall >= t].max(initial=0.0) for t in np.linspace(0, 1, 11)) / 11)
+        # np.arange, not linspace: the devkit's thresholds (0.30000000000000004, ...) decide ties at 0.3, 0.6, 0.7
+        return float(sum(precision[recall >= t].max(initial=0.0) for t in np.arange(0.0, 1.1, 0.1)) / 11)
     recall = np.concatenate([[0.0], recall, [1.0]])
     envelope = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
     steps = np.flatnonzero(recall[1:] != recall[:-1])

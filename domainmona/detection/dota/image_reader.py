@@ -25,12 +25,14 @@ from domainmona.io import atomic_path
 LARGE_IMAGE_BYTES = 256 * 2**20
 _TILE = 512
 
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
-def _open(path: Path) -> rasterio.DatasetReader:
+def _open(path: Path, mode: str = "r", **profile) -> rasterio.DatasetReader:
+    """rasterio.open without the warning that plain images have no georeference."""
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path, mode, **profile)
     except RasterioIOError as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
@@ -45,7 +47,7 @@ def _stream_to_tiled_tiff(dataset: rasterio.DatasetReader, bands: list[int], tar
     profile = dict(driver="GTiff", width=dataset.width, height=dataset.height, count=len(bands), dtype="uint8",
                    tiled=True, blockxsize=_TILE, blockysize=_TILE, compress="deflate", zlevel=1,
                    BIGTIFF="IF_SAFER")
-    with atomic_path(target) as tmp, rasterio.open(tmp, "w", **profile) as out:
+    with atomic_path(target) as tmp, _open(tmp, "w", **profile) as out:
         for row in range(0, dataset.height, _TILE):  # whole tile rows: each compressed block written once
             window = Window(0, row, dataset.width, min(_TILE, dataset.height - row))
             out.write(dataset.read(bands, window=window), window=window)
