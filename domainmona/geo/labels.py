@@ -42,15 +42,16 @@ def read_labels(path: str | Path, class_field: str) -> Labels:
     if not path.exists():
         raise UserError(f"{path}: label file not found")
     try:
+        info = pyogrio.read_info(path)
+        if info["features"] == 0:
+            raise UserError(f"{path}: the label file has no features")
+        fields = list(info["fields"])
+        if class_field not in fields:
+            raise UserError(f"{path}: no field '{class_field}' (fields: {', '.join(fields) or 'none'}); "
+                            "choose one with --class-field")
         meta, _, wkb, field_data = pyogrio.raw.read(path, columns=[class_field])
     except (DataSourceError, FieldError, OSError) as exc:
         raise UserError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
-    fields = list(meta["fields"])
-    if class_field not in fields:
-        raise UserError(f"{path}: no field '{class_field}' (fields: {', '.join(fields) or 'none'}); "
-                        "choose one with --class-field")
-    if wkb is None or len(wkb) == 0:
-        raise UserError(f"{path}: the label file has no features")
     geoms = shapely.make_valid(shapely.from_wkb(wkb))
     classes = np.array([str(c) for c in field_data[0]], dtype=object)
     parts, owner = shapely.get_parts(geoms, return_index=True)

@@ -30,7 +30,8 @@ def load_settings(**overrides: Any) -> dict[str, Any]:
 
 
 def build_model(spec: dict[str, Any]):
-    """smp model from a spec (arch, timm, timm_kwargs, in_channels, classes, size, adapter, adapter_cfg).
+    """smp model from a spec (arch, decoder_kwargs, timm, timm_kwargs, in_channels, classes, size, adapter,
+    adapter_cfg).
 
     Output channels: background + one per class. The adapter goes into the encoder only, so the decoder
     stays fully trainable. With other than 3 bands the patch embedding cannot come from RGB weights and
@@ -43,7 +44,8 @@ def build_model(spec: dict[str, Any]):
     try:
         model = smp.create_model(spec["arch"], encoder_name=f"tu-{spec['timm']}", encoder_weights=None,
                                  in_channels=spec["in_channels"], classes=len(spec["classes"]) + 1,
-                                 img_size=spec["size"], strict_img_size=False, **spec["timm_kwargs"])
+                                 img_size=spec["size"], strict_img_size=False, **spec["decoder_kwargs"],
+                                 **spec["timm_kwargs"])
     except KeyError as exc:
         raise UserError(f"unknown segmentation architecture '{spec['arch']}' ({exc})") from None
     inject(model.encoder, spec["adapter"], **spec["adapter_cfg"])
@@ -59,7 +61,7 @@ def patch_embedding(model):
 
 def model_spec(settings: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     encoder = settings["encoders"][settings["encoder"]]
-    return {"arch": settings["arch"], "encoder": settings["encoder"], "timm": encoder["timm"],
+    return {"arch": settings["arch"], "decoder_kwargs": settings["decoder_kwargs"], "encoder": settings["encoder"], "timm": encoder["timm"],
             "timm_kwargs": encoder["kwargs"], "in_channels": len(manifest["rasters"][0]["bands"]),
             "bands": manifest["rasters"][0]["bands"], "classes": manifest["classes"], "size": manifest["size"],
             "overlap": manifest["overlap"], "stats": manifest["stats"], "adapter": settings["adapter"],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class SegTrainOptions:
     batch_size: int | None = None
     lr: float | None = None
     seed: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # any other key of configs/geo/geo-seg.yaml
 
 
 def load_chips(chips_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +69,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
         raise UserError(f"{opts.chips}: chips were made for {manifest['task']}; use 'domainmona train geo-det' "
                         "or tile again with --task segmentation")
     settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
-                             batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed)
+                             batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed, **opts.overrides)
     torch.manual_seed(settings["seed"])
     spec = model_spec(settings, manifest)
     model = build_model(spec)
