@@ -2,26 +2,103 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
 
 from domainmona.detection import dataset_cli
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
 
+Backbone = Enum('Backbone', {b: b for b in ('swin-t', 'swin-b', 'micro')}, type=str)
+Method = Enum('Method', {m: m for m in ('mona', 'full', 'fixed', 'bitfit', 'normtuning', 'partial-1', 'adapter',
+                                         'lora', 'adaptformer', 'lorand')}, type=str)
+Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
+
+
+def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter: Method,
+           pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: int,
+           resume: bool) -> None:
+    from domainmona.console import console
+    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, launch_torchrun, train, training_subsets
+
+    if pretrained is None and backbone.value == 'micro':
+        pretrained = MICRO_WEIGHTS  # the shipped micro Swin, pretrained by domainmona.detection.pretrain_micro
+    opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
+                        adapter=adapter.value, pretrained=pretrained, shots=shots, max_iters=max_iters,
+                        gpus=gpus, resume=resume)
+    if gpus > 1 and 'LOCAL_RANK' not in os.environ:
+        training_subsets(opts)  # split once here, not in every process
+        launch_torchrun(gpus, sys.argv[1:])
+        final = work_dir / 'final.safetensors'
+    else:
+        final = train(opts)
+        if int(os.environ.get('RANK', 0)) != 0:
+            return
+    console.print(str(final), highlight=False, soft_wrap=True)
+
+
+def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float) -> None:
+    from domainmona.console import console
+    from domainmona.detection.inference import run_test
+
+    result = run_test(checkpoint, data, out, iou_thr)
+    if result.map is not None:
+        console.print(f"full-image mAP ({dataset.upper()}, VOC07, IoU 0.5): {result.map:.4f}")
+    console.print(str(result.zip_path), highlight=False, soft_wrap=True)
+
 
 def register(groups: "CommandGroups") -> None:
-    from domainmona.cli import not_built
-
     dataset_cli.register(groups)
 
     @groups.root.command("demo")
-    def demo() -> None:
+    def demo(out: Path = typer.Option(Path("domainmona-demo"), "--out", help="Output folder.")) -> None:
         """Generate DOTA-style scenes, fine-tune a micro Mona-Swin Oriented R-CNN, test, merge, evaluate."""
-        not_built("demo", 4)
+        from domainmona.detection.demo import run_demo
+
+        run_demo(out)
+
+    data_opt = typer.Option(..., "--data", help="Raw scenes (images/ + labelTxt/) or split patches (images/ + annfiles/).")
+    work_opt = typer.Option(..., "--work-dir", help="Where checkpoints, logs and the split patches go.")
+    backbone_opt = typer.Option(Backbone['swin-t'], "--backbone")
+    adapter_opt = typer.Option(Method.mona, "--adapter", help="Adapter method trained inside the backbone.")
+    pretrained_opt = typer.Option(None, "--pretrained", help="ImageNet Swin weights (Microsoft, timm or OpenMMLab).")
+    shots_opt = typer.Option(None, "--shots", help="Train on a seeded K-instances-per-class subset.")
+    iters_opt = typer.Option(None, "--max-iters", help="Iterations instead of the 12-epoch schedule.")
+    gpus_opt = typer.Option(1, "--gpus", help="More than 1 launches torchrun.")
+    resume_opt = typer.Option(False, "--resume", help="Continue from the last checkpoint in --work-dir.")
+
+    @groups.train.command("dota")
+    def train_dota(data: Path = data_opt, work_dir: Path = work_opt, version: Version = typer.Option(
+            Version['1.0'], "--version"), backbone: Backbone = backbone_opt, adapter: Method = adapter_opt,
+                   pretrained: Optional[Path] = pretrained_opt, shots: Optional[int] = shots_opt,
+                   max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt, resume: bool = resume_opt) -> None:
+        """Oriented R-CNN with a Mona-Swin backbone on DOTA; prints the final checkpoint last."""
+        _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume)
+
+    @groups.train.command("star")
+    def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: Backbone = backbone_opt,
+                   adapter: Method = adapter_opt, pretrained: Optional[Path] = pretrained_opt,
+                   shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt,
+                   resume: bool = resume_opt) -> None:
+        """Oriented R-CNN with a Mona-Swin backbone on STAR; prints the final checkpoint last."""
+        _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume)
 
     for dataset in ("dota", "star"):
-        groups.train.command(dataset, help=f"Oriented R-CNN with a Mona-Swin backbone on {dataset.upper()}.")(
-            lambda dataset=dataset: not_built(f"train {dataset}", 4))
-        groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint and write Task1 files.")(
-            lambda dataset=dataset: not_built(f"test {dataset}", 4))
+        groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint on full scenes: patches, merge, "
+                                          "Task1 files + zip, mAP when labels exist.")(_test_command(dataset))
+
+
+def _test_command(dataset: str):
+    def test_command(checkpoint: Path = typer.Option(..., "--checkpoint", help="Printed last by train."),
+                     data: Path = typer.Option(..., "--data", help="Scenes: images/ (+ labelTxt/ for mAP)."),
+                     out: Path = typer.Option(..., "--out", help="Task1 files, their zip and metrics."),
+                     iou_thr: float = typer.Option(0.1, "--iou-thr", help="Rotated NMS IoU when merging.")) -> None:
+        _test(dataset, checkpoint, data, out, iou_thr)
+
+    return test_command

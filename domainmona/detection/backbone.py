@@ -1,0 +1,64 @@
+"""MonaSwinTransformer: mmdet's Swin with any domainmona adapter method, registered in mmrotate's MODELS.
+
+A config selects it by type and picks the method with one field: `adapter=dict(type='mona', ...)`.
+Importing this module registers it (configs do so through `custom_imports`).
+"""
+
+from __future__ import annotations
+
+from mmdet.models.backbones import SwinTransformer
+from mmengine.logging import MMLogger
+from mmrotate.registry import MODELS
+
+from domainmona.adapters import inject
+
+
+@MODELS.register_module()
+class MonaSwinTransformer(SwinTransformer):
+    """Swin with adapters injected right after construction, so the optimizer and DDP see them.
+
+    `weights` is a local ImageNet-pretrained Swin file (official Microsoft, timm or OpenMMLab format),
+    loaded in `init_weights` (which mmengine's Runner calls after building the model). Only the
+    parameters the adapter method leaves trainable train; the neck and heads are outside this module
+    and train fully.
+    """
+
+    def __init__(self, adapter: dict | None = None, weights: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        adapter_cfg = dict(adapter or dict(type='mona'))
+        self.adapter_method = adapter_cfg.pop('type')
+        self.weights = weights
+        base_names = {name for name, _ in self.named_parameters()}
+        inject(self, self.adapter_method, **adapter_cfg)
+        self._adapter_names = {name for name, _ in self.named_parameters()} - base_names
+        self._trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def init_weights(self) -> None:
+        logger = MMLogger.get_current_instance()
+        if self.weights:
+            from domainmona.adapters import load_pretrained
+
+            report = load_pretrained(self, self.weights)
+            logger.info(f'MonaSwinTransformer: {report}')
+        else:
+            # Swin's from-scratch init would also redraw the adapters' own (often zero) init: keep those.
+            adapter_state = {n: p.detach().clone() for n, p in self.named_parameters() if n in self._adapter_names}
+            super().init_weights()
+            params = dict(self.named_parameters())
+            for name, value in adapter_state.items():
+                params[name].data.copy_(value)
+        self._apply_freezing()
+
+    def train(self, mode: bool = True) -> "MonaSwinTransformer":
+        super().train(mode)
+        self._apply_freezing()
+        return self
+
+    def frozen_pretrained_keys(self) -> set[str]:
+        """State keys that stay frozen and so always equal the pretrained file's (or the fixed init's)."""
+        return set(self.state_dict()) - self._trainable_names
+
+    def _apply_freezing(self) -> None:
+        """Re-assert the method's trainable set (weight loading or wrappers must not unfreeze the backbone)."""
+        for name, param in self.named_parameters():
+            param.requires_grad = name in self._trainable_names
