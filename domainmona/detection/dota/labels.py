@@ -60,10 +60,10 @@ def _parse_object(tokens: list[str], where: str, classes: Sequence[str] | None) 
     if len(tokens) not in (9, 10):
         raise UserError(f"{where}: expected 'x1 y1 x2 y2 x3 y3 x4 y4 class difficult', got {len(tokens)} fields")
     try:
-        coords = [float(t) for t in tokens[:8]]
+        coords = np.array(tokens[:8], dtype=np.float64)
     except ValueError:
         raise UserError(f"{where}: the first 8 fields must be numbers: {' '.join(tokens[:8])}") from None
-    if not all(math.isfinite(c) for c in coords):
+    if not np.isfinite(coords).all():
         raise UserError(f"{where}: coordinates must be finite")
     cls = tokens[8]
     if classes is not None and cls not in classes:
@@ -71,7 +71,7 @@ def _parse_object(tokens: list[str], where: str, classes: Sequence[str] | None) 
     difficult = tokens[9] if len(tokens) == 10 else "0"
     if difficult not in ("0", "1", "2"):
         raise UserError(f"{where}: difficult must be 0, 1 or 2, got '{difficult}'")
-    return DotaObject(np.array(coords).reshape(4, 2), cls, int(difficult))
+    return DotaObject(coords.reshape(4, 2), cls, int(difficult))
 
 
 def read_dota_labels(path: str | os.PathLike, classes: Sequence[str] | None = None) -> DotaLabels:

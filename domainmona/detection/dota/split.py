@@ -61,10 +61,9 @@ class SplitSummary:
 @dataclass
 class _ImageJob:
     image: Path
-    labels: Path | None
+    labels: DotaLabels | None
     dst: Path
     settings: SplitSettings
-    classes: tuple[str, ...] | None
 
 
 def _find_images(src: Path) -> list[Path]:
@@ -111,7 +110,7 @@ def _split_image(job: _ImageJob) -> dict:
     from domainmona.detection.dota.image_reader import ImageSource  # rasterio: only in workers
 
     settings = job.settings
-    labels = read_dota_labels(job.labels, job.classes) if job.labels is not None else DotaLabels()
+    labels = job.labels or DotaLabels()
     counts, patches = PatchCounts(), 0
     with ImageSource(job.image, job.dst / ".split" / "cache") as source:
         for rate in settings.rates:
@@ -173,7 +172,8 @@ def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 10
     settings = SplitSettings(int(size), int(gap), tuple(float(r) for r in rates), float(iof_thr), float(sliver_thr))
     settings.validate()
     images = _find_images(src)
-    labels = _pair_labels(src, images)
+    # every label file is parsed before anything is written: a bad line fails fast and leaves no output
+    labels = [read_dota_labels(path, classes) if path is not None else None for path in _pair_labels(src, images)]
     _check_settings(dst, settings)
     summary = SplitSummary(dst=dst, labelled=labels[0] is not None, images=len(images))
     jobs = []
@@ -183,7 +183,7 @@ def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 10
             summary.resumed += 1
             _add(summary, json.loads(marker.read_text(encoding="utf-8")))
         else:
-            jobs.append(_ImageJob(image, label, dst, settings, tuple(classes) if classes is not None else None))
+            jobs.append(_ImageJob(image, label, dst, settings))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     with progress() as bar:
         task = bar.add_task(f"split {src.name}", total=len(images), completed=summary.resumed)
