@@ -2,15 +2,101 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from domainmona.errors import UserError
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
 
+def _relaunch_with_torchrun(gpus: int) -> None:
+    """Re-run this very command under torchrun with one process per GPU; exit with its status."""
+    import torch
+
+    if torch.cuda.is_available() and gpus > torch.cuda.device_count():
+        raise UserError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+               "-m", "domainmona.cli", *sys.argv[1:]]
+    raise typer.Exit(subprocess.run(command).returncode)
+
 
 def register(groups: "CommandGroups") -> None:
-    from domainmona.cli import not_built
+    app = groups.segment_ct
 
-    for sub in ("train", "predict", "evaluate", "demo"):
-        groups.segment_ct.command(sub, help=f"segment-ct {sub} (not built yet).")(
-            lambda sub=sub: not_built(f"segment-ct {sub}", 5))
+    @app.command("train")
+    def train(
+        data: Path = typer.Option(..., "--data", help="MSD task folder (dataset.json), datalist JSON, or a folder "
+                                  "with imagesTr/+labelsTr/ (or images/+labels/) of same-named NIfTI files."),
+        work_dir: Path = typer.Option(..., "--work-dir", help="Checkpoints, metrics and settings go here."),
+        pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="MONAI SSL Swin weights "
+                                                  "(model_swinvit.pt or ssl_pretrained_weights.pth)."),
+        adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (default mona); 'none' = "
+                                              "full fine-tuning of plain SwinUNETR."),
+        shots: Optional[int] = typer.Option(None, "--shots", help="Train on the first K labelled cases only."),
+        roi: Optional[int] = typer.Option(None, "--roi", help="Patch / sliding-window size (multiple of 32; 96)."),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
+        gpus: int = typer.Option(1, "--gpus", help="Processes (one per GPU, via torchrun when > 1; 0 = CPU)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoints/last.pt."),
+        feature_size: Optional[int] = typer.Option(None, "--feature-size", help="Swin width (48 for SSL weights)."),
+        decoder_size: Optional[int] = typer.Option(None, "--decoder-size", help="Slim CNN decoder width (e.g. 24)."),
+        merging: Optional[str] = typer.Option(None, "--merging", help="legacy (SSL weights' order) | merging | "
+                                              "mergingv2."),
+        hu_min: Optional[float] = typer.Option(None, "--hu-min", help="HU window low end (-175)."),
+        hu_max: Optional[float] = typer.Option(None, "--hu-max", help="HU window high end (250)."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml."),
+    ) -> None:
+        """Fine-tune SwinUNETR + Mona-3D on CT; the last line printed is the checkpoint to pass to predict."""
+        from domainmona.medical.settings import load_settings
+
+        settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
+                             model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
+                                        merging=merging), train=dict(roi=roi, max_epochs=max_epochs))
+        if gpus > 1 and "LOCAL_RANK" not in os.environ:
+            _relaunch_with_torchrun(gpus)
+        from domainmona.medical.data import load_split
+        from domainmona.medical.train import train as run
+
+        split = load_split(data, shots, settings["train"]["val_max"])
+        final = run(split, settings, work_dir, pretrained=pretrained, resume=resume, gpus=gpus)
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(str(final))
+
+    @app.command("predict")
+    def predict(
+        inputs: list[Path] = typer.Argument(..., help="CT volumes (NIfTI)."),
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt/last.pt from segment-ct train."),
+        out: Path = typer.Option(..., "--out", help="Folder for label maps and PNG previews."),
+        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap."),
+    ) -> None:
+        """uint8 NIfTI label maps in each input's original geometry, plus a PNG overlay per input."""
+        from domainmona.medical.predict import predict_volumes
+
+        for path in predict_volumes(inputs, checkpoint, out, overlap=overlap):
+            typer.echo(str(path))
+
+    @app.command("evaluate")
+    def evaluate(
+        pred: Path = typer.Option(..., "--pred", help="Folder of predicted label maps."),
+        gt: Path = typer.Option(..., "--gt", help="Folder of same-named ground-truth label maps."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write per-class and per-case scores here."),
+    ) -> None:
+        """Per-class Dice and HD95 (mm) table."""
+        from domainmona.medical.report import evaluate_and_report
+
+        evaluate_and_report(pred, gt, json_out)
+
+    @app.command("demo")
+    def demo(
+        out: Path = typer.Option(Path("segment-ct-demo"), "--out", help="Folder for data, run and predictions."),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the recipe's epochs."),
+    ) -> None:
+        """Synthetic CT → short training → predict → evaluate; prints the Dice (recipe: pipelines/ct-demo.yaml)."""
+        from domainmona.medical.demo import run_demo
+
+        run_demo(out, max_epochs)

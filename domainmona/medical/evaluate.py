@@ -1,0 +1,100 @@
+"""Per-class Dice and HD95 (mm) of predicted label maps against ground truth, with MONAI's metrics.
+
+A class absent from both prediction and ground truth of a case is left out of that class's mean (Dice
+and HD95 are undefined there); a false positive on an empty ground truth counts as Dice 0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from domainmona.errors import UserError
+from domainmona.medical.data import AFFINE_ATOL, check_volume, is_nifti
+
+LABEL_NAMES_FILE = "labels.json"  # written by `predict` beside the label maps
+
+
+@dataclass
+class Evaluation:
+    names: dict[int, str]
+    unmatched: list[str] = field(default_factory=list)  # predictions without a ground truth
+    per_case: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)  # case → class → (dice, hd95)
+
+    def mean(self, index: int, metric: int) -> float:
+        values = [case[index][metric] for case in self.per_case.values()]
+        finite = [v for v in values if not math.isnan(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+    @property
+    def mean_dice(self) -> float:
+        return float(np.nanmean([self.mean(i, 0) for i in self.names]))
+
+    def to_json(self) -> dict:
+        def clean(value: float) -> float | None:
+            return value if math.isfinite(value) else None
+
+        return {
+            "mean_dice": clean(self.mean_dice),
+            "classes": {self.names[i]: {"index": i, "dice": clean(self.mean(i, 0)), "hd95_mm": clean(self.mean(i, 1))}
+                        for i in self.names},
+            "cases": {case: {self.names[i]: {"dice": clean(d), "hd95_mm": clean(h)} for i, (d, h) in scores.items()}
+                      for case, scores in self.per_case.items()},
+        }
+
+
+def score_case(pred: np.ndarray, gt: np.ndarray, classes: list[int], spacing) -> dict[int, tuple[float, float]]:
+    """Dice and 95th-percentile symmetric Hausdorff distance (in the units of `spacing`) per class."""
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    num_classes = max(classes) + 1
+    y_pred = torch.as_tensor(pred.astype(np.int64))[None, None]
+    y = torch.as_tensor(gt.astype(np.int64))[None, None]
+    dice = compute_dice(y_pred, y, include_background=True, ignore_empty=False, num_classes=num_classes)[0]
+    hd95 = compute_hausdorff_distance(one_hot(y_pred, num_classes), one_hot(y, num_classes), include_background=True,
+                                      percentile=95, spacing=list(map(float, spacing)))[0]
+    scores = {}
+    for c in classes:
+        both_empty = not (pred == c).any() and not (gt == c).any()
+        scores[c] = (math.nan, math.nan) if both_empty else (float(dice[c]), float(hd95[c]))
+    return scores
+
+
+def _label_names(pred_dir: Path, top: int) -> dict[int, str]:
+    names = {i: f"class_{i}" for i in range(1, top + 1)}
+    names_file = pred_dir / LABEL_NAMES_FILE
+    if names_file.is_file():
+        names.update({int(k): v for k, v in json.loads(names_file.read_text()).items() if int(k) in names})
+    return names
+
+
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> Evaluation:
+    """Score the predictions that have a same-named ground truth, every foreground class."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for folder in (pred_dir, gt_dir):
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no such folder")
+    pred_files = sorted(p for p in pred_dir.iterdir() if is_nifti(p) and not p.name.startswith("."))
+    matched = [p for p in pred_files if (gt_dir / p.name).is_file()]
+    if not matched:
+        raise UserError(f"{pred_dir}: no NIfTI prediction has a same-named ground truth in {gt_dir}")
+    pairs = []
+    for pred_file in matched:
+        gt_file = gt_dir / pred_file.name
+        gt, pred = check_volume(gt_file), check_volume(pred_file)
+        if gt.shape != pred.shape or not np.allclose(gt.affine, pred.affine, atol=AFFINE_ATOL):
+            raise UserError(f"{pred_file}: shape/affine differ from ground truth {gt_file} ({pred.shape} vs {gt.shape})")
+        pairs.append((pred_file.name, np.asarray(pred.dataobj), np.asarray(gt.dataobj), gt.header.get_zooms()[:3]))
+    top = max(int(max(p.max(), g.max())) for _, p, g, _ in pairs)
+    if top < 1:
+        raise UserError(f"{gt_dir}: neither ground truth nor predictions contain a foreground label")
+    evaluation = Evaluation(_label_names(pred_dir, top), unmatched=[p.name for p in pred_files if p not in matched])
+    for name, pred, gt, spacing in pairs:
+        evaluation.per_case[name] = score_case(pred, gt, list(evaluation.names), spacing)
+    return evaluation

@@ -1,0 +1,102 @@
+"""MONAI SwinUNETR with the pre-1.5 patch merging on offer and an optional slim CNN decoder.
+
+Why the two additions:
+- MONAI 1.5 fixed 3-D PatchMerging, which used to take two of its eight sub-voxels twice
+  (MONAI issues #4757/#8284). Its `"merging"` and `"mergingv2"` both use all eight now, in different orders,
+  so neither matches the public SSL weights (`model_swinvit.pt`), which were trained on the old order.
+  MONAI 1.6 offers no legacy class; `LegacyPatchMerging` restores that order.
+- In SwinUNETR the Swin width (`feature_size`) also sets every decoder width, and the decoder holds ~87% of
+  the parameters (`encoder10` alone ~32M at width 48). `SlimDecoderSwinUNETR` keeps the 48-wide Swin (so
+  the SSL weights still load) under a narrower decoder, joined by 1x1x1 projections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import SwinUNETR
+from monai.networks.nets.swin_unetr import PatchMergingV2
+from torch import nn
+
+from domainmona.medical.weights import load_ssl_weights
+
+# Sub-voxel (d, h, w) offsets of MONAI < 1.5's 3-D PatchMerging, in concatenation order: (0,1,0) and (0,0,1)
+# appear twice, (1,1,0) and (0,1,1) never.
+LEGACY_MERGING_OFFSETS = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1))
+
+
+class LegacyPatchMerging(PatchMergingV2):
+    """3-D patch merging in MONAI < 1.5's voxel order, the one the public SSL Swin weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            return super().forward(x)
+        _, d, h, w, _ = x.shape
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in LEGACY_MERGING_OFFSETS], -1)
+        return self.reduction(self.norm(x))
+
+
+class SlimDecoderSwinUNETR(SwinUNETR):
+    """SwinUNETR with a `decoder_size`-wide CNN decoder under a `feature_size`-wide Swin encoder."""
+
+    def __init__(self, *, feature_size: int, decoder_size: int, **kwargs: Any):
+        super().__init__(feature_size=decoder_size, **kwargs)
+        self.swinViT = SwinUNETR(feature_size=feature_size, **kwargs).swinViT
+        self.skip_projections = nn.ModuleList(
+            nn.Conv3d(feature_size * 2**i, decoder_size * 2**i, kernel_size=1) for i in range(5))
+        # SwinUNETR.forward feeds swinViT's five outputs to the decoder; project them on the way.
+        self.swinViT.register_forward_hook(self._project_skips)
+
+    def _project_skips(self, _module: nn.Module, _args: Any, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project(h) for project, h in zip(self.skip_projections, hidden)]
+
+
+def build_swinunetr(model_cfg: dict[str, Any], out_channels: int, in_channels: int = 1) -> SwinUNETR:
+    """Plain (or slim-decoder) SwinUNETR from the `model:` settings; no adapters yet."""
+    merging = model_cfg["merging"]
+    common = dict(in_channels=in_channels, out_channels=out_channels,
+                  downsample=LegacyPatchMerging if merging == "legacy" else merging,
+                  dropout_path_rate=model_cfg["dropout_path_rate"], use_checkpoint=model_cfg["use_checkpoint"])
+    feature_size = model_cfg["feature_size"]
+    decoder_size = model_cfg["decoder_size"] or feature_size
+    if decoder_size == feature_size:
+        return SwinUNETR(feature_size=feature_size, **common)
+    return SlimDecoderSwinUNETR(feature_size=feature_size, decoder_size=decoder_size, **common)
+
+
+def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | None = None, verbose: bool = False,
+             device: torch.device | str = "cpu") -> SwinUNETR:
+    """Build on `device`, load SSL weights, then inject adapters: the core freezes the Swin except what the
+    method trains, while the CNN decoder (outside the backbone) stays trainable. Adapter 'none': plain model.
+
+    The model is placed on its device before injection because adapted blocks cannot be moved afterwards
+    (the core's AdapterHost._apply shadows nn.Module._apply, which `.to()` relies on)."""
+    from domainmona.adapters import inject
+
+    model = build_swinunetr(model_cfg, out_channels).to(device)
+    if pretrained is not None:
+        load_ssl_weights(model, pretrained, verbose=verbose)
+    if model_cfg["adapter"] != "none":
+        inject(model, model_cfg["adapter"], **model_cfg["adapter_cfg"])
+    return model
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters split into the Swin encoder, the adapters injected into it, and the CNN decoder (the rest)."""
+    from domainmona.adapters.inject import is_adapter_parameter
+
+    groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "decoder": []}
+    for name, param in model.named_parameters():
+        group = "adapter" if is_adapter_parameter(name) else "encoder" if name.startswith("swinViT.") else "decoder"
+        groups[group].append(param)
+    return groups
+
+
+def optimizer_groups(model: nn.Module, lr: float, adapter_lr: float) -> list[dict]:
+    """AdamW groups: adapters at `adapter_lr`, every other trainable weight at `lr`."""
+    groups = {name: [p for p in params if p.requires_grad] for name, params in parameter_groups(model).items()}
+    return [g for g in ({"params": groups["encoder"] + groups["decoder"], "lr": lr},
+                        {"params": groups["adapter"], "lr": adapter_lr}) if g["params"]]

@@ -1,0 +1,38 @@
+"""The evaluate command's output: a rich table per class, optional JSON with per-case scores."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+from domainmona.console import console, err_console
+from domainmona.io import atomic_path
+from domainmona.medical.evaluate import Evaluation, evaluate_dirs
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def evaluation_table(evaluation: Evaluation) -> Table:
+    table = Table(title=f"segment-ct evaluation ({len(evaluation.per_case)} cases)")
+    for column in ("class", "name", "Dice", "HD95 (mm)"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for index, name in evaluation.names.items():
+        table.add_row(str(index), name, _fmt(evaluation.mean(index, 0), 4), _fmt(evaluation.mean(index, 1), 2))
+    table.add_row("", "mean", _fmt(evaluation.mean_dice, 4), "", style="bold")
+    return table
+
+
+def evaluate_and_report(pred_dir: str | Path, gt_dir: str | Path, json_out: str | Path | None = None) -> Evaluation:
+    evaluation = evaluate_dirs(pred_dir, gt_dir)
+    if evaluation.unmatched:
+        err_console.print(f"[yellow]note:[/] {len(evaluation.unmatched)} prediction(s) without ground truth skipped")
+    console.print(evaluation_table(evaluation))
+    if json_out:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(evaluation.to_json(), indent=2))
+    return evaluation

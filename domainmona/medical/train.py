@@ -1,0 +1,191 @@
+"""The segment-ct training loop: DiceCE on pos/neg patches, sliding-window validation Dice, best/last checkpoints.
+
+A plain PyTorch loop over MONAI data (as MONAI's own SwinUNETR tutorials): the pieces that matter here —
+frozen encoder, adapter learning rate, adapter-only files, resume — are explicit instead of hidden in an engine.
+Under torchrun every rank trains on its share of the volumes; rank 0 validates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, partition_dataset
+from monai.losses import DiceCELoss
+from monai.metrics import compute_dice
+from monai.utils import set_determinism
+
+from domainmona.console import console, progress
+from domainmona.errors import UserError
+from domainmona.io import atomic_path
+from domainmona.medical import transforms
+from domainmona.medical.checkpoint import load_checkpoint, save_checkpoint
+from domainmona.medical.data import Split
+from domainmona.medical.model import assemble, optimizer_groups
+from domainmona.medical.summary import print_report
+from domainmona.medical.weights import save_adapter_file
+from domainmona.medical.predict import segment
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: rank and world size under torchrun, else a single process."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def runtime(gpus: int) -> Runtime:
+    """Join the torchrun process group when launched by it (NCCL on GPUs, gloo on CPU)."""
+    cuda = gpus > 0 and torch.cuda.is_available()
+    if "LOCAL_RANK" not in os.environ:
+        return Runtime(torch.device("cuda" if cuda else "cpu"))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Runtime(device, torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def validation_dice(model: torch.nn.Module, loader: DataLoader, settings: dict[str, Any], num_classes: int,
+                    device: torch.device) -> float:
+    """Mean foreground Dice over validation volumes (preprocessed space), classes absent in a case skipped."""
+    train = settings["train"]
+    scores = []
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            labels = segment(model, batch[transforms.IMAGE][0].to(device), train["roi"], train["sw_batch_size"],
+                             train["overlap"])
+            truth = batch[transforms.LABEL].to(device)
+            scores.append(compute_dice(labels[:, None], truth, include_background=False, num_classes=num_classes,
+                                       ignore_empty=True).cpu().numpy())
+    model.train()
+    return float(np.nanmean(np.concatenate(scores)))
+
+
+def _loaders(split: Split, settings: dict[str, Any], rt: Runtime) -> tuple[DataLoader, DataLoader | None]:
+    train, pre = settings["train"], settings["preprocess"]
+    cases = split.train
+    if rt.world > 1:
+        cases = partition_dataset(cases, num_partitions=rt.world, shuffle=True, even_divisible=True,
+                                  seed=train["seed"])[rt.rank]
+    chain = transforms.training(pre, settings["augment"], train["roi"])
+    workers = train["num_workers"]
+    train_set = CacheDataset(cases, chain, cache_rate=train["cache_rate"], num_workers=workers, progress=False)
+    train_loader = DataLoader(train_set, batch_size=train["batch_size"], shuffle=True, num_workers=workers,
+                              pin_memory=rt.device.type == "cuda")
+    if not (split.val and rt.main):
+        return train_loader, None
+    val_set = CacheDataset(split.val, transforms.validation(pre), cache_rate=train["cache_rate"],
+                           num_workers=workers, progress=False)
+    return train_loader, DataLoader(val_set, batch_size=1, num_workers=workers)
+
+
+def _check_resumable(state: dict, settings: dict[str, Any], path: Path) -> None:
+    for section in ("model", "preprocess"):
+        if state["settings"][section] != settings[section]:
+            raise UserError(f"{path}: its '{section}' settings differ from this run's; resume with the same flags")
+
+
+def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrained: str | Path | None = None,
+          resume: bool = False, gpus: int = 1) -> Path:
+    """Train, validate every `val_every` epochs, and return the checkpoint to use (best, else last)."""
+    rt = runtime(gpus)
+    cfg = settings["train"]
+    work_dir = Path(work_dir)
+    ckpt_dir = work_dir / CHECKPOINT_DIR
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if last_path.exists() and not resume:
+        raise UserError(f"{work_dir} already holds a run; pass --resume to continue it or choose another --work-dir")
+    if resume and not last_path.exists():
+        raise UserError(f"--resume: no {last_path} to resume from")
+    set_determinism(seed=cfg["seed"] + rt.rank)
+    state = load_checkpoint(last_path) if resume else None
+    if state is not None:
+        _check_resumable(state, settings, last_path)
+    model = assemble(settings["model"], split.num_classes, pretrained=None if state else pretrained,
+                     verbose=rt.main, device=rt.device)
+    if rt.main:
+        print_report(model, settings["model"])
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]), weight_decay=cfg["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["max_epochs"])
+    amp = bool(cfg["amp"]) and rt.device.type == "cuda"
+    scaler = torch.amp.GradScaler(enabled=amp)
+    start_epoch, best_dice, history = 0, -1.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
+    net = model
+    if rt.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+    train_loader, val_loader = _loaders(split, settings, rt)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    common = dict(settings=settings, label_names={str(k): v for k, v in split.label_names.items()},
+                  num_classes=split.num_classes)
+    steps = (cfg["max_epochs"] - start_epoch) * len(train_loader)
+    with progress() as bar:
+        task = bar.add_task("train", total=steps, visible=rt.main)
+        for epoch in range(start_epoch, cfg["max_epochs"]):
+            net.train()
+            started, losses = time.perf_counter(), []
+            for batch in train_loader:
+                image, label = batch[transforms.IMAGE].to(rt.device), batch[transforms.LABEL].to(rt.device)
+                with torch.autocast(rt.device.type, enabled=amp):
+                    loss = loss_fn(net(image), label)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg['max_epochs']} loss {loss.item():.3f}")
+            scheduler.step()
+            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
+            if (epoch + 1) % cfg["val_every"] and epoch + 1 != cfg["max_epochs"]:
+                history.append(record)
+                continue
+            if rt.main:
+                if val_loader is not None:
+                    record["val_dice"] = validation_dice(model, val_loader, settings, split.num_classes, rt.device)
+                history.append(record)
+                if record.get("val_dice", -1.0) > best_dice:
+                    best_dice = record["val_dice"]
+                    save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, best_dice=best_dice, **common)
+                    save_adapter_file(model, settings["model"], ckpt_dir / "best_adapter.safetensors")
+                save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch + 1,
+                                best_dice=best_dice, history=history, **common)
+                save_adapter_file(model, settings["model"], ckpt_dir / "last_adapter.safetensors")
+                with atomic_path(work_dir / "metrics.json") as tmp:
+                    tmp.write_text(json.dumps(history, indent=2))
+                console.print(f"epoch {epoch + 1}: loss {record['loss']:.4f}"
+                              + (f", validation Dice {record['val_dice']:.4f}" if "val_dice" in record else ""),
+                              highlight=False)
+            rt.barrier()
+    if rt.world > 1:
+        torch.distributed.destroy_process_group()
+    return best_path if best_path.exists() else last_path
