@@ -11,6 +11,7 @@ tiled GeoTIFF cache, holding one 512-row strip at a time.
 from __future__ import annotations
 
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,8 @@ from domainmona.io import atomic_path
 
 LARGE_IMAGE_BYTES = 256 * 2**20
 _TILE = 512
+# GDAL's block cache defaults to 5% of RAM per process; a band of patches of a 31k-px-wide image fits here.
+GDAL_CACHE_MB = 128
 
 
 
@@ -59,17 +62,20 @@ class ImageSource:
     def __init__(self, path: Path, cache_dir: Path) -> None:
         self.path = path
         self._cache: Path | None = None
-        dataset = _open(path)
-        bands = _bands(dataset, path)
-        self.in_memory = dataset.width * dataset.height * len(bands) <= LARGE_IMAGE_BYTES
-        if not self.in_memory and not (dataset.driver == "GTiff" and dataset.profile.get("tiled")):
-            self._cache = cache_dir / f"{path.stem}.tif"
-            with dataset:
+        with ExitStack() as stack:  # on any error here, close what was opened and restore GDAL's settings
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            dataset = stack.enter_context(_open(path))
+            bands = _bands(dataset, path)
+            self.in_memory = dataset.width * dataset.height * len(bands) <= LARGE_IMAGE_BYTES
+            if not self.in_memory and not (dataset.driver == "GTiff" and dataset.profile.get("tiled")):
+                self._cache = cache_dir / f"{path.stem}.tif"
                 if not self._cache.exists():
                     _stream_to_tiled_tiff(dataset, bands, self._cache)
-            dataset, bands = _open(self._cache), list(range(1, len(bands) + 1))
-        self._dataset, self._bands = dataset, bands
-        self.width, self.height = dataset.width, dataset.height
+                dataset.close()
+                dataset, bands = stack.enter_context(_open(self._cache)), list(range(1, len(bands) + 1))
+            self._dataset, self._bands = dataset, bands
+            self.width, self.height = dataset.width, dataset.height
+            self._resources = stack.pop_all()
 
     def at_rate(self, rate: float) -> "RescaledImage":
         return RescaledImage(self, rate)
@@ -83,7 +89,7 @@ class ImageSource:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._dataset.close()
+        self._resources.close()
         if exc_info[0] is None and self._cache is not None:
             self._cache.unlink(missing_ok=True)
 
