@@ -68,15 +68,20 @@ def obb_to_poly(obb: np.ndarray) -> np.ndarray:
     return corners[0] if single else corners
 
 
+def signed_areas(quads: np.ndarray) -> np.ndarray:
+    """Shoelace areas of (..., 4, 2) quads: positive when clockwise on screen (y down)."""
+    x, y = quads[..., 0], quads[..., 1]
+    return 0.5 * np.sum(x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y, axis=-1)
+
+
 def normalise_quads(polys: np.ndarray) -> np.ndarray:
     """DOTA vertex order: clockwise on screen (y down) and starting at the vertex nearest the top-left,
     chosen like DOTA_devkit's best begin point (least distance to the axis-aligned box's corners), with
     ties broken by position so the result does not depend on the input's starting vertex."""
     quads = as_quads(polys).copy()
     single = np.asarray(polys).shape == (4, 2)
-    x, y = quads[..., 0], quads[..., 1]
-    twice_area = np.sum(x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y, axis=1)
-    quads[twice_area < 0] = quads[twice_area < 0, ::-1]
+    counter_clockwise = signed_areas(quads) < 0
+    quads[counter_clockwise] = quads[counter_clockwise, ::-1]
     lo, hi = quads.min(axis=1), quads.max(axis=1)
     corners = np.stack([lo, np.stack([hi[:, 0], lo[:, 1]], 1), hi, np.stack([lo[:, 0], hi[:, 1]], 1)], axis=1)
     starts = np.arange(4)

@@ -13,17 +13,13 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
+from domainmona.detection.dota.geometry import signed_areas
+
 _CHUNK = 65536
 
 
 def _cross(edge: np.ndarray, vector: np.ndarray) -> np.ndarray:
     return edge[..., 0] * vector[..., 1] - edge[..., 1] * vector[..., 0]
-
-
-def signed_areas(quads: np.ndarray) -> np.ndarray:
-    """Shoelace areas of (N, 4, 2) quads; positive for counter-clockwise in math axes."""
-    x, y = quads[..., 0], quads[..., 1]
-    return 0.5 * np.sum(x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y, axis=-1)
 
 
 def is_convex(quads: np.ndarray) -> np.ndarray:
@@ -34,7 +30,7 @@ def is_convex(quads: np.ndarray) -> np.ndarray:
 
 
 def _clip_area(subject: np.ndarray, clip: np.ndarray) -> np.ndarray:
-    """Area of subject (P, 4, 2) inside the convex, counter-clockwise clip (P, 4, 2) polygons."""
+    """Area of subject (P, 4, 2) inside the convex clip (P, 4, 2) polygons of positive signed area."""
     count = len(subject)
     polygon, sizes = subject, np.full(count, 4)
     rows = np.arange(count)[:, None]

@@ -107,7 +107,7 @@ def _write_patch(job: _ImageJob, name: str, pixels, lines: list[str] | None) -> 
 
 def _split_image(job: _ImageJob) -> dict:
     """Write all patches of one image, then its done-marker; returns the marker's content."""
-    from domainmona.detection.dota.image_reader import ImageSource  # rasterio: only in workers
+    from domainmona.detection.dota.image_reader import ImageSource  # loads GDAL: only when splitting
 
     settings = job.settings
     labels = job.labels or DotaLabels()
