@@ -42,12 +42,24 @@ def inject(model: nn.Module, method: str, **config: Any) -> nn.Module:
     for site in sites:
         rewire(site)
         meth.attach(site, cfg)
+        _match_block_placement(site.block)
     family.prepare(root, sites)
     setattr(root, STATE_ATTR, AdapterState(meth.name, dataclasses.asdict(cfg), family.name))
     if any(isinstance(m, _BatchNorm) for m in root.modules()):
         root.register_forward_pre_hook(_keep_frozen_batchnorm_eval)
     apply_freeze(model)
     return model
+
+
+def _match_block_placement(block: nn.Module) -> None:
+    """New adapters live on the device and in the floating dtype of the block's own weights."""
+    ref = next((p for n, p in block.named_parameters() if not is_adapter_parameter(n)), None)
+    if ref is None:
+        return
+    for slot in SLOTS:
+        adapter = block._modules.get(slot)
+        if adapter is not None:
+            adapter.to(device=ref.device, dtype=ref.dtype)
 
 
 def adapted_backbones(model: nn.Module) -> list[tuple[str, nn.Module, AdapterState]]:

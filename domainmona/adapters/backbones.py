@@ -1,0 +1,55 @@
+"""Named backbones built without weights, for reports and benchmarks (`--backbone swin-t` ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from domainmona.errors import UserError
+
+# name -> (embed dims, depths, heads) of the Swin sizes in the Mona paper (OpenMMLab/mmdet SwinTransformer)
+SWIN_SIZES = {
+    "swin-t": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "swin-s": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "swin-b": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "swin-l": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
+}
+
+
+def _mmdet_swin(name: str, **kwargs) -> nn.Module:
+    from mmdet.models.backbones.swin import SwinTransformer
+
+    embed, depths, heads = SWIN_SIZES[name]
+    return SwinTransformer(embed_dims=embed, depths=depths, num_heads=heads, **kwargs)
+
+
+def _swinunetr() -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(in_channels=1, out_channels=14, feature_size=48)
+
+
+def _timm(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+
+    return build
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    **{name: (lambda name=name: _mmdet_swin(name)) for name in SWIN_SIZES},
+    "swinunetr": _swinunetr,
+    "vit-b": _timm("vit_base_patch16_224"),
+    "resnet50": _timm("resnet50"),
+    "convnext-t": _timm("convnext_tiny"),
+}
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+    """A named backbone with random weights; Swin sizes accept mmdet SwinTransformer keyword options."""
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone '{name}' (choose from: {', '.join(BACKBONES)})")
+    return _mmdet_swin(name, **kwargs) if name in SWIN_SIZES else BACKBONES[name]()

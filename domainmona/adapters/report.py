@@ -1,0 +1,53 @@
+"""How much of a model trains: backbone size, trainable backbone share, trainable share of the whole model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from domainmona.adapters.families import find_backbone
+from domainmona.adapters.inject import STATE_ATTR, is_adapter_parameter
+
+
+@dataclass(frozen=True)
+class TrainableReport:
+    """Counts as in the Mona paper: shares relative to the original backbone (adapters excluded)."""
+
+    method: str
+    backbone_params: int  # the backbone's own parameters, adapters excluded
+    adapter_params: int
+    trainable_backbone_params: int  # adapters plus any backbone weight the method trains
+    model_params: int
+    trainable_model_params: int
+
+    @property
+    def percent_of_backbone(self) -> float:
+        return 100.0 * self.trainable_backbone_params / max(self.backbone_params, 1)
+
+    @property
+    def percent_of_model(self) -> float:
+        return 100.0 * self.trainable_model_params / max(self.model_params, 1)
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [("backbone params", f"{self.backbone_params:,}"),
+                ("trainable backbone params", f"{self.trainable_backbone_params:,}"),
+                ("% of backbone", f"{self.percent_of_backbone:.2f}%"),
+                ("model params", f"{self.model_params:,}"),
+                ("trainable model params", f"{self.trainable_model_params:,}"),
+                ("% of whole model", f"{self.percent_of_model:.2f}%")]
+
+
+def trainable_report(model: nn.Module, backbone: nn.Module | None = None) -> TrainableReport:
+    """Parameter counts of `model` and of its backbone (found automatically unless given)."""
+    root = backbone if backbone is not None else find_backbone(model)[1]
+    named = list(root.named_parameters())
+    state = getattr(root, STATE_ATTR, None)
+    return TrainableReport(
+        method=state.method if state else "none",
+        backbone_params=sum(p.numel() for n, p in named if not is_adapter_parameter(n)),
+        adapter_params=sum(p.numel() for n, p in named if is_adapter_parameter(n)),
+        trainable_backbone_params=sum(p.numel() for _, p in named if p.requires_grad),
+        model_params=sum(p.numel() for p in model.parameters()),
+        trainable_model_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+    )
