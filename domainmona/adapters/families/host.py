@@ -22,20 +22,20 @@ SLOTS = (ATTN_BRANCH, POST_ATTN, MLP_BRANCH, MLP_PARALLEL, POST_MLP, POST_BLOCK)
 class AdapterHost:
     """Mixin placed before the original block class; provides the joins used by rewired forwards."""
 
-    def _apply(self, slot: str, x: torch.Tensor, shape, prefix: int) -> torch.Tensor:
+    def _through_slot(self, slot: str, x: torch.Tensor, shape, prefix: int) -> torch.Tensor:
         adapter = self._modules.get(slot)
         return x if adapter is None else adapter(x, shape, num_prefix_tokens=prefix)
 
     def join_attention(self, stream: torch.Tensor, branch: torch.Tensor, shape, prefix: int = 0) -> torch.Tensor:
-        x = stream + self._apply(ATTN_BRANCH, branch, shape, prefix)
-        return self._apply(POST_ATTN, x, shape, prefix)
+        x = stream + self._through_slot(ATTN_BRANCH, branch, shape, prefix)
+        return self._through_slot(POST_ATTN, x, shape, prefix)
 
     def join_mlp(self, stream: torch.Tensor, branch: torch.Tensor, shape, prefix: int = 0) -> torch.Tensor:
-        x = stream + self._apply(MLP_BRANCH, branch, shape, prefix)
+        x = stream + self._through_slot(MLP_BRANCH, branch, shape, prefix)
         parallel = self._modules.get(MLP_PARALLEL)
         if parallel is not None:
             x = x + parallel(stream, shape, num_prefix_tokens=prefix)
-        return self._apply(POST_MLP, x, shape, prefix)
+        return self._through_slot(POST_MLP, x, shape, prefix)
 
     def join_block(self, out: torch.Tensor) -> torch.Tensor:
         """CNN block output (B, C, *spatial) through the post-block adapter, as tokens and back."""

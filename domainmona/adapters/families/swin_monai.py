@@ -15,10 +15,10 @@ from domainmona.adapters.families.spec import Family
 
 class MonaiSwinBlockForward(AdapterHost):
     def forward(self, x: torch.Tensor, mask_matrix) -> torch.Tensor:
-        x = self._run(self._attention_half, x, mask_matrix)
-        return self._run(self._mlp_half, x)
+        x = self._maybe_checkpointed(self._attention_half, x, mask_matrix)
+        return self._maybe_checkpointed(self._mlp_half, x)
 
-    def _run(self, half, *args):
+    def _maybe_checkpointed(self, half, *args):
         if self.use_checkpoint:
             return checkpoint.checkpoint(half, *args, use_reentrant=False)
         return half(*args)
