@@ -61,7 +61,8 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     """Train and return the checkpoint path; also writes the adapter-only file beside it."""
     import torch
 
-    from domainmona.adapters import load_pretrained, save_adapter
+    from domainmona.adapters.checkpoint import save_adapter
+    from domainmona.adapters.pretrained import load_pretrained
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
 
     manifest = read_manifest(opts.chips)
