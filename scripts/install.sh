@@ -57,7 +57,9 @@ else
         rm -rf "$work"
     fi
     log "building onedl-mmcv ops ($variant; ~20 min on 2 CPU cores the first time, cached after)"
-    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --no-build-isolation "$sdist"
+    # A *named* requirement: pip consults its wheel cache only for requirements whose name it knows.
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --no-build-isolation \
+        "onedl-mmcv @ file://$sdist"
 fi
 
 log "domainmona and the rest of the stack"
