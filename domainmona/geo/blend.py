@@ -2,9 +2,10 @@
 
 Each tile's probabilities are weighted by a separable Hann window raised to a floor (so the scene's outer
 edges, seen by one tile only, keep a non-zero weight) and by its validity mask; the blended value is
-sum(w·p) / sum(w). Tiles arrive in row-major order on a constant-stride grid, so only two overlap strips
-(the rows shared with the previous and the next tile row) and one column strip are ever held: memory
-grows with the scene's width times the overlap, never with its area.
+sum(w·p) / sum(w). Tiles arrive in row-major order on a constant-stride grid. The scene is cut into
+column chunks one stride wide: tile c covers chunk c and the first `overlap` columns of chunk c + 1, so a
+chunk of the current tile row is final as soon as tile c is in. Only the rows shared with the next tile
+row are carried over, chunk by chunk: the state is one strip of width x overlap, never the scene.
 """
 
 from __future__ import annotations
@@ -45,16 +46,16 @@ class RollingBlender:
         self.window = blend_window(size, floor)
         self.rows = len(grid_origins(height, size, self.stride, fit_last=False))
         self.columns = len(grid_origins(width, size, self.stride, fit_last=False))
-        padded = (self.columns - 1) * self.stride + size
-        # Channel 0..C-1: sum of w·p; channel C: sum of w.
-        self.top = np.zeros((channels + 1, overlap, padded), np.float32)  # rows [y0, y0+overlap)
-        self.bottom = np.zeros_like(self.top)  # rows [y0+stride, y0+size)
-        self.middle_right = np.zeros((channels + 1, self.stride - overlap, overlap), np.float32)
+        # Channels 0..C-1 hold sum(w·p), channel C sum(w). band: rows [y0, y0+stride) of the current tile
+        # row; carry: rows [y0+stride, y0+size), which the next tile row completes.
+        self.band: dict[int, np.ndarray] = {}
+        self.carry: dict[int, np.ndarray] = {}
+        self.next_carry: dict[int, np.ndarray] = {}
         self.row, self.col = 0, -1
         self.final_rows = 0
 
     def add(self, row: int, col: int, probs: np.ndarray | None, valid: np.ndarray | None = None) -> None:
-        """Add tile (row, col) of the grid; ``probs`` (C, size, size) or None for a skipped tile."""
+        """Add tile (row, col) of the grid; ``probs`` (C, size, size), or None for a skipped tile."""
         while self.row < row:
             self._next_row()
         for skipped in range(self.col + 1, col):  # columns never given are skipped tiles
@@ -65,43 +66,59 @@ class RollingBlender:
         """Flush everything after the last tile given (later tiles count as skipped)."""
         while self.row < self.rows:
             self._next_row()
-        self._emit(self.row * self.stride, 0, self.top)  # the last tile row's bottom strip
+        for chunk in sorted(self.carry):  # the last tile row's bottom strip
+            self._emit(self.row * self.stride, chunk, self.carry.pop(chunk))
         self.final_rows = self.height
 
+    def _chunk_width(self, chunk: int) -> int:
+        return self.stride if chunk < self.columns else self.overlap
+
+    def _band(self, chunk: int) -> np.ndarray:
+        """The current band's accumulator of a chunk, started from what the previous tile row carried."""
+        if chunk not in self.band:
+            acc = np.zeros((self.channels + 1, self.stride, self._chunk_width(chunk)), np.float32)
+            carried = self.carry.pop(chunk, None)
+            if carried is not None:
+                acc[:, :self.overlap] = carried
+            self.band[chunk] = acc
+        return self.band[chunk]
+
+    def _next_carry(self, chunk: int) -> np.ndarray:
+        if chunk not in self.next_carry:
+            self.next_carry[chunk] = np.zeros((self.channels + 1, self.overlap, self._chunk_width(chunk)), np.float32)
+        return self.next_carry[chunk]
+
     def _add(self, col: int, probs: np.ndarray | None, valid: np.ndarray | None) -> None:
-        o, s, size = self.overlap, self.stride, self.size
-        x0 = col * s
-        weighted = np.zeros((self.channels + 1, size, size), np.float32)
+        s, o = self.stride, self.overlap
         if probs is not None:
             weight = self.window if valid is None else self.window * valid
-            weighted[:-1] = probs * weight
-            weighted[-1] = weight
-        self.top[:, :, x0:x0 + size] += weighted[:, :o]
-        self.bottom[:, :, x0:x0 + size] += weighted[:, s:]
-        middle = weighted[:, o:s].copy()
-        if col > 0:
-            middle[:, :, :o] += self.middle_right
-        self.middle_right = middle[:, :, s:].copy()
-        self._emit(self.row * s + o, x0, middle[:, :, :s])
+            weighted = np.concatenate([probs * weight, weight[None]])
+            self._band(col)[...] += weighted[:, :s, :s]
+            self._next_carry(col)[...] += weighted[:, s:, :s]
+            if o:  # the tile's right overlap opens the next chunk
+                self._band(col + 1)[:, :, :o] += weighted[:, :s, s:]
+                self._next_carry(col + 1)[:, :, :o] += weighted[:, s:, s:]
+        self._emit(self.row * s, col, self._band(col))  # final: tiles col - 1 and col are in
+        del self.band[col]
         self.col = col
 
     def _next_row(self) -> None:
-        """Complete the current tile row: its top strip becomes final, its bottom strip the next top."""
+        """Complete the current tile row: emit what is left of its band; its carry seeds the next row."""
         for skipped in range(self.col + 1, self.columns):
             self._add(skipped, None, None)
-        y0 = self.row * self.stride
-        self._emit(y0 + self.overlap, self.columns * self.stride, self.middle_right)
-        self._emit(y0, 0, self.top)
-        self.top, self.bottom = self.bottom, np.zeros_like(self.bottom)
-        self.final_rows = min(y0 + self.stride, self.height)
+        if self.overlap:
+            self._emit(self.row * self.stride, self.columns, self._band(self.columns))
+        self.band.clear()
+        self.carry, self.next_carry = self.next_carry, {}
+        self.final_rows = min((self.row + 1) * self.stride, self.height)
         self.row, self.col = self.row + 1, -1
 
-    def _emit(self, y0: int, x0: int, acc: np.ndarray) -> None:
+    def _emit(self, y0: int, chunk: int, acc: np.ndarray) -> None:
+        x0 = chunk * self.stride
         h = min(acc.shape[1], self.height - y0)
         w = min(acc.shape[2], self.width - x0)
         if h <= 0 or w <= 0:
             return
         acc = acc[:, :h, :w]
         weight = acc[-1]
-        probs = acc[:-1] / np.where(weight > 0, weight, 1.0)
-        self.emit(y0, x0, probs, weight)
+        self.emit(y0, x0, acc[:-1] / np.where(weight > 0, weight, 1.0), weight)
