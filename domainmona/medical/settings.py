@@ -15,7 +15,7 @@ DEFAULTS_PATH = CONFIGS_DIR / "monai" / "swinunetr_ct.yaml"
 SECTIONS = ("preprocess", "augment", "model", "train")
 SWIN_MULTIPLE = 32  # SwinUNETR: patch size 2 then four 2x downsamplings
 MERGING_CHOICES = ("legacy", "merging", "mergingv2")  # see domainmona.medical.model
-MIN_TRAIN_ROI = 64  # at 32 the bottleneck is 1x1x1 and InstanceNorm cannot normalise it in training
+MIN_ROI = 64  # at 32 the bottleneck is 1x1x1, which InstanceNorm refuses to normalise
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -48,9 +48,9 @@ def load_settings(user_config: str | Path | None = None, **overrides: dict[str, 
 
 def _check(settings: dict[str, Any]) -> None:
     roi = settings["train"]["roi"]
-    if roi % SWIN_MULTIPLE or roi < MIN_TRAIN_ROI:
-        raise UserError(f"--roi {roi}: SwinUNETR training needs a multiple of {SWIN_MULTIPLE}, at least "
-                        f"{MIN_TRAIN_ROI} (e.g. 64, 96, 128)")
+    if roi % SWIN_MULTIPLE or roi < MIN_ROI:
+        raise UserError(f"--roi {roi}: SwinUNETR needs a multiple of {SWIN_MULTIPLE}, at least "
+                        f"{MIN_ROI} (e.g. 64, 96, 128)")
     for key in ("feature_size", "decoder_size"):
         size = settings["model"][key]
         if size is not None and (size <= 0 or size % 12):

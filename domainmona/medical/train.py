@@ -8,6 +8,7 @@ Under torchrun every rank trains on its share of the volumes; rank 0 validates a
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -63,6 +64,13 @@ def runtime(gpus: int) -> Runtime:
     if cuda:
         torch.cuda.set_device(device)
     return Runtime(device, torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+
+def set_cosine_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], epoch: int, total: int) -> None:
+    """Cosine decay computed from the epoch, not a scheduler's state: `--resume --max-epochs N` may extend a run."""
+    factor = 0.5 * (1.0 + math.cos(math.pi * epoch / total))
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = base * factor
 
 
 def validation_dice(model: torch.nn.Module, loader: DataLoader, settings: dict[str, Any], num_classes: int,
@@ -127,14 +135,13 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
     if rt.main:
         print_report(model, settings["model"])
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]), weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["max_epochs"])
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     amp = bool(cfg["amp"]) and rt.device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=amp)
     start_epoch, best_dice, history = 0, -1.0, []
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
     net = model
@@ -150,6 +157,7 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
         task = bar.add_task("train", total=steps, visible=rt.main)
         for epoch in range(start_epoch, cfg["max_epochs"]):
             net.train()
+            set_cosine_lr(optimizer, base_lrs, epoch, cfg["max_epochs"])
             started, losses = time.perf_counter(), []
             for batch in train_loader:
                 image, label = batch[transforms.IMAGE].to(rt.device), batch[transforms.LABEL].to(rt.device)
@@ -163,7 +171,6 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
                 scaler.update()
                 losses.append(loss.item())
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg['max_epochs']} loss {loss.item():.3f}")
-            scheduler.step()
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
             if (epoch + 1) % cfg["val_every"] and epoch + 1 != cfg["max_epochs"]:
                 history.append(record)
@@ -177,7 +184,7 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
                     save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, best_dice=best_dice, **common)
                     save_adapter_file(model, settings["model"], ckpt_dir / "best_adapter.safetensors")
                 save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), epoch=epoch + 1,
+                                scaler=scaler.state_dict(), epoch=epoch + 1,
                                 best_dice=best_dice, history=history, **common)
                 save_adapter_file(model, settings["model"], ckpt_dir / "last_adapter.safetensors")
                 with atomic_path(work_dir / "metrics.json") as tmp:
