@@ -10,7 +10,7 @@ from mmdet.models.backbones import SwinTransformer
 from mmengine.logging import MMLogger
 from mmrotate.registry import MODELS
 
-from domainmona.adapters import inject
+from domainmona.adapters import apply_freeze, inject
 
 
 @MODELS.register_module()
@@ -31,12 +31,11 @@ class MonaSwinTransformer(SwinTransformer):
         base_names = {name for name, _ in self.named_parameters()}
         inject(self, self.adapter_method, **adapter_cfg)
         self._adapter_names = {name for name, _ in self.named_parameters()} - base_names
-        self._trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
 
     def init_weights(self) -> None:
         logger = MMLogger.get_current_instance()
         if self.weights:
-            from domainmona.adapters import load_pretrained
+            from domainmona.adapters.pretrained import load_pretrained
 
             report = load_pretrained(self, self.weights)
             logger.info(f'MonaSwinTransformer: {report}')
@@ -47,18 +46,9 @@ class MonaSwinTransformer(SwinTransformer):
             params = dict(self.named_parameters())
             for name, value in adapter_state.items():
                 params[name].data.copy_(value)
-        self._apply_freezing()
+        apply_freeze(self)  # weight loading must not leave the backbone unfrozen
 
-    def train(self, mode: bool = True) -> "MonaSwinTransformer":
-        super().train(mode)
-        self._apply_freezing()
-        return self
-
-    def frozen_pretrained_keys(self) -> set[str]:
-        """State keys that stay frozen and so always equal the pretrained file's (or the fixed init's)."""
-        return set(self.state_dict()) - self._trainable_names
-
-    def _apply_freezing(self) -> None:
-        """Re-assert the method's trainable set (weight loading or wrappers must not unfreeze the backbone)."""
-        for name, param in self.named_parameters():
-            param.requires_grad = name in self._trainable_names
+    def base_state(self) -> dict:
+        """The backbone's own weights without adapters (OpenMMLab Swin layout), e.g. to save as a weights file."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if k not in self._adapter_names}

@@ -1,22 +1,22 @@
 """The final detector checkpoint that `train` prints and `test` (and `tile-predict`) accept.
 
-One safetensors file: every weight except the frozen backbone weights that come from the pretrained
-file (for Mona: the adapters, the neck and the heads, a few MB to a few tens of MB), with the config,
-the classes, the patch grid and the pretrained file's SHA-256 as metadata. Without a pretrained file the
-whole state is stored. Official Mona / STAR-MMRotate `.pth` checkpoints load too (weights only).
+It is the adapter core's adapter file (`save_adapter`: every trainable tensor, i.e. the adapters, the
+neck and the heads, with the method, backbone id and a fingerprint of the frozen base weights) plus the
+detector's own metadata: the mmengine config, the classes and the patch grid. The frozen backbone comes
+from the weights file named in the config, checked against the fingerprint when loading.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from domainmona.errors import UserError
 from domainmona.io import atomic_path
 
-FORMAT = 'domainmona.detector/1'
+DETECTOR_KEYS = ('detector_config', 'classes', 'patch_size', 'patch_gap')
 
 
 @dataclass
@@ -28,84 +28,96 @@ class DetectorInfo:
     patch_size: int
     patch_gap: int
 
+    def metadata(self) -> dict[str, str]:
+        return dict(detector_config=self.config_text, classes=json.dumps(list(self.classes)),
+                    patch_size=str(self.patch_size), patch_gap=str(self.patch_gap))
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def saved_state(model) -> dict:
-    """The detector's state minus the frozen backbone weights that its pretrained file provides."""
-    backbone = model.backbone
-    skip = {f'backbone.{k}' for k in backbone.frozen_pretrained_keys()} if backbone.weights else set()
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in skip}
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> "DetectorInfo":
+        if any(key not in meta for key in DETECTOR_KEYS):
+            raise UserError(f"{path}: an adapter file, but not a detector checkpoint (no detector config inside)")
+        return cls(meta['detector_config'], tuple(json.loads(meta['classes'])), int(meta['patch_size']),
+                   int(meta['patch_gap']))
 
 
 def save_detector(model, info: DetectorInfo, path: Path) -> Path:
+    """The core's adapter file for `model`, with the detector metadata added."""
     from safetensors.torch import save_file
 
-    weights = model.backbone.weights
-    metadata = dict(format=FORMAT, config=info.config_text, classes=json.dumps(list(info.classes)),
-                    patch_size=str(info.patch_size), patch_gap=str(info.patch_gap),
-                    weights_sha256=file_sha256(weights) if weights else '')
+    from domainmona.adapters.checkpoint import read_adapter, save_adapter
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp_dir:
+        tensors, meta = read_adapter(save_adapter(model, Path(tmp_dir) / 'adapter.safetensors'))
     with atomic_path(path) as tmp:
-        save_file(saved_state(model), str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=meta | info.metadata())
     return path
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such checkpoint")
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            return f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
-        raise UserError(f"{path}: not a safetensors checkpoint ({exc})") from None
-
-
-def load_detector(path: Path):
-    """(model in eval mode with weights loaded, DetectorInfo) from a checkpoint written by `save_detector`."""
-    from mmengine.config import Config
+def _build(cfg):
+    """The detector of `cfg`, initialised (its backbone weights file loaded), without the init log."""
+    from mmengine.logging import MMLogger
     from mmrotate.registry import MODELS
     from mmrotate.utils import register_all_modules
-    from safetensors.torch import load_file
 
     import domainmona.detection.backbone  # noqa: F401  (registers MonaSwinTransformer)
 
-    meta = read_metadata(path)
-    if meta.get('format') != FORMAT:
-        raise UserError(f"{path}: not a domainmona detector checkpoint (no '{FORMAT}' metadata)")
     register_all_modules()
-    cfg = Config.fromstring(meta['config'], file_format='.py')
-    weights = cfg.model.backbone.get('weights')
-    if weights:
-        if not Path(weights).is_file():
-            raise UserError(f"{path}: its frozen backbone comes from {weights}, which no longer exists")
-        if file_sha256(weights) != meta['weights_sha256']:
-            raise UserError(f"{path}: {weights} changed since training (SHA-256 differs)")
     model = MODELS.build(cfg.model)
-    model.init_weights()
-    load_state_strict(model, load_file(str(path)), path)
-    info = DetectorInfo(meta['config'], tuple(json.loads(meta['classes'])), int(meta['patch_size']),
-                        int(meta['patch_gap']))
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel('WARNING')  # init_weights logs every parameter's init at INFO
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
+def load_detector(path: Path, dataset: str = 'dota'):
+    """(model in eval mode with its weights, DetectorInfo) from a checkpoint written by `save_detector`,
+    or from an official Mona / STAR-MMRotate Oriented R-CNN `.pth` (`dataset` then picks the classes)."""
+    from mmengine.config import Config
+
+    from domainmona.adapters.checkpoint import load_adapter, read_adapter
+
+    if path.suffix in ('.pth', '.pt'):
+        return load_official_detector(path, dataset)
+    _, meta = read_adapter(path)
+    info = DetectorInfo.from_metadata(meta, path)
+    cfg = Config.fromstring(info.config_text, file_format='.py')
+    weights = cfg.model.backbone.get('weights')
+    if weights and not Path(weights).is_file():
+        raise UserError(f"{path}: its frozen backbone comes from {weights}, which does not exist here")
+    model = _build(cfg)
+    try:
+        load_adapter(model, path)
+    except UserError as exc:
+        raise UserError(f"checkpoint from another backbone or head: {exc}") from None
     return model.eval(), info
 
 
-def load_state_strict(model, state: dict, source: Path) -> None:
-    """Load `state` into `model`, refusing any key or shape that does not fit (another backbone, other heads)."""
-    own = model.state_dict()
-    expected_missing = {f'backbone.{k}' for k in model.backbone.frozen_pretrained_keys()} \
-        if model.backbone.weights else set()
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [k for k in state if k in own and own[k].shape != state[k].shape]
-    missing = [k for k in own if k not in state and k not in expected_missing]
-    if unexpected or wrong_shape or missing:
-        example = (wrong_shape or unexpected or missing)[0]
-        raise UserError(f"{source}: checkpoint from another backbone or head ({len(wrong_shape)} shape mismatches, "
-                        f"{len(unexpected)} unexpected and {len(missing)} missing weights, e.g. '{example}')")
-    model.load_state_dict(state, strict=False)
+def load_official_detector(path: Path, dataset: str):
+    """An official Mona Oriented R-CNN checkpoint (Leiyi-Hu/mona or STAR-MMRotate, read with
+    weights_only=True): Swin size and class count are read off the tensors, keys remapped by the core."""
+    from domainmona.adapters.official import load_official_mona
+    from domainmona.adapters.weights import read_state_dict, strip_prefix
+    from domainmona.detection import config as C
+    from domainmona.detection.classes import DATASETS
+
+    tensors = strip_prefix(read_state_dict(path), 'module.')
+    embed = next((t.shape[0] for k, t in tensors.items() if k.startswith('backbone.patch_embed.proj')), None)
+    backbone = {96: 'swin-t', 128: 'swin-b'}.get(embed)
+    cls_weight = tensors.get('roi_head.bbox_head.fc_cls.weight')
+    if backbone is None or cls_weight is None:
+        raise UserError(f"{path}: not an Oriented R-CNN with a Swin-T/B backbone (patch embedding width {embed})")
+    keys = [k for k, names in DATASETS.items() if k.startswith(dataset) and len(names) == cls_weight.shape[0] - 1]
+    if not keys:
+        raise UserError(f"{path}: its head has {cls_weight.shape[0] - 1} classes, no {dataset.upper()} version has")
+    classes = DATASETS[keys[0]]
+    cfg = C.build_config(keys[0], backbone, 'mona', classes)
+    model = _build(cfg)
+    report = load_official_mona(model, path)
+    if report.missing:
+        raise UserError(f"checkpoint from another backbone or head: {path} lacks {len(report.missing)} weights "
+                        f"of a {backbone} Oriented R-CNN, e.g. '{report.missing[0]}'")
+    return model.eval(), DetectorInfo(cfg.pretty_text, classes, 1024, 200)

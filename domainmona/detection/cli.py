@@ -47,7 +47,7 @@ def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float)
     from domainmona.console import console
     from domainmona.detection.inference import run_test
 
-    result = run_test(checkpoint, data, out, iou_thr)
+    result = run_test(checkpoint, data, out, iou_thr, dataset)
     if result.map is not None:
         console.print(f"full-image mAP ({dataset.upper()}, VOC07, IoU 0.5): {result.map:.4f}")
     console.print(str(result.zip_path), highlight=False, soft_wrap=True)

@@ -19,8 +19,9 @@ class TestResult:
     scenes: Path  # the folder holding the scenes' images/
 
 
-def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1) -> TestResult:
-    """Test a final checkpoint (see domainmona.detection.checkpoint) on the full scenes of `data`."""
+def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, dataset: str = 'dota') -> TestResult:
+    """Test a final checkpoint (see domainmona.detection.checkpoint; `dataset` only matters for official
+    `.pth` checkpoints) on the full scenes of `data`."""
     from mmengine.config import Config
 
     from domainmona.adapters import fuse
@@ -29,7 +30,7 @@ def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1) -> T
     from domainmona.detection.dota.split import split_dataset
     from domainmona.detection.predict import predict_patches
 
-    model, info = load_detector(checkpoint)
+    model, info = load_detector(checkpoint, dataset)
     fuse(model)
     scenes, labels = find_test_scenes(data)
     cfg = Config.fromstring(info.config_text, file_format='.py')

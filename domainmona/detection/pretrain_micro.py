@@ -36,11 +36,11 @@ _SHAPES = {
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    scenes: int = 48
+    scenes: int = 32
     scene_size: int = 512
     patch_size: int = 256
     patch_gap: int = 64
-    max_iters: int = 1500
+    max_iters: int = 800
     batch_size: int = 4
     lr: float = 1e-3
     seed: int = 0

@@ -11,6 +11,7 @@ from pathlib import Path
 from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
 from domainmona.errors import UserError
+from domainmona.io import atomic_path
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / 'assets'
 MICRO_WEIGHTS = ASSETS_DIR / 'micro_swin.safetensors'
@@ -76,13 +77,14 @@ def training_subsets(opts: TrainOptions) -> list[tuple[Path, Path]]:
 def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]]):
     from domainmona.detection import config as C
 
+    cfg = C.build_config(opts.dataset, opts.backbone, opts.adapter, opts.class_names, None,
+                         opts.image_size or opts.patch_size, **opts.adapter_cfg)
     weights = opts.weights
     if weights is None and opts.adapter != 'full':
-        err_console.print(f"[yellow]warning:[/] no --pretrained weights: '{opts.adapter}' will adapt a frozen "
+        err_console.print(f"[yellow]warning:[/] no --pretrained weights: '{opts.adapter}' adapts a frozen "
                           "randomly initialised backbone")
-    cfg = C.build_config(opts.dataset, opts.backbone, opts.adapter, opts.class_names,
-                         str(weights) if weights else None, opts.image_size or opts.patch_size,
-                         **opts.adapter_cfg)
+        weights = random_backbone(cfg, opts.work_dir / 'random_backbone.safetensors', opts.seed)
+    cfg.model.backbone.weights = str(weights) if weights else None
     C.set_train_data(cfg, subsets, opts.batch_size, opts.num_workers)
     if opts.max_iters:
         C.set_max_iters(cfg, opts.max_iters)
@@ -96,6 +98,25 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]]):
         cfg.env_cfg.dist_cfg = dict(backend='nccl' if _cuda() else 'gloo')
     cfg.merge_from_dict(opts.config_overrides)
     return cfg
+
+
+def random_backbone(cfg, path: Path, seed: int) -> Path:
+    """Save a seeded random init of the config's backbone as its weights file (once), so that the frozen
+    weights a checkpoint relies on can be found again by `test`."""
+    if path.is_file():
+        return path
+    import torch
+    from mmrotate.registry import MODELS
+    from safetensors.torch import save_file
+
+    import domainmona.detection.backbone  # noqa: F401
+
+    torch.manual_seed(seed)
+    backbone = MODELS.build(cfg.model.backbone)
+    backbone.init_weights()
+    with atomic_path(path) as tmp:
+        save_file(backbone.base_state(), str(tmp))
+    return path
 
 
 def _cuda() -> bool:
