@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import rasterio
+import shapely
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -59,3 +62,25 @@ def test_tile_train_predict_segmentation(tmp_path):
         predicted, valid = dst.read(1), src.dataset_mask() > 0
     assert (predicted[~valid] == 255).all()
     assert set(np.unique(predicted[valid])) <= {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_tile_train_predict_detection(tmp_path):
+    import pyogrio
+    from rasterio.crs import CRS
+
+    scene = write_scene(tmp_path / "scene.tif", tmp_path / "labels.geojson",
+                        SceneSpec(width=512, height=512, objects=18, seed=6))
+    chips = _cli("tile", scene.raster, "--labels", scene.labels, "--out", tmp_path / "chips", "--size", "256",
+                 "--overlap", "64")
+    checkpoint = _cli("train", "geo-det", "--chips", chips, "--work-dir", tmp_path / "work", "--max-iters", "2",
+                      "--backbone", "micro")
+    assert Path(checkpoint).is_file() and Path(checkpoint).with_suffix(".geo.json").is_file()
+    out = _cli("tile-predict", scene.raster, "--checkpoint", checkpoint, "--out", tmp_path / "dets.gpkg",
+               "--score-thr", "0.0", "--batch-size", "2")
+    info = pyogrio.read_info(out)
+    assert CRS.from_user_input(info["crs"]) == scene.crs and list(info["fields"]) == ["class", "score"]
+    _, _, wkb, _ = pyogrio.raw.read(out)
+    centres = shapely.centroid(shapely.from_wkb(wkb))  # an untrained detector: only where it puts boxes
+    with rasterio.open(scene.raster) as src:
+        assert shapely.contains(shapely.box(*src.bounds), centres).all()

@@ -24,8 +24,8 @@ def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, b
     if manifest["task"] != "detection":
         raise UserError(f"{chips}: chips were made for {manifest['task']}; use 'domainmona train geo-seg' "
                         "or tile again with --task detection")
-    if pretrained is None and backbone == "micro":
-        pretrained = MICRO_WEIGHTS
+    if pretrained is None and backbone == "micro" and MICRO_WEIGHTS.is_file():
+        pretrained = MICRO_WEIGHTS  # the detection pipeline's shipped micro Swin
     # dataset only picks the Swin-T/B config family; the classes are the chips' own.
     opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=work_dir, backbone=backbone, adapter=adapter,
                         pretrained=pretrained, max_iters=max_iters, classes=tuple(manifest["classes"]),

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 from domainmona.console import progress
 from domainmona.errors import UserError
 from domainmona.geo.blend import RollingBlender
-from domainmona.geo.raster import grid_origins, open_raster, read_tile
+from domainmona.geo.raster import grid_origins, open_raster, read_tile, streaming_env
 from domainmona.io import atomic_path
 
 LABEL_NODATA = 255
@@ -118,7 +118,7 @@ def segment_scene(raster: Path, out: Path, infer: SegmentInfer, classes: list[st
                   cog: bool = False) -> Path:
     """Write the blended class map (0 background, i + 1 for classes[i], 255 nodata) as a tiled GeoTIFF."""
     check_stream_options(opts, half_overlap=True)
-    with open_raster(raster, opts.bands, opts.allow_no_crs) as src, atomic_path(out) as tmp, \
+    with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs) as src, atomic_path(out) as tmp, \
             tempfile.TemporaryDirectory(dir=out.parent, prefix=".tile-predict.") as scratch:
         bands = opts.bands or tuple(range(1, src.count + 1))
         tiled = Path(scratch) / "tiled.tif" if cog else tmp
@@ -166,14 +166,15 @@ def detect_scene(raster: Path, out: Path, infer: DetectInfer, classes: list[str]
     check_stream_options(opts, half_overlap=False)
     vector_driver(out)
     per_tile: dict[str, Detections] = {}
-    with open_raster(raster, opts.bands, opts.allow_no_crs) as src, progress() as bar:
+    with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs) as src, progress() as bar:
         bands = opts.bands or tuple(range(1, src.count + 1))
         task = bar.add_task("tile-predict", total=tile_count(src, opts.size, opts.overlap))
         tiles = iter_tiles(src, bands, opts.size, opts.overlap, lambda: bar.advance(task))
         for batch in batches(tiles, opts.batch_size):
             results = infer(batch)
             for tile, dets in zip(batch, results):
-                keep = dets.scores >= score_thr
+                centres = dets.boxes[:, :2] + (tile.col, tile.row)  # boxes centred on the padding are dropped
+                keep = (dets.scores >= score_thr) & (centres >= 0).all(1) & (centres < (src.width, src.height)).all(1)
                 per_tile[patch_name("scene", opts.size, 1.0, tile.col, tile.row)] = Detections(
                     dets.boxes[keep], dets.scores[keep], dets.labels[keep])
         crs, transform = src.crs, src.transform

@@ -20,6 +20,14 @@ from rasterio.windows import Window
 from domainmona.errors import UserError
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
+# GDAL's block cache defaults to 5% of RAM and keeps decoded blocks of a big scene until it is full, so
+# streaming jobs cap it: a few full-width block rows, enough for the overlap between tile rows to hit it.
+STREAM_CACHE_BYTES = 64 * 2**20
+
+
+def streaming_env() -> rasterio.Env:
+    """rasterio environment for streamed reads and writes whose memory must not grow with the scene."""
+    return rasterio.Env(GDAL_CACHEMAX=STREAM_CACHE_BYTES)
 
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:

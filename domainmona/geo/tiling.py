@@ -23,7 +23,7 @@ from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad, w
 from domainmona.detection.dota.patch_labels import ScaledObjects, objects_in_window, scale_objects
 from domainmona.errors import UserError
 from domainmona.geo.labels import PixelIndex, read_labels, reproject
-from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands
+from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands, streaming_env
 from domainmona.geo.shots import select_shots
 from domainmona.geo.stats import band_histograms, stretch_to_uint8, summarise
 from domainmona.io import atomic_dir
@@ -171,7 +171,7 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
 def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: list[str], scenes: list[dict],
                    plans: list[ChipPlan]) -> dict:
     chips, skipped = [], 0
-    with atomic_dir(out) as tmp, progress() as bar:
+    with streaming_env(), atomic_dir(out) as tmp, progress() as bar:
         for sub in LAYOUT[opts.task]:
             (tmp / sub).mkdir()
         histograms = []
