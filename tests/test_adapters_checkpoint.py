@@ -121,6 +121,14 @@ def test_mismatches_are_refused_with_the_reason(tmp_path):
         load_adapter(bigger, path)
 
 
+def test_fused_models_are_not_saved_as_adapters(tmp_path):
+    from domainmona.adapters import fuse
+
+    with pytest.raises(UserError, match="save the adapter before calling fuse"):
+        save_adapter(fuse(inject(detector(), "mona")), tmp_path / "a.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
 def test_unreadable_files_are_one_line_errors(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors at all")

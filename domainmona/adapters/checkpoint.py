@@ -50,6 +50,8 @@ def _metadata(model: nn.Module, saved: set[str]) -> dict[str, str]:
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write every trainable tensor of `model` (adapters, and necks/heads when given the whole model) to a
     safetensors file with its method, config, backbone id and base-weight fingerprint."""
+    if any(getattr(m, "is_fused", False) for m in model.modules()):
+        raise UserError("this model's Monas are fused (inference form): save the adapter before calling fuse()")
     tensors = {n: t.detach().cpu().contiguous() for n, t in adapter_tensors(model).items()}
     metadata = _metadata(model, set(tensors))
     path = Path(path)

@@ -81,7 +81,8 @@ class Mona(nn.Module):
 
     def forward(self, x: torch.Tensor, hw_shape, num_prefix_tokens: int = 0) -> torch.Tensor:
         identity = x
-        x = self.project1(self.norm(x) * self.gamma + x * self.gammax)
+        scaled = self.norm(x) if self.is_fused else self.norm(x) * self.gamma  # fused: gamma is in norm's affine
+        x = self.project1(torch.addcmul(scaled, x, self.gammax))
         prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
         batch, count, channels = tokens.shape
         spatial = tuple(int(s) for s in hw_shape)
@@ -96,10 +97,16 @@ class Mona(nn.Module):
     def is_fused(self) -> bool:
         return isinstance(self.adapter_conv, FusedMonaConv)
 
+    @torch.no_grad()
     def fuse(self) -> None:
-        """Swap the conv path for its exact fused form (inference only: the fused form is not trained)."""
-        if not self.is_fused:
-            self.adapter_conv = self.adapter_conv.fused()
+        """Exact inference form: the conv path becomes two convs and gamma moves into the norm's affine
+        (gamma is then 1). Fused weights are for inference only, not for training or adapter files."""
+        if self.is_fused:
+            return
+        self.adapter_conv = self.adapter_conv.fused()
+        self.norm.weight.mul_(self.gamma)
+        self.norm.bias.mul_(self.gamma)
+        self.gamma.fill_(1.0)
 
 
 class Mona3d(Mona):
