@@ -140,7 +140,7 @@ def test_ssl_pretrained_weights_format_loads_into_slim_decoder_model(tmp_path):
 def test_weights_for_another_model_are_refused(tmp_path):
     torch.save({"state_dict": {"backbone.layers.0.blocks.0.attn.w_msa.qkv.weight": torch.zeros(3, 3)}},
                tmp_path / "mmdet_swin.pth")
-    with pytest.raises(UserError, match="no tensor matches"):
+    with pytest.raises(UserError, match="no tensor fits"):
         assemble(tiny_settings()["model"], 4, pretrained=tmp_path / "mmdet_swin.pth")
 
 
@@ -313,6 +313,7 @@ def test_train_resume_predict_evaluate_end_to_end(dataset, tmp_path):
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
+    from domainmona.adapters import load_adapter
     from domainmona.cli import app
 
     config = tmp_path / "tiny.yaml"
@@ -326,6 +327,16 @@ def test_train_resume_predict_evaluate_end_to_end(dataset, tmp_path):
     assert Path(result.stdout.strip().splitlines()[-1]) == checkpoints / "best.pt"
     adapters = load_file(checkpoints / "best_adapter.safetensors")
     assert adapters and all(".post_attn." in k or ".post_mlp." in k for k in adapters)
+    best = torch.load(checkpoints / "best.pt", weights_only=True)["model"]
+    fresh = assemble(tiny_settings()["model"], 4)
+    fresh.load_state_dict(best)
+    with torch.no_grad():
+        for name, param in fresh.named_parameters():
+            if "post_" in name:
+                param.zero_()
+    load_adapter(fresh.swinViT, checkpoints / "best_adapter.safetensors")  # the core's format and checks
+    for key, value in fresh.state_dict().items():
+        torch.testing.assert_close(value, best[key])
     after_one = torch.load(checkpoints / "last.pt", weights_only=True)
 
     assert isinstance(runner.invoke(app, train).exception, UserError)  # an existing run needs --resume

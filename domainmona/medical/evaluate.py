@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def score_case(pred: np.ndarray, gt: np.ndarray, classes: list[int], spacing) ->
     y_pred = torch.as_tensor(pred.astype(np.int64))[None, None]
     y = torch.as_tensor(gt.astype(np.int64))[None, None]
     dice = compute_dice(y_pred, y, include_background=True, ignore_empty=False, num_classes=num_classes)[0]
-    hd95 = compute_hausdorff_distance(one_hot(y_pred, num_classes), one_hot(y, num_classes), include_background=True,
-                                      percentile=95, spacing=list(map(float, spacing)))[0]
+    with warnings.catch_warnings():  # empty masks are expected per class; they are handled below
+        warnings.filterwarnings("ignore", message=".* is all 0", category=UserWarning)
+        hd95 = compute_hausdorff_distance(one_hot(y_pred, num_classes), one_hot(y, num_classes),
+                                          include_background=True, percentile=95, spacing=list(map(float, spacing)))[0]
     scores = {}
     for c in classes:
         both_empty = not (pred == c).any() and not (gt == c).any()

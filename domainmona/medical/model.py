@@ -70,10 +70,7 @@ def build_swinunetr(model_cfg: dict[str, Any], out_channels: int, in_channels: i
 def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | None = None, verbose: bool = False,
              device: torch.device | str = "cpu") -> SwinUNETR:
     """Build on `device`, load SSL weights, then inject adapters: the core freezes the Swin except what the
-    method trains, while the CNN decoder (outside the backbone) stays trainable. Adapter 'none': plain model.
-
-    The model is placed on its device before injection because adapted blocks cannot be moved afterwards
-    (the core's AdapterHost._apply shadows nn.Module._apply, which `.to()` relies on)."""
+    method trains, while the CNN decoder (outside the backbone) stays trainable. Adapter 'none': plain model."""
     from domainmona.adapters import inject
 
     model = build_swinunetr(model_cfg, out_channels).to(device)
