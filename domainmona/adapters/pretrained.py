@@ -33,27 +33,20 @@ def detect_layout(tensors: Tensors) -> str:
     return "plain"
 
 
-def _timm_to_microsoft(tensors: Tensors) -> Tensors:
-    """timm puts each patch merging at the start of the next stage; Microsoft at the end of the previous."""
+def _shift_downsample(tensors: Tensors, by: int) -> Tensors:
+    """Move patch-merging weights `by` stages: timm puts each merge at the start of the next stage, Microsoft
+    at the end of the previous one (+1: Microsoft to timm, -1: back). By hand: timm's `checkpoint_filter_fn`
+    needs the bare timm model, which smp's feature wrapper is not."""
     out = {}
     for key, value in tensors.items():
         match = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
-        out[f"layers.{int(match[1]) - 1}.downsample.{match[2]}" if match else key] = value
-    return out
-
-
-def _microsoft_to_timm(tensors: Tensors) -> Tensors:
-    """By hand: timm's `checkpoint_filter_fn` needs the bare timm model, which smp's feature wrapper is not."""
-    out = {}
-    for key, value in tensors.items():
-        match = re.match(r"layers\.(\d+)\.downsample\.(.*)", key)
-        out[f"layers.{int(match[1]) + 1}.downsample.{match[2]}" if match else key] = value
+        out[f"layers.{int(match[1]) + by}.downsample.{match[2]}" if match else key] = value
     return out
 
 
 def convert_to_mmdet(tensors: Tensors, layout: str) -> Tensors:
     if layout == "timm-swin":
-        tensors, layout = _timm_to_microsoft(tensors), "microsoft-swin"
+        tensors, layout = _shift_downsample(tensors, -1), "microsoft-swin"
     if layout == "microsoft-swin":
         from mmdet.models.backbones.swin import swin_converter  # Microsoft -> OpenMMLab names and merge order
 
@@ -70,7 +63,7 @@ def _to_monai(tensors: Tensors, layout: str) -> Tensors:
 
 _CONVERTERS = {
     "mmdet-swin": convert_to_mmdet,
-    "timm-swin": lambda t, layout: _microsoft_to_timm(t) if layout == "microsoft-swin" else t,
+    "timm-swin": lambda t, layout: _shift_downsample(t, +1) if layout == "microsoft-swin" else t,
     "monai-swin": _to_monai,
 }
 

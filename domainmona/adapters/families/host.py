@@ -37,6 +37,12 @@ class AdapterHost:
             x = x + parallel(stream, shape, num_prefix_tokens=prefix)
         return self._through_slot(POST_MLP, x, shape, prefix)
 
+    def join_map(self, join, stream: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """`join` for channels-last maps (B, *spatial, C): joined as tokens, returned as a map."""
+        batch, channels = stream.shape[0], stream.shape[-1]
+        tokens = join(stream.reshape(batch, -1, channels), branch.reshape(batch, -1, channels), stream.shape[1:-1])
+        return tokens.reshape(stream.shape)
+
     def join_block(self, out: torch.Tensor) -> torch.Tensor:
         """CNN block output (B, C, *spatial) through the post-block adapter, as tokens and back."""
         adapter = self._modules.get(POST_BLOCK)

@@ -24,16 +24,10 @@ class MonaiSwinBlockForward(AdapterHost):
         return half(*args)
 
     def _attention_half(self, x: torch.Tensor, mask_matrix) -> torch.Tensor:
-        return self._joined(self.join_attention, x, self.drop_path(self.forward_part1(x, mask_matrix)))
+        return self.join_map(self.join_attention, x, self.drop_path(self.forward_part1(x, mask_matrix)))
 
     def _mlp_half(self, x: torch.Tensor) -> torch.Tensor:
-        return self._joined(self.join_mlp, x, self.forward_part2(x))
-
-    @staticmethod
-    def _joined(join, x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        batch, channels = x.shape[0], x.shape[-1]
-        tokens = join(x.reshape(batch, -1, channels), branch.reshape(batch, -1, channels), x.shape[1:-1])
-        return tokens.reshape(x.shape)
+        return self.join_map(self.join_mlp, x, self.forward_part2(x))
 
 
 FAMILY = Family(

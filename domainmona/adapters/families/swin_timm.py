@@ -12,12 +12,8 @@ class TimmSwinBlockForward(AdapterHost):
     """`SwinTransformerBlock.forward` with the adapter joins; timm checkpoints whole blocks, adapters included."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, channels = x.shape
-        shape = (height, width)
-        branch = self.drop_path1(self._attn(self.norm1(x)))
-        x = self.join_attention(x.reshape(batch, -1, channels), branch.reshape(batch, -1, channels), shape)
-        x = self.join_mlp(x, self.drop_path2(self.mlp(self.norm2(x))), shape)
-        return x.reshape(batch, height, width, channels)
+        x = self.join_map(self.join_attention, x, self.drop_path1(self._attn(self.norm1(x))))
+        return self.join_map(self.join_mlp, x, self.drop_path2(self.mlp(self.norm2(x))))
 
 
 FAMILY = Family(

@@ -18,5 +18,4 @@ class Adapter(Method):
     Config = AdapterConfig
 
     def attach(self, site, config) -> None:
-        for slot in self.slots(site, "branch"):
-            site.block.add_module(slot, BottleneckAdapter(site.dim, config.inner_dim, config.dropout))
+        self.fill_slots(site, "branch", lambda: BottleneckAdapter(site.dim, config.inner_dim, config.dropout))

@@ -19,5 +19,5 @@ class AdaptFormer(Method):
     Config = AdaptFormerConfig
 
     def attach(self, site, config) -> None:
-        for slot in self.slots(site, "parallel"):
-            site.block.add_module(slot, AdaptFormerModule(site.dim, config.inner_dim, config.scale, config.dropout))
+        self.fill_slots(site, "parallel",
+                        lambda: AdaptFormerModule(site.dim, config.inner_dim, config.scale, config.dropout))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,10 +50,12 @@ class Method:
         """Whether the backbone's own parameter at `path` (owned by module `owner`) trains (default: no)."""
         return False
 
-    def slots(self, site: Site, placement: str) -> tuple[str, ...]:
-        """The block's slots for `placement`, or a one-line error when its family has none."""
+    def fill_slots(self, site: Site, placement: str, make: Callable[[], nn.Module]) -> None:
+        """Put a fresh `make()` in each of the block's slots for `placement`; a one-line error when its
+        family has none."""
         slots = site.family.slots(placement)
         if not slots:
             raise UserError(f"method '{self.name}' needs {placement} adapter slots, which {site.family.name} "
                             f"blocks do not have (try 'mona')")
-        return slots
+        for slot in slots:
+            site.block.add_module(slot, make())

@@ -19,5 +19,5 @@ class LoRand(Method):
     Config = LoRandConfig
 
     def attach(self, site, config) -> None:
-        for slot in self.slots(site, "branch"):
-            site.block.add_module(slot, LoRandModule(site.dim, config.factor, config.branches, config.kernel_dim))
+        self.fill_slots(site, "branch",
+                        lambda: LoRandModule(site.dim, config.factor, config.branches, config.kernel_dim))

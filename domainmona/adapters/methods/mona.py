@@ -20,5 +20,4 @@ class Mona(Method):
 
     def attach(self, site, config) -> None:
         module = Mona3d if site.spatial_dims == 3 else Mona2d
-        for slot in self.slots(site, "post"):
-            site.block.add_module(slot, module(site.dim, config.inner_dim, config.dropout))
+        self.fill_slots(site, "post", lambda: module(site.dim, config.inner_dim, config.dropout))
