@@ -130,6 +130,10 @@ def test_vit_prefix_tokens_skip_the_conv_path_and_the_grid_follows_the_input():
     with torch.no_grad():
         model.forward_features(torch.randn(1, 3, 48, 32))
     assert (grid.shape, grid.prefix) == ((6, 4), 3)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.forward_features(torch.randn(1, 3, 32, 64))
+    assert twin.blocks[1].token_grid.shape == (4, 8) and grid.shape == (6, 4)
 
 
 def test_monai_blocks_get_3d_mona_and_use_checkpoint_gives_the_same_gradients():

@@ -33,17 +33,18 @@ class TimmViTBlockForward(AdapterHost):
 
 
 def _track_grid(root: nn.Module, sites: list[Site]) -> None:
-    """Give every block the patch grid, updated from each input image's size by a hook on the patch embed."""
+    """Share one patch grid between the patch embed and every block; a hook on the patch embed updates it
+    from each input image's size. (Kept on modules, not in a closure, so deep copies get their own grid.)"""
     vit = next(m for m in root.modules() if matches(m, _VIT))
     patch_embed = next(m for m in vit.modules() if matches(m, _PATCH_EMBED))
-    grid = TokenGrid(tuple(patch_embed.grid_size), vit.num_prefix_tokens)
+    patch_embed.token_grid = TokenGrid(tuple(patch_embed.grid_size), vit.num_prefix_tokens)
     for site in sites:
-        site.block.token_grid = grid
+        site.block.token_grid = patch_embed.token_grid
+    patch_embed.register_forward_pre_hook(_update_grid)
 
-    def update(module: nn.Module, args) -> None:
-        grid.shape = tuple(module.dynamic_feat_size(tuple(args[0].shape[-2:])))
 
-    patch_embed.register_forward_pre_hook(update)
+def _update_grid(patch_embed: nn.Module, args) -> None:
+    patch_embed.token_grid.shape = tuple(patch_embed.dynamic_feat_size(tuple(args[0].shape[-2:])))
 
 
 def _qkv(block: nn.Module) -> nn.Module | None:
