@@ -32,6 +32,7 @@ def test_official_parameter_names_and_init():
     mona = Mona(96)
     assert set(mona.state_dict()) == OFFICIAL_KEYS
     assert torch.all(mona.gamma == 1e-6) and torch.all(mona.gammax == 1)
+    assert mona.project1.weight.std() < 0.03 and torch.all(mona.project2.bias == 0)
 
 
 @pytest.mark.parametrize("hw, prefix", [((14, 18), 0), ((7, 7), 1), ((5, 9), 4)])

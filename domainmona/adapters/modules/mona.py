@@ -78,6 +78,11 @@ class Mona(nn.Module):
         self.adapter_conv: nn.Module = MonaConv(inner_dim, self.spatial_dims)
         self.dropout = nn.Dropout(dropout)
         self.project2 = nn.Linear(inner_dim, dim)
+        # The official backbones apply Swin's init (truncated normal, std 0.02, zero bias) to every Linear,
+        # Mona's included, before loading pretrained weights: start from the same place.
+        for linear in (self.project1, self.project2):
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, hw_shape, num_prefix_tokens: int = 0) -> torch.Tensor:
         identity = x
