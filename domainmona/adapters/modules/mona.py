@@ -13,10 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 _CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_FNS = {2: F.conv2d, 3: F.conv3d}
 
 
 class MonaConv(nn.Module):
-    """Multi-cognitive filter: mean of depthwise 3/5/7 convs plus identity, then a 1x1 conv with its own skip."""
+    """Multi-cognitive filter: mean of depthwise 3/5/7 convs plus identity, then a 1x1 conv with its own skip.
+
+    Computed as one 7^d depthwise conv and one 1x1 conv whose weights are built, differentiably, from the
+    official parameters on every call: the same function and gradients as running the three convs, the
+    mean and both skips separately, for about a third of the conv work in training too.
+    """
 
     def __init__(self, channels: int, spatial_dims: int = 2):
         super().__init__()
@@ -27,32 +33,38 @@ class MonaConv(nn.Module):
         self.conv3 = conv(channels, channels, 7, padding=3, groups=channels)
         self.projector = conv(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def combined_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(depthwise kernel, its bias, 1x1 weight, its bias) of the equivalent two-conv form."""
+        dims, channels = self.spatial_dims, self.conv3.in_channels
+        ones = torch.ones((channels, 1) + (1,) * dims, dtype=self.conv3.weight.dtype, device=self.conv3.weight.device)
+        kernel = (self.conv3.weight + F.pad(self.conv2.weight, (1, 1) * dims)
+                  + F.pad(self.conv1.weight, (2, 2) * dims)) / 3.0 + F.pad(ones, (3, 3) * dims)  # + identity tap
+        bias = (self.conv1.bias + self.conv2.bias + self.conv3.bias) / 3.0
+        eye = torch.eye(channels, dtype=ones.dtype, device=ones.device).view(channels, channels, *(1,) * dims)
+        return kernel, bias, self.projector.weight + eye, self.projector.bias
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The official formulation step by step: the executable specification `forward` must equal."""
         x = (self.conv1(x) + self.conv2(x) + self.conv3(x)) / 3.0 + x
         return x + self.projector(x)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, bias, weight, projector_bias = self.combined_weights()
+        conv = _CONV_FNS[self.spatial_dims]
+        return conv(conv(x, kernel, bias, padding=3, groups=x.shape[1]), weight, projector_bias)
+
     @torch.no_grad()
     def fused(self) -> "FusedMonaConv":
-        """One 7^d depthwise conv (three kernels averaged, identity as a centre tap) and one 1x1 with W+I."""
-        channels = self.conv3.in_channels
-        fused = FusedMonaConv(channels, self.spatial_dims).to(self.conv3.weight)
-        kernel = self.conv3.weight.clone()
-        for small in (self.conv1.weight, self.conv2.weight):
-            pad = (kernel.shape[-1] - small.shape[-1]) // 2
-            kernel += F.pad(small, (pad, pad) * self.spatial_dims)
-        kernel /= 3.0
-        centre = (slice(None), 0) + (kernel.shape[-1] // 2,) * self.spatial_dims
-        kernel[centre] += 1.0
-        fused.depthwise.weight.copy_(kernel)
-        fused.depthwise.bias.copy_((self.conv1.bias + self.conv2.bias + self.conv3.bias) / 3.0)
-        eye = torch.eye(channels, dtype=kernel.dtype, device=kernel.device)
-        fused.pointwise.weight.copy_(self.projector.weight + eye.view(channels, channels, *(1,) * self.spatial_dims))
-        fused.pointwise.bias.copy_(self.projector.bias)
+        """The two-conv form with its weights computed once (inference)."""
+        fused = FusedMonaConv(self.conv3.in_channels, self.spatial_dims).to(self.conv3.weight)
+        for target, value in zip((fused.depthwise.weight, fused.depthwise.bias, fused.pointwise.weight,
+                                  fused.pointwise.bias), self.combined_weights()):
+            target.copy_(value)
         return fused
 
 
 class FusedMonaConv(nn.Module):
-    """Inference form of `MonaConv`: same function, two convs instead of four plus two adds."""
+    """Inference form of `MonaConv`: plain convs holding the combined weights."""
 
     def __init__(self, channels: int, spatial_dims: int = 2):
         super().__init__()
@@ -96,7 +108,8 @@ class Mona(nn.Module):
         grid = tokens.reshape(batch, *spatial, channels).movedim(-1, 1)
         tokens = self.adapter_conv(grid).movedim(1, -1).reshape(batch, count, channels)
         x = torch.cat((prefix, tokens), dim=1) if num_prefix_tokens else tokens
-        return identity + self.project2(self.dropout(F.gelu(x)))
+        # In place: on CPU a fresh (B, N, C) result per residual costs as much as the add itself.
+        return self.project2(self.dropout(F.gelu(x))).add_(identity)
 
     @property
     def is_fused(self) -> bool:
