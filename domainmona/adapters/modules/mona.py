@@ -98,7 +98,10 @@ class Mona(nn.Module):
 
     def forward(self, x: torch.Tensor, hw_shape, num_prefix_tokens: int = 0) -> torch.Tensor:
         identity = x
-        scaled = self.norm(x) if self.is_fused else self.norm(x) * self.gamma  # fused: gamma is in norm's affine
+        # LN(x) * gamma as one LayerNorm with affine (weight * gamma, bias * gamma): the same values, and
+        # autograd keeps no normalised copy of x for gamma's gradient.
+        norm = self.norm
+        scaled = F.layer_norm(x, norm.normalized_shape, norm.weight * self.gamma, norm.bias * self.gamma, norm.eps)
         x = self.project1(torch.addcmul(scaled, x, self.gammax))
         prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
         batch, count, channels = tokens.shape
@@ -115,16 +118,11 @@ class Mona(nn.Module):
     def is_fused(self) -> bool:
         return isinstance(self.adapter_conv, FusedMonaConv)
 
-    @torch.no_grad()
     def fuse(self) -> None:
-        """Exact inference form: the conv path becomes two convs and gamma moves into the norm's affine
-        (gamma is then 1). Fused weights are for inference only, not for training or adapter files."""
-        if self.is_fused:
-            return
-        self.adapter_conv = self.adapter_conv.fused()
-        self.norm.weight.mul_(self.gamma)
-        self.norm.bias.mul_(self.gamma)
-        self.gamma.fill_(1.0)
+        """Swap the conv path for its exact inference form (`FusedMonaConv`): for inference only, not for
+        training or adapter files."""
+        if not self.is_fused:
+            self.adapter_conv = self.adapter_conv.fused()
 
 
 class Mona3d(Mona):
