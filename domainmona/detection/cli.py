@@ -26,12 +26,14 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
            resume: bool) -> None:
     from domainmona.console import console
     from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, launch_torchrun, train, training_subsets
+    from domainmona.recipes import load_recipe
 
     if pretrained is None and backbone.value == 'micro':
         pretrained = MICRO_WEIGHTS  # the shipped micro Swin, pretrained by domainmona.detection.pretrain_micro
+    split = load_recipe('star' if dataset == 'star' else 'dota')['split']  # patch grid
     opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
                         adapter=adapter.value, pretrained=pretrained, shots=shots, max_iters=max_iters,
-                        gpus=gpus, resume=resume)
+                        gpus=gpus, resume=resume, patch_size=split['size'], patch_gap=split['gap'])
     if gpus > 1 and 'LOCAL_RANK' not in os.environ:
         training_subsets(opts)  # split once here, not in every process
         launch_torchrun(gpus, sys.argv[1:])
