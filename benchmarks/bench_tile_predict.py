@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from domainmona.io import atomic_path
 RESULTS = Path(__file__).parent / "results" / "geo.md"
 CLASSES = ("plane", "ship", "storage-tank")
 TILE, OVERLAP, BATCH, SCORE_THR = 512, 100, 4, 0.3
+SPEED_SCENE = 2048
 
 
 def scene(work: Path, size: int, objects: int) -> Path:
@@ -80,6 +80,7 @@ def time_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) ->
     from sahi.models.base import DetectionModel
     from sahi.predict import get_sliced_prediction
     from sahi.prediction import ObjectPrediction
+    from sahi.utils.compatibility import fix_full_shape_list, fix_shift_amount_list
 
     from domainmona.detection.dota.geometry import obb_to_poly
     from domainmona.geo.models import detect_infer
@@ -89,6 +90,9 @@ def time_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) ->
     class MonaRotatedDetector(DetectionModel):
         def load_model(self):
             self.set_model(model)
+
+        def set_model(self, detector, **kwargs):
+            self.model = detector
 
         def perform_inference(self, image):
             self.perform_batch_inference([image])
@@ -101,7 +105,8 @@ def time_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) ->
         def _create_object_prediction_list_from_original_predictions(self, shift_amount_list=None,
                                                                      full_shape_list=None):
             per_image = []
-            for dets, shift, full in zip(self._original_predictions, shift_amount_list, full_shape_list):
+            shifts, shapes = fix_shift_amount_list(shift_amount_list), fix_full_shape_list(full_shape_list)
+            for dets, shift, full in zip(self._original_predictions, shifts, shapes):
                 predictions = []
                 for quad, score, label in zip(obb_to_poly(dets.boxes), dets.scores, dets.labels):
                     if score < self.confidence_threshold:
@@ -136,11 +141,16 @@ def peak_memory_child(raster: str, out: str) -> None:
         with torch.inference_mode():
             return torch.softmax(model(x), 1).numpy()
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     start = time.perf_counter()
     segment_scene(Path(raster), Path(out), infer, ["a", "b"], StreamOptions(1024, 200, BATCH))
-    print(json.dumps({"before_mib": before, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "seconds": time.perf_counter() - start}))
+    print(json.dumps({"before_mib": before, "peak_mib": peak_rss_mib(), "seconds": time.perf_counter() - start}))
+
+
+def peak_rss_mib() -> float:
+    """VmHWM of this process (unlike ru_maxrss, it does not inherit the parent's peak across fork+exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
 
 
 def measure_memory(work: Path) -> dict[int, dict]:
@@ -159,7 +169,7 @@ def write_report(speed: dict | None, memory: dict | None, sahi_note: str) -> Non
              f"{platform.python_version()}; shared CPU, timings are indicative.", ""]
     if speed:
         ours = next(iter(speed.values()))[0]
-        lines += [f"## Speed: 4096² RGB GeoTIFF, micro Mona-Swin Oriented R-CNN (fused), tiles {TILE}/{OVERLAP}, "
+        lines += [f"## Speed: {SPEED_SCENE}² RGB GeoTIFF, micro Mona-Swin Oriented R-CNN (fused), tiles {TILE}/{OVERLAP}, "
                   f"score ≥ {SCORE_THR}", "", "| pipeline | seconds | detections | tile-predict speed-up |",
                   "| --- | ---: | ---: | ---: |"]
         for name, (seconds, count) in speed.items():
@@ -200,11 +210,13 @@ def main() -> None:
             sahi_note = "SAHI is not installed (`pip install -e .[bench]`): speed comparison skipped."
             print(sahi_note)
         else:
-            raster = scene(work, 4096, objects=200)
+            raster = scene(work, SPEED_SCENE, objects=SPEED_SCENE // 20)
             model, cfg = build_detector()
             speed = {"tile-predict (batch 4)": time_ours(raster, model, cfg, work)}
+            print(speed, flush=True)
             speed["SAHI defaults (batch 1, + full-image pass)"] = time_sahi(raster, model, cfg, 1, True)
             speed["SAHI batch 4, no full-image pass"] = time_sahi(raster, model, cfg, BATCH, False)
+            print(speed, flush=True)
     memory = None if args.skip_memory else measure_memory(work)
     write_report(speed, memory, sahi_note)
 

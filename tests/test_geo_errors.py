@@ -82,6 +82,17 @@ def test_empty_label_file_and_missing_class_field(scene, tmp_path):
     assert "no field 'kind'" in _tile_error([scene.raster], scene.labels, tmp_path / "out", class_field="kind")
 
 
+def test_an_unrelated_output_folder_is_never_replaced(scene, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("...")
+    with pytest.raises(UserError, match="refusing to replace"):
+        tile_scenes([scene.raster], scene.labels, precious, TileOptions(size=128, overlap=32))
+    assert (precious / "thesis.tex").read_text() == "..."
+    tile_scenes([scene.raster], scene.labels, tmp_path / "chips", TileOptions(size=128, overlap=32))
+    tile_scenes([scene.raster], scene.labels, tmp_path / "chips", TileOptions(size=128, overlap=32))  # re-run
+
+
 def test_cli_prints_one_line_and_exits_2(scene, tmp_path):
     out = tmp_path / "chips"
     result = subprocess.run([sys.executable, "-m", "domainmona.cli", "tile", str(scene.raster), "--labels",

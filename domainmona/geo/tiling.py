@@ -139,6 +139,8 @@ def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, 
 def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOptions) -> dict:
     """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest."""
     _check_options(opts)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise UserError(f"{out} exists and holds no {MANIFEST}: refusing to replace it, choose another --out")
     if not rasters:
         raise UserError("give at least one raster to tile")
     labels = read_labels(labels_path, opts.class_field)
