@@ -114,6 +114,15 @@ class Mona(nn.Module):
         # In place: on CPU a fresh (B, N, C) result per residual costs as much as the add itself.
         return self.project2(self.dropout(F.gelu(x))).add_(identity)
 
+    def reference_forward(self, x: torch.Tensor, hw_shape) -> torch.Tensor:
+        """The official module step by step (no prefix tokens): the executable specification for tests and
+        benchmarks; `forward` computes the same function faster."""
+        h = self.project1(self.norm(x) * self.gamma + x * self.gammax)
+        batch, count, channels = h.shape
+        grid = self.adapter_conv.reference_forward(h.transpose(1, 2).reshape(batch, channels, *hw_shape))
+        h = grid.reshape(batch, channels, count).transpose(1, 2)
+        return x + self.project2(self.dropout(F.gelu(h)))
+
     @property
     def is_fused(self) -> bool:
         return isinstance(self.adapter_conv, FusedMonaConv)
