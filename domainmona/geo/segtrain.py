@@ -77,7 +77,11 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     if opts.pretrained:
         if not opts.pretrained.is_file():
             raise UserError(f"--pretrained {opts.pretrained}: no such file")
-        console.print(f"encoder weights: {load_pretrained(model.encoder, opts.pretrained)}")
+        report = load_pretrained(model.encoder, opts.pretrained)
+        console.print(f"encoder weights: {report}")
+        if len(report.missing) > report.loaded:  # a different architecture or an unconverted layout
+            raise UserError(f"--pretrained {opts.pretrained} fits only {report.loaded} of the encoder's "
+                            f"{report.loaded + len(report.missing)} tensors ({report.layout} layout)")
     else:
         console.print("[yellow]warning:[/] no --pretrained encoder weights: the adapter adapts a random encoder")
     images, masks = (torch.from_numpy(a) for a in load_chips(opts.chips, manifest))
