@@ -33,14 +33,16 @@ def register(groups: "CommandGroups") -> None:
     def train(
         data: Path = typer.Option(..., "--data", help="MSD task folder (dataset.json), datalist JSON, or a folder "
                                   "with imagesTr/+labelsTr/ (or images/+labels/) of same-named NIfTI files."),
-        work_dir: Path = typer.Option(..., "--work-dir", help="Checkpoints, metrics and settings go here."),
+        work_dir: Path = typer.Option(..., "--work-dir", help="checkpoints/ (best, last, adapter files) and "
+                                      "metrics.json go here."),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="MONAI SSL Swin weights "
                                                   "(model_swinvit.pt or ssl_pretrained_weights.pth)."),
         adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (default mona); 'none' = "
                                               "full fine-tuning of plain SwinUNETR."),
         shots: Optional[int] = typer.Option(None, "--shots", help="Train on the first K labelled cases only."),
-        roi: Optional[int] = typer.Option(None, "--roi", help="Patch / sliding-window size (multiple of 32; 96)."),
-        max_epochs: Optional[int] = typer.Option(None, "--max-epochs"),
+        roi: Optional[int] = typer.Option(None, "--roi", help="Patch and sliding-window size: a multiple of 32, "
+                                          "at least 64 (96)."),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Epochs (100); with --resume, extends."),
         gpus: int = typer.Option(1, "--gpus", help="Processes (one per GPU, via torchrun when > 1; 0 = CPU)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoints/last.pt."),
         feature_size: Optional[int] = typer.Option(None, "--feature-size", help="Swin width (48 for SSL weights)."),
@@ -96,7 +98,7 @@ def register(groups: "CommandGroups") -> None:
         out: Path = typer.Option(Path("segment-ct-demo"), "--out", help="Folder for data, run and predictions."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the recipe's epochs."),
     ) -> None:
-        """Synthetic CT → short training → predict → evaluate; prints the Dice (recipe: pipelines/ct-demo.yaml)."""
+        """Synthetic CT → short training → predict → evaluate, then the Dice (recipe: pipelines/ct-demo.yaml)."""
         from domainmona.medical.demo import run_demo
 
         run_demo(out, max_epochs)

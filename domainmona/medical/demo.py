@@ -30,8 +30,8 @@ def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = 
     data_dir = write_dataset(out / "data", cases=data["cases"], shape=tuple(data["shape"]),
                              spacing=tuple(data["spacing"]), seed=data["seed"])
     split = load_split(data_dir, recipe["shots"], settings["train"]["val_max"])
-    checkpoint = train(split, settings, out / "run", gpus=0)
-    predict_volumes([case["image"] for case in split.val], checkpoint, out / "predictions", device="cpu")
+    checkpoint = train(split, settings, out / "run")  # one GPU when there is one, else CPU
+    predict_volumes([case["image"] for case in split.val], checkpoint, out / "predictions")
     evaluation = evaluate_and_report(out / "predictions", data_dir / "labelsTr", out / "evaluation.json")
     console.print(f"demo: mean foreground Dice {evaluation.mean_dice:.4f} on {len(split.val)} held-out case(s); "
                   f"outputs in {out}", highlight=False)

@@ -92,7 +92,8 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> Evaluation:
         gt_file = gt_dir / pred_file.name
         gt, pred = check_volume(gt_file), check_volume(pred_file)
         if gt.shape != pred.shape or not np.allclose(gt.affine, pred.affine, atol=AFFINE_ATOL):
-            raise UserError(f"{pred_file}: shape/affine differ from ground truth {gt_file} ({pred.shape} vs {gt.shape})")
+            raise UserError(f"{pred_file}: shape/affine differ from ground truth {gt_file} "
+                            f"({pred.shape} vs {gt.shape})")
         pairs.append((pred_file.name, np.asarray(pred.dataobj), np.asarray(gt.dataobj), gt.header.get_zooms()[:3]))
     top = max(int(max(p.max(), g.max())) for _, p, g, _ in pairs)
     if top < 1:

@@ -73,6 +73,25 @@ def set_cosine_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], epoch
         group["lr"] = base * factor
 
 
+def _train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, grad_clip: float, amp: bool, device: torch.device):
+    """One pass over the patches with DiceCE; yields each step's loss."""
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    net.train()
+    for batch in loader:
+        image, label = batch[transforms.IMAGE].to(device), batch[transforms.LABEL].to(device)
+        with torch.autocast(device.type, enabled=amp):
+            loss = loss_fn(net(image), label)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        yield loss.item()
+
+
 def validation_dice(model: torch.nn.Module, loader: DataLoader, settings: dict[str, Any], num_classes: int,
                     device: torch.device) -> float:
     """Mean foreground Dice over validation volumes (preprocessed space), classes absent in a case skipped."""
@@ -134,7 +153,8 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
                      verbose=rt.main, device=rt.device)
     if rt.main:
         print_report(model, settings["model"])
-    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]), weight_decay=cfg["weight_decay"])
+    optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]),
+                                  weight_decay=cfg["weight_decay"])
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     amp = bool(cfg["amp"]) and rt.device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=amp)
@@ -146,52 +166,40 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
     net = model
     if rt.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if rt.device.type == "cuda" else None)
+        on_gpu = rt.device.type == "cuda"
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[rt.device] if on_gpu else None)
     train_loader, val_loader = _loaders(split, settings, rt)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     common = dict(settings=settings, label_names={str(k): v for k, v in split.label_names.items()},
                   num_classes=split.num_classes)
     steps = (cfg["max_epochs"] - start_epoch) * len(train_loader)
     with progress() as bar:
         task = bar.add_task("train", total=steps, visible=rt.main)
         for epoch in range(start_epoch, cfg["max_epochs"]):
-            net.train()
             set_cosine_lr(optimizer, base_lrs, epoch, cfg["max_epochs"])
-            started, losses = time.perf_counter(), []
-            for batch in train_loader:
-                image, label = batch[transforms.IMAGE].to(rt.device), batch[transforms.LABEL].to(rt.device)
-                with torch.autocast(rt.device.type, enabled=amp):
-                    loss = loss_fn(net(image), label)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg["grad_clip"])
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(loss.item())
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg['max_epochs']} loss {loss.item():.3f}")
+            started = time.perf_counter()
+            losses = []
+            for loss in _train_epoch(net, train_loader, optimizer, scaler, cfg["grad_clip"], amp, rt.device):
+                losses.append(loss)
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg['max_epochs']} loss {loss:.3f}")
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
+            history.append(record)
             if (epoch + 1) % cfg["val_every"] and epoch + 1 != cfg["max_epochs"]:
-                history.append(record)
                 continue
             if rt.main:
                 if val_loader is not None:
                     record["val_dice"] = validation_dice(model, val_loader, settings, split.num_classes, rt.device)
-                history.append(record)
+                    console.print(f"epoch {epoch + 1}: loss {record['loss']:.4f}, validation Dice "
+                                  f"{record['val_dice']:.4f}", highlight=False)
                 if record.get("val_dice", -1.0) > best_dice:
                     best_dice = record["val_dice"]
                     save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, best_dice=best_dice, **common)
                     save_adapter_file(model, settings["model"], ckpt_dir / "best_adapter.safetensors")
                 save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                scaler=scaler.state_dict(), epoch=epoch + 1,
-                                best_dice=best_dice, history=history, **common)
+                                scaler=scaler.state_dict(), epoch=epoch + 1, best_dice=best_dice, history=history,
+                                **common)
                 save_adapter_file(model, settings["model"], ckpt_dir / "last_adapter.safetensors")
                 with atomic_path(work_dir / "metrics.json") as tmp:
                     tmp.write_text(json.dumps(history, indent=2))
-                console.print(f"epoch {epoch + 1}: loss {record['loss']:.4f}"
-                              + (f", validation Dice {record['val_dice']:.4f}" if "val_dice" in record else ""),
-                              highlight=False)
             rt.barrier()
     if rt.world > 1:
         torch.distributed.destroy_process_group()
