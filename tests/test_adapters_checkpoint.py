@@ -263,3 +263,24 @@ def test_pretrained_loading_never_runs_pickled_code_and_never_loads_nothing(tmp_
         load_pretrained(mmdet_swin(), unrelated)
     with pytest.raises(UserError, match="weights file not found"):
         load_pretrained(mmdet_swin(), tmp_path / "nope.pth")
+
+
+def test_openmmlab_weights_give_timm_swin_the_same_features(tmp_path):
+    """The inverse of mmdet's swin_converter: an OpenMMLab checkpoint (e.g. the shipped micro Swin, or an
+    mmdet/mmrotate backbone) loads into a timm Swin and both compute the same features."""
+    source = mmdet_swin()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "openmmlab_swin.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = timm_swin()
+    report = load_pretrained(target, path)
+    assert report.layout == "openmmlab-swin"
+    # only the classifier and its norm have no OpenMMLab counterpart
+    assert sorted(report.missing) == ["head.fc.bias", "head.fc.weight", "norm.bias", "norm.weight"]
+    target.norm.load_state_dict(source.norm3.state_dict())
+    for model in (source, target):
+        model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_timm_features(target), _mmdet_features(source), rtol=1e-4, atol=1e-4)

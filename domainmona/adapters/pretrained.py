@@ -61,9 +61,42 @@ def _to_monai(tensors: Tensors, layout: str) -> Tensors:
             for k, v in tensors.items()}
 
 
+def _unfold_order_back(v: torch.Tensor) -> torch.Tensor:
+    """Undo swin_converter's reordering of the 4 merged sub-patches in a patch-merging weight (last dim)."""
+    lead, channels = v.shape[:-1], v.shape[-1]
+    v = v.reshape(*lead, channels // 4, 4).transpose(-1, -2)  # (..., 4 in OpenMMLab order, C/4)
+    return v[..., [0, 2, 1, 3], :].reshape(*lead, channels)   # the permutation is its own inverse
+
+
+def convert_mmdet_to_microsoft(tensors: Tensors) -> Tensors:
+    """OpenMMLab Swin names and merge order back to the official Microsoft layout: the inverse of mmdet's
+    `swin_converter`, which exists in one direction only. The per-stage output norms (`norm0..3`) have no
+    Microsoft counterpart and are left out."""
+    out = {}
+    for key, value in tensors.items():
+        if re.match(r"norm\d\.", key):
+            continue
+        if key.startswith("stages."):
+            key = "layers." + key[len("stages."):]
+            key = key.replace(".attn.w_msa.", ".attn.").replace(".ffn.layers.0.0.", ".mlp.fc1.")
+            key = key.replace(".ffn.layers.1.", ".mlp.fc2.")
+            if ".downsample." in key and (".reduction." in key or ".norm." in key):
+                value = _unfold_order_back(value)
+        elif key.startswith("patch_embed.projection."):
+            key = key.replace("patch_embed.projection.", "patch_embed.proj.")
+        out[key] = value
+    return out
+
+
+def _convert_to_timm(tensors: Tensors, layout: str) -> Tensors:
+    if layout == "openmmlab-swin":
+        tensors, layout = convert_mmdet_to_microsoft(tensors), "microsoft-swin"
+    return _shift_downsample(tensors, +1) if layout == "microsoft-swin" else tensors
+
+
 _CONVERTERS = {
     "mmdet-swin": convert_to_mmdet,
-    "timm-swin": lambda t, layout: _shift_downsample(t, +1) if layout == "microsoft-swin" else t,
+    "timm-swin": _convert_to_timm,
     "monai-swin": _to_monai,
 }
 
