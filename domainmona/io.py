@@ -14,12 +14,14 @@ from pathlib import Path
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
 
-    The temporary keeps ``final``'s suffix so that libraries choosing a format by extension (GDAL,
-    safetensors, PIL) still do the right thing.
+    The temporary keeps ``final``'s suffix (both parts of `.nii.gz`, `.tar.gz`) so that libraries choosing a
+    format by extension (GDAL, nibabel, safetensors, PIL) still do the right thing. Only its name is
+    reserved: the writer creates the file, so it gets the usual permissions, not mkstemp's 0600.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
+    suffix = "".join(final.suffixes[-2:]) if final.suffix == ".gz" else final.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     tmp_path.unlink()
@@ -31,12 +33,19 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``final``; it replaces ``final`` only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the result should look like any mkdir
     try:
         yield tmp
         if final.exists():
