@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -81,8 +80,8 @@ def predict_volumes(inputs: list[str | Path], checkpoint_path: str | Path, out_d
             label_map = nib.Nifti1Image(restored, original.affine)
             label_map.header.set_xyzt_units(*original.header.get_xyzt_units())
             target = out_dir / name
-            with atomic_path(target) as tmp:  # its temp name ends in .gz only, so nibabel cannot pick the format
-                tmp.write_bytes(gzip.compress(label_map.to_bytes(), compresslevel=6))
+            with atomic_path(target) as tmp:  # the temp name keeps .nii.gz, so nibabel writes gzip
+                nib.save(label_map, tmp)
             write_overlay(image[0].numpy(), labels[0].numpy(), out_dir / f"{name[:-len('.nii.gz')]}.png")
             written.append(target)
             bar.advance(task)
