@@ -9,6 +9,7 @@ setup:
 
 demo: setup
 	$(VENV)/bin/domainmona doctor
+	$(VENV)/bin/domainmona demo
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
