@@ -9,7 +9,7 @@ every method, so differences between methods are paired. Metric: mIoU of the fou
 held-out scenes. One thread (`torch.set_num_threads(1)`): the CPU is shared.
 Writes benchmarks/results/transfer_study.{md,json,png} (`--quick`: transfer_study_quick.*, a smoke run).
 
-    .venv/bin/python benchmarks/transfer_study.py [--quick] [--steps 100] [--seeds 3]
+    .venv/bin/python benchmarks/transfer_study.py [--quick] [--steps 100] [--seeds 3] [--from-json RESULTS.json]
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=Budget.steps)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--from-json", type=Path, help="only re-render the .md and .png of a saved run")
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        write_results(args.from_json.with_suffix(""), saved["setup"], saved["runs"])
+        return
     torch.set_num_threads(args.threads)
     shots, seeds, budget = ((1, 5), 1, Budget(steps=4)) if args.quick else ((1, 5, 20), args.seeds, Budget(args.steps))
     n_classes = len(SYNTHETIC_CLASSES) + 1
