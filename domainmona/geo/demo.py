@@ -47,11 +47,12 @@ def _train(task: str, out: Path, settings: dict) -> Path:
         from domainmona.geo.dettrain import train_detection
 
         return train_detection(out / "chips", out / "work", **settings)
+    from domainmona.detection.train import MICRO_WEIGHTS
     from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
 
-    # The shipped micro Swin is in OpenMMLab layout, which the core cannot map onto timm's Swin yet: the
-    # segmentation demo adapts a frozen random encoder until it can.
-    return train_segmentation(SegTrainOptions(out / "chips", out / "work", **settings))
+    # Mona adapts a pretrained encoder: the shipped micro Swin (OpenMMLab layout, mapped onto timm's Swin).
+    pretrained = MICRO_WEIGHTS if settings.get("encoder") == "micro" else None
+    return train_segmentation(SegTrainOptions(out / "chips", out / "work", pretrained=pretrained, **settings))
 
 
 def _report_iou(scene, prediction: Path) -> None:
