@@ -41,8 +41,8 @@ def test_notebook_runs_and_plots(path, tmp_path, kernel_on_this_python):
             cell.outputs = []
     work = tmp_path / "work"
     work.mkdir()
-    client = NotebookClient(notebook, kernel_name=kernel_on_this_python, timeout=1200,  # per cell; pipeline demos on a loaded 2-core CPU
-                           
+    # the timeout is per cell: a pipeline demo takes up to ~10 min on a loaded 2-core CPU
+    client = NotebookClient(notebook, kernel_name=kernel_on_this_python, timeout=1200,
                             resources={"metadata": {"path": str(work)}})
     client.execute()  # raises CellExecutionError naming the failing cell
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
