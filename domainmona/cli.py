@@ -54,11 +54,6 @@ for name in ("train", "test", "eval", "split", "adapters"):
 app.add_typer(groups.segment_ct, name="segment-ct")
 
 
-def not_built(command: str, issue: int) -> None:
-    """Placeholder body for a command whose pipeline has not landed yet."""
-    raise UserError(f"'domainmona {command}' is not built yet (tracked in issue #{issue})")
-
-
 @app.command()
 def doctor() -> None:
     """Print the stack's versions, GDAL and CUDA, and run mmcv's compiled rotated-box ops."""

@@ -72,7 +72,7 @@ def test_doctor_exits_zero_after_running_the_ops():
         assert op in result.stdout
 
 
-def test_unbuilt_or_bad_command_exits_nonzero_with_one_line():
+def test_unknown_command_exits_nonzero_without_traceback():
     exe = Path(sys.executable).with_name("domainmona")
     result = subprocess.run([str(exe), "no-such-command"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0

@@ -365,3 +365,26 @@ def test_train_resume_predict_evaluate_end_to_end(dataset, tmp_path):
     assert list(scores["classes"]) == ["liver", "spleen", "kidney"]
     assert list(scores["cases"]) == [Path(image).name]
     assert all(0.0 <= c["dice"] <= 1.0 for c in scores["classes"].values())
+
+
+@pytest.mark.slow
+def test_train_gpus_2_relaunches_under_torchrun_and_rank_0_reports(dataset, tmp_path):
+    """`--gpus 2` on a CPU machine: the real torchrun relaunch, DDP over gloo, one data shard per process."""
+    import os
+
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    exe = Path(sys.executable).with_name("domainmona")
+    work = tmp_path / "ddp"
+    result = subprocess.run([str(exe), "segment-ct", "train", "--data", str(dataset), "--work-dir", str(work),
+                             "--shots", "2", "--config", str(config), "--gpus", "2"],
+                            capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = work / "checkpoints" / "best.pt"
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == str(best) and lines.count(str(best)) == 1  # printed by rank 0 only
+    state = torch.load(best, weights_only=True)
+    assert not any(key.startswith("module.") for key in state["model"])  # saved unwrapped from DDP
+    assert [m["epoch"] for m in json.loads((work / "metrics.json").read_text())] == [1]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -25,7 +23,8 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
            pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: int,
            resume: bool) -> None:
     from domainmona.console import console
-    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, launch_torchrun, train, training_subsets
+    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train, training_subsets
+    from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
     from domainmona.recipes import load_recipe
 
     if pretrained is None and backbone.value == 'micro':
@@ -34,15 +33,13 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
     opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
                         adapter=adapter.value, pretrained=pretrained, shots=shots, max_iters=max_iters,
                         gpus=gpus, resume=resume, patch_size=split['size'], patch_gap=split['gap'])
-    if gpus > 1 and 'LOCAL_RANK' not in os.environ:
+    if gpus > 1 and not under_torchrun():
         training_subsets(opts)  # split once here, not in every process
-        launch_torchrun(gpus, sys.argv[1:])
-        final = work_dir / 'final.safetensors'
-    else:
-        final = train(opts)
-        if int(os.environ.get('RANK', 0)) != 0:
-            return
-    console.print(str(final), highlight=False, soft_wrap=True)
+        relaunch_under_torchrun(gpus)  # rank 0 of the children prints the final checkpoint
+        return
+    final = train(opts)
+    if is_main_process():
+        console.print(str(final), highlight=False, soft_wrap=True)
 
 
 def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float) -> None:

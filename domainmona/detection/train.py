@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,13 +121,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def launch_torchrun(gpus: int, argv: list[str]) -> None:
-    """Re-run this same command under torchrun with one process per GPU (mmengine's 'pytorch' launcher)."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={gpus}', '-m', 'domainmona.cli', *argv]
-    if subprocess.call(cmd) != 0:
-        raise UserError(f"distributed training on {gpus} processes failed (see the log above)")
 
 
 def train_runner(opts: TrainOptions):

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from domainmona.errors import UserError
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
-
-def _relaunch_with_torchrun(gpus: int) -> None:
-    """Re-run this very command under torchrun with one process per GPU; exit with its status."""
-    import torch
-
-    if torch.cuda.is_available() and gpus > torch.cuda.device_count():
-        raise UserError(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-               "-m", "domainmona.cli", *sys.argv[1:]]
-    raise typer.Exit(subprocess.run(command).returncode)
-
 
 def register(groups: "CommandGroups") -> None:
     app = groups.segment_ct
@@ -54,19 +39,21 @@ def register(groups: "CommandGroups") -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml."),
     ) -> None:
         """Fine-tune SwinUNETR + Mona-3D on CT; the last line printed is the checkpoint to pass to predict."""
+        from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
         from domainmona.medical.settings import load_settings
 
         settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
                              model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
                                         merging=merging), train=dict(roi=roi, max_epochs=max_epochs))
-        if gpus > 1 and "LOCAL_RANK" not in os.environ:
-            _relaunch_with_torchrun(gpus)
+        if gpus > 1 and not under_torchrun():
+            relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint
+            return
         from domainmona.medical.data import load_split
         from domainmona.medical.train import train as run
 
         split = load_split(data, shots, settings["train"]["val_max"])
         final = run(split, settings, work_dir, pretrained=pretrained, resume=resume, gpus=gpus)
-        if os.environ.get("RANK", "0") == "0":
+        if is_main_process():
             typer.echo(str(final))
 
     @app.command("predict")

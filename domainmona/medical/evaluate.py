@@ -60,6 +60,8 @@ def score_case(pred: np.ndarray, gt: np.ndarray, classes: list[int], spacing) ->
     dice = compute_dice(y_pred, y, include_background=True, ignore_empty=False, num_classes=num_classes)[0]
     with warnings.catch_warnings():  # empty masks are expected per class; they are handled below
         warnings.filterwarnings("ignore", message=".* is all 0", category=UserWarning)
+        # MONAI 1.6 passes its own deprecated `always_return_as_numpy` internally: nothing for users to change.
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
         hd95 = compute_hausdorff_distance(one_hot(y_pred, num_classes), one_hot(y, num_classes),
                                           include_background=True, percentile=95, spacing=list(map(float, spacing)))[0]
     scores = {}

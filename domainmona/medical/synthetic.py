@@ -31,8 +31,8 @@ class Organ:
 # Placed in voxel axes of the stored array; the oblique affine makes them oblique in the world.
 ORGANS = (
     Organ("liver", 70.0, (0.35, 0.42, 0.5), (0.17, 0.15, 0.22)),
-    Organ("spleen", 130.0, (0.68, 0.40, 0.5), (0.09, 0.09, 0.15)),
-    Organ("kidney", 210.0, (0.60, 0.66, 0.42), (0.07, 0.08, 0.12)),
+    Organ("spleen", 130.0, (0.68, 0.40, 0.5), (0.12, 0.12, 0.20)),
+    Organ("kidney", 210.0, (0.60, 0.66, 0.42), (0.10, 0.11, 0.16)),
 )
 LABEL_NAMES = {"0": "background", **{str(i): o.name for i, o in enumerate(ORGANS, start=1)}}
 
