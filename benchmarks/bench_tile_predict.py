@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,13 +45,12 @@ def scene(work: Path, size: int, objects: int) -> Path:
 
 
 def build_detector():
-    """The micro config's detector with Mona, fused, in eval mode (random weights: timing only)."""
+    """The micro config's detector with Mona in its training form, eval mode (random weights: timing only)."""
     import torch
     from mmrotate.registry import MODELS
     from mmrotate.utils import register_all_modules
 
     import domainmona.detection.backbone  # noqa: F401  (registers the Mona Swin backbone)
-    from domainmona.adapters import fuse
     from domainmona.detection.config import build_config
 
     torch.manual_seed(0)
@@ -58,23 +58,21 @@ def build_detector():
     cfg = build_config("dota1.0", "micro", "mona", CLASSES, None, TILE)
     model = MODELS.build(cfg.model)
     model.init_weights()
-    return fuse(model.eval()), cfg
+    return model.eval(), cfg
 
 
-def time_ours(raster: Path, model, cfg, work: Path) -> tuple[float, int]:
+def run_ours(raster: Path, model, cfg, work: Path) -> int:
+    import pyogrio
+
     from domainmona.geo.models import detect_infer
 
     infer = detect_infer(model, cfg.pretty_text, None)
-    start = time.perf_counter()
     out = detect_scene(raster, work / "ours.gpkg", infer, list(CLASSES), StreamOptions(TILE, OVERLAP, BATCH),
                        SCORE_THR)
-    elapsed = time.perf_counter() - start
-    import pyogrio
-
-    return elapsed, pyogrio.read_info(out)["features"]
+    return pyogrio.read_info(out)["features"]
 
 
-def time_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) -> tuple[float, int]:
+def run_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) -> int:
     """SAHI reads the whole scene into memory, slices it, predicts, and merges (GREEDYNMM on boxes)."""
     import rasterio
     from sahi.models.base import DetectionModel
@@ -120,13 +118,38 @@ def time_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) ->
             self._object_prediction_list_per_image = per_image
 
     detector = MonaRotatedDetector(confidence_threshold=SCORE_THR, load_at_init=True, device="cpu")
-    start = time.perf_counter()
     with rasterio.open(raster) as src:
         image = np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0))
     result = get_sliced_prediction(image, detector, slice_height=TILE, slice_width=TILE,
                                    overlap_height_ratio=OVERLAP / TILE, overlap_width_ratio=OVERLAP / TILE,
                                    perform_standard_pred=standard_pred, batch_size=batch_size, verbose=0)
-    return time.perf_counter() - start, len(result.object_prediction_list)
+    return len(result.object_prediction_list)
+
+
+def measure_speed(work: Path, repeats: int) -> dict[str, tuple[list[float], int]]:
+    """Every pipeline once to warm up (oneDNN primitives, allocator), then `repeats` interleaved timed runs."""
+    import copy
+
+    from domainmona.adapters import fuse
+
+    raster = scene(work, SPEED_SCENE, objects=SPEED_SCENE // 20)
+    model, cfg = build_detector()
+    fused = fuse(copy.deepcopy(model))
+    runs = {
+        "tile-predict (batch 4, fused Mona)": lambda: run_ours(raster, fused, cfg, work),
+        "SAHI defaults (batch 1, + full-image pass), fused Mona": lambda: run_sahi(raster, fused, cfg, 1, True),
+        "SAHI batch 4, no full-image pass, fused Mona": lambda: run_sahi(raster, fused, cfg, BATCH, False),
+        "SAHI batch 4, no full-image pass, Mona as trained (unfused)":
+            lambda: run_sahi(raster, model, cfg, BATCH, False),
+    }
+    counts = {name: run() for name, run in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: (times[name], counts[name]) for name in runs}
 
 
 def peak_memory_child(raster: str, out: str) -> None:
@@ -164,30 +187,58 @@ def measure_memory(work: Path) -> dict[int, dict]:
     return results
 
 
-def write_report(speed: dict | None, memory: dict | None, sahi_note: str) -> None:
-    lines = ["# tile-predict benchmark", "", f"Machine: {platform.processor() or platform.machine()}, "
-             f"{platform.python_version()}; shared CPU, timings are indicative.", ""]
+def _previous_section(heading: str) -> list[str]:
+    """The section of the existing report that starts with `heading`, kept when this run skips that part."""
+    if not RESULTS.exists():
+        return []
+    text = RESULTS.read_text()
+    start = text.find(heading)
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end >= 0 else len(text)].rstrip("\n").split("\n") + [""]
+
+
+def write_report(speed: dict | None, memory: dict | None) -> None:
+    lines = ["# tile-predict benchmark", ""]
     if speed:
-        ours = next(iter(speed.values()))[0]
-        lines += [f"## Speed: {SPEED_SCENE}² RGB GeoTIFF, micro Mona-Swin Oriented R-CNN (fused), tiles {TILE}/{OVERLAP}, "
-                  f"score ≥ {SCORE_THR}", "", "| pipeline | seconds | detections | tile-predict speed-up |",
-                  "| --- | ---: | ---: | ---: |"]
-        for name, (seconds, count) in speed.items():
-            lines.append(f"| {name} | {seconds:.1f} | {count} | {seconds / ours:.2f}× |")
+        medians = {name: statistics.median(runs) for name, (runs, _) in speed.items()}
+        ours = next(iter(medians.values()))
+        lines += [f"## Speed: {SPEED_SCENE}² RGB GeoTIFF, micro Mona-Swin Oriented R-CNN, tiles {TILE}/{OVERLAP}, "
+                  f"score ≥ {SCORE_THR}", "",
+                  f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()} CPU, "
+                  f"{torch_threads()} torch threads. Same weights and scene; each pipeline warmed up once, then "
+                  f"{len(next(iter(speed.values()))[0])} interleaved runs, median. SAHI's time includes reading the "
+                  "scene into memory.", "",
+                  "| pipeline | median s | runs | detections | tile-predict speed-up |",
+                  "| --- | ---: | --- | ---: | ---: |"]
+        for name, (runs, count) in speed.items():
+            lines.append(f"| {name} | {medians[name]:.2f} | {', '.join(f'{t:.2f}' for t in runs)} | {count} | "
+                         f"{medians[name] / ours:.2f}× |")
         lines.append("")
     else:
-        lines += ["## Speed", "", sahi_note, ""]
+        lines += _previous_section("## Speed")
     if memory:
         small, large = memory[4096], memory[16384]
         growth = large["peak_mib"] / small["peak_mib"] - 1
         lines += ["## Peak memory: segment_scene, tiles 1024/200, batch 4, 1x1-conv network", "",
+                  f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()} CPU; each raster "
+                  "in a fresh process.", "",
                   "| raster | RSS before predict (MiB) | peak RSS (MiB) | seconds |", "| --- | ---: | ---: | ---: |"]
         for size, row in memory.items():
             lines.append(f"| {size}² | {row['before_mib']:.0f} | {row['peak_mib']:.0f} | {row['seconds']:.1f} |")
         lines += ["", f"Peak grows by {growth * 100:.1f}% for 16× the pixels (goal ≤ 10%).", ""]
+    else:
+        lines += _previous_section("## Peak memory")
     with atomic_path(RESULTS) as tmp:
         tmp.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main() -> None:
@@ -195,6 +246,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="Folder for generated rasters (kept).")
     parser.add_argument("--skip-sahi", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="Timed runs per pipeline (after a warm-up).")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -202,23 +254,16 @@ def main() -> None:
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-geo-"))
     work.mkdir(parents=True, exist_ok=True)
-    speed, sahi_note = None, ""
+    speed = None
     if not args.skip_sahi:
         try:
             import sahi  # noqa: F401
         except ImportError:
-            sahi_note = "SAHI is not installed (`pip install -e .[bench]`): speed comparison skipped."
-            print(sahi_note)
-        else:
-            raster = scene(work, SPEED_SCENE, objects=SPEED_SCENE // 20)
-            model, cfg = build_detector()
-            speed = {"tile-predict (batch 4)": time_ours(raster, model, cfg, work)}
-            print(speed, flush=True)
-            speed["SAHI defaults (batch 1, + full-image pass)"] = time_sahi(raster, model, cfg, 1, True)
-            speed["SAHI batch 4, no full-image pass"] = time_sahi(raster, model, cfg, BATCH, False)
-            print(speed, flush=True)
+            sys.exit("SAHI is not installed: `.venv/bin/pip install -e .[bench]`, or pass --skip-sahi")
+        speed = measure_speed(work, args.repeats)
+        print(speed, flush=True)
     memory = None if args.skip_memory else measure_memory(work)
-    write_report(speed, memory, sahi_note)
+    write_report(speed, memory)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,21 @@ def test_detections_cut_by_tile_borders_merge_into_one(scene, tmp_path, suffix):
     for polygon, cls in zip(polygons, fields[0]):
         distances = shapely.hausdorff_distance(truth, polygon)
         assert distances.min() < scene.spec.pixel_size and scene.classes[distances.argmin()] == cls
+
+
+def test_geo_demo_scores_a_geopackage_against_the_scene_labels(tmp_path):
+    """The demo's mAP: perfect map polygons score 1, and a class left out scores AP 0 for that class."""
+    from domainmona.geo.demo import _report_map
+    from domainmona.geo.vectors import write_polygons
+
+    scene = write_scene(tmp_path / "s.tif", tmp_path / "l.gpkg", SceneSpec(width=512, height=512, objects=9, seed=2))
+    in_map = affine_polygons(scene.polygons, scene.transform)
+    perfect = write_polygons(tmp_path / "perfect.gpkg", in_map,
+                             {"class": scene.classes.astype(object), "score": np.ones(len(in_map))}, scene.crs)
+    assert _report_map(scene, perfect, tmp_path / "eval-perfect") == pytest.approx(1.0)
+    missing = sorted(set(scene.classes))[0]
+    keep = scene.classes != missing
+    partial = write_polygons(tmp_path / "partial.gpkg", in_map[keep],
+                             {"class": scene.classes[keep].astype(object), "score": np.ones(keep.sum())}, scene.crs)
+    classes = len(set(scene.classes))
+    assert _report_map(scene, partial, tmp_path / "eval-partial") == pytest.approx((classes - 1) / classes)

@@ -39,6 +39,8 @@ def run_demo(out: Path, task: str) -> Path:
                  predict.get("score_thr", 0.3))
     if task == "segmentation":
         _report_iou(scene, prediction)
+    else:
+        _report_map(scene, prediction, out / "evaluation")
     return _preview(scene, prediction, out / "preview.png")
 
 
@@ -69,6 +71,30 @@ def _report_iou(scene, prediction: Path) -> None:
         ious.append(inter / union if union else 0.0)
         console.print(f"IoU {name}: {ious[-1]:.3f}")
     console.print(f"mIoU over the scene: {np.mean(ious):.3f}")
+
+
+def _report_map(scene, prediction: Path, work: Path) -> float:
+    """Whole-scene mAP (VOC07, polygon IoU 0.5) of the GeoPackage against the scene's labels, through the DOTA
+    evaluator: labels and predictions are written as one DOTA image ('scene') in pixel coordinates."""
+    import pyogrio
+
+    from domainmona.detection.dota.evaluate import evaluate_task1
+    from domainmona.detection.dota.geometry import polygon_to_dota_quad
+    from domainmona.detection.dota.labels import DotaObject, write_dota_labels
+    from domainmona.detection.dota.merge import Detections, write_task1
+
+    classes = sorted(set(scene.classes.tolist()))
+    write_dota_labels(work / "labelTxt" / "scene.txt",
+                      [DotaObject(polygon_to_dota_quad(p), c) for p, c in zip(scene.polygons, scene.classes)])
+    _, _, wkb, (names, scores) = pyogrio.raw.read(prediction, columns=["class", "score"])
+    quads = [polygon_to_dota_quad(p) for p in to_pixels(shapely.from_wkb(wkb), scene.transform)]
+    detections = Detections.of(np.reshape(quads, (-1, 8)), scores, [classes.index(n) for n in names])
+    write_task1(work / "task1", {"scene": detections}, classes)
+    result = evaluate_task1(work / "task1", work / "labelTxt", classes)
+    for name, per_class in result.per_class.items():
+        console.print(f"AP {name}: {per_class.ap:.3f}")
+    console.print(f"mAP over the scene (VOC07, IoU 0.5): {result.map:.3f}")
+    return result.map
 
 
 def _preview(scene, prediction: Path, png: Path) -> Path:
