@@ -88,19 +88,15 @@ def set_train_data(cfg, subsets: list[tuple[Path, Path]], batch_size: int | None
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
 
 
-def repeat_train_data(cfg, times: int) -> None:
-    """Make one pass over the training set last `times` passes. mmengine's iteration loop sleeps 2 s at
-    every pass boundary (a deadlock guard in `_InfiniteDataloaderIterator`): on a few-shot set of a handful
-    of chips that sleep, not the model, was most of the training time."""
-    if times > 1:
-        cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=times, dataset=cfg.train_dataloader.dataset)
-
-
 def set_max_iters(cfg, max_iters: int, checkpoints: int = 4, warmup: int | None = None) -> None:
     """Replace the 12-epoch schedule by `max_iters` iterations, with the same shape (warm-up, steps at 8/12
     and 11/12) and `checkpoints` evenly spaced checkpoints, so a killed run can resume."""
     warmup = min(500, max(1, max_iters // 10)) if warmup is None else warmup
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters + 1)
+    # A fresh shuffle per pass like DefaultSampler, but endless: mmengine's iteration loop sleeps 2 s whenever
+    # a finite loader runs out (a deadlock guard), which on a few-shot set of a handful of chips was most of
+    # the training time.
+    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=warmup),
         dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,9 +86,6 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]]):
     C.set_train_data(cfg, subsets, opts.batch_size, opts.num_workers)
     if opts.max_iters:
         C.set_max_iters(cfg, opts.max_iters)
-        images = sum(1 for _, annfiles in subsets for _ in annfiles.glob('*.txt'))
-        batches_per_pass = max(1, images // cfg.train_dataloader.batch_size)
-        C.repeat_train_data(cfg, math.ceil(opts.max_iters / batches_per_pass))  # the whole run in one pass
     if opts.lr:
         cfg.optim_wrapper.optimizer.lr = opts.lr
     cfg.work_dir = str(opts.work_dir)
