@@ -201,13 +201,13 @@ def _previous_section(heading: str) -> list[str]:
 
 def write_report(speed: dict | None, memory: dict | None) -> None:
     lines = ["# tile-predict benchmark", ""]
+    measured = f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()} CPU"
     if speed:
         medians = {name: statistics.median(runs) for name, (runs, _) in speed.items()}
         ours = next(iter(medians.values()))
         lines += [f"## Speed: {SPEED_SCENE}² RGB GeoTIFF, micro Mona-Swin Oriented R-CNN, tiles {TILE}/{OVERLAP}, "
                   f"score ≥ {SCORE_THR}", "",
-                  f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()} CPU, "
-                  f"{torch_threads()} torch threads. Same weights and scene; each pipeline warmed up once, then "
+                  f"{measured}, {torch_threads()} torch threads. Same weights and scene; each pipeline warmed up once, then "
                   f"{len(next(iter(speed.values()))[0])} interleaved runs, median. SAHI's time includes reading the "
                   "scene into memory.", "",
                   "| pipeline | median s | runs | detections | tile-predict speed-up |",
@@ -222,8 +222,7 @@ def write_report(speed: dict | None, memory: dict | None) -> None:
         small, large = memory[4096], memory[16384]
         growth = large["peak_mib"] / small["peak_mib"] - 1
         lines += ["## Peak memory: segment_scene, tiles 1024/200, batch 4, 1x1-conv network", "",
-                  f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()} CPU; each raster "
-                  "in a fresh process.", "",
+                  f"{measured}; each raster in a fresh process.", "",
                   "| raster | RSS before predict (MiB) | peak RSS (MiB) | seconds |", "| --- | ---: | ---: | ---: |"]
         for size, row in memory.items():
             lines.append(f"| {size}² | {row['before_mib']:.0f} | {row['peak_mib']:.0f} | {row['seconds']:.1f} |")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
 from domainmona.errors import UserError
 from domainmona.io import atomic_path
+from domainmona.launch import under_torchrun
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / 'assets'
 MICRO_WEIGHTS = ASSETS_DIR / 'micro_swin.safetensors'
@@ -91,7 +91,7 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]]):
     cfg.work_dir = str(opts.work_dir)
     cfg.resume = opts.resume
     cfg.randomness = dict(seed=opts.seed, deterministic=False)
-    if 'LOCAL_RANK' in os.environ:
+    if under_torchrun():
         cfg.launcher = 'pytorch'
         cfg.env_cfg.dist_cfg = dict(backend='nccl' if _cuda() else 'gloo')
     cfg.merge_from_dict(opts.config_overrides)

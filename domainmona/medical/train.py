@@ -25,6 +25,7 @@ from monai.utils import set_determinism
 from domainmona.console import console, progress
 from domainmona.errors import UserError
 from domainmona.io import atomic_path
+from domainmona.launch import under_torchrun
 from domainmona.medical import transforms
 from domainmona.medical.checkpoint import load_checkpoint, save_checkpoint
 from domainmona.medical.data import Split
@@ -56,7 +57,7 @@ class Runtime:
 def runtime(gpus: int) -> Runtime:
     """Join the torchrun process group when launched by it (NCCL on GPUs, gloo on CPU)."""
     cuda = gpus > 0 and torch.cuda.is_available()
-    if "LOCAL_RANK" not in os.environ:
+    if not under_torchrun():
         return Runtime(torch.device("cuda" if cuda else "cpu"))
     local_rank = int(os.environ["LOCAL_RANK"])
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
