@@ -9,7 +9,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import click
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from domainmona.console import console, err_console
@@ -86,12 +88,34 @@ def _register_domains() -> None:
 _register_domains()
 
 
-def main() -> None:
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line and return its exit code: 0, or 2 with one `error: ...` line on stderr for bad
+    input (options click rejects, UserError, files the OS refuses), 130 after Ctrl-C. Nothing else is caught:
+    a traceback is a bug."""
     try:
-        app()
+        result = app(args=argv, prog_name="domainmona", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:  # unknown or missing options, out-of-range values
+        return _fail(exc.format_message())
     except UserError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return _fail(str(exc))
+    except (OSError, MemoryError) as exc:  # disk full, permission denied, ...: the user can act on it
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return _fail(f"{getattr(exc, 'strerror', None) or exc}{where}")
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        return _fail("interrupted; outputs are only ever written whole, rerun to continue", code=130)
+    return result if isinstance(result, int) else 0
+
+
+def _fail(message: str, code: int = 2) -> int:
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    return code
+
+
+def main() -> None:
+    sys.exit(run())
 
 
 if __name__ == "__main__":

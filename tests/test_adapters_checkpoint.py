@@ -132,9 +132,9 @@ def test_fused_models_are_not_saved_as_adapters(tmp_path):
 def test_unreadable_files_are_one_line_errors(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors at all")
-    with pytest.raises(UserError, match="not a safetensors file"):
+    with pytest.raises(UserError, match="not a readable safetensors file"):
         load_adapter(detector(), junk)
-    with pytest.raises(UserError, match="adapter file not found"):
+    with pytest.raises(UserError, match="adapter file .*: no such file"):
         load_adapter(detector(), tmp_path / "missing.safetensors")
     from safetensors.torch import save_file
 
@@ -255,13 +255,13 @@ class NotWeights:
 def test_pretrained_loading_never_runs_pickled_code_and_never_loads_nothing(tmp_path):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"x": NotWeights()}}, evil)
-    with pytest.raises(UserError, match="cannot read as weights"):
+    with pytest.raises(UserError, match="refused to load"):
         load_pretrained(mmdet_swin(), evil)
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"conv1.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(UserError, match="no tensor fits this mmdet-swin backbone"):
         load_pretrained(mmdet_swin(), unrelated)
-    with pytest.raises(UserError, match="weights file not found"):
+    with pytest.raises(UserError, match="weights file .*: no such file"):
         load_pretrained(mmdet_swin(), tmp_path / "nope.pth")
 
 

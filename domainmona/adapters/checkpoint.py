@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -15,7 +14,7 @@ from domainmona import __version__
 from domainmona.adapters.identity import backbone_id, frozen_fingerprint, persistent_buffers
 from domainmona.adapters.inject import adapted_backbones, inject
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import atomic_path, load_safetensors
 
 FORMAT = "domainmona-adapter"
 
@@ -62,15 +61,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
 
 def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of an adapter file; a one-line error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"adapter file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: not a safetensors file ({exc})") from None
+    tensors, metadata = load_safetensors(path, what="adapter file")
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path}: not a domainmona adapter (no '{FORMAT}' metadata)")
     return tensors, metadata

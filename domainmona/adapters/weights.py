@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch import nn
 from domainmona.adapters.identity import persistent_buffers
 from domainmona.adapters.inject import is_adapter_parameter
 from domainmona.errors import UserError
+from domainmona.io import load_safetensors, load_torch
 
 _WRAPPERS = ("state_dict", "model", "module", "net")
 
@@ -22,18 +22,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors file or a torch checkpoint read with `weights_only=True` (never runs
     pickled code), unwrapped from `state_dict` / `model` containers."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            data = load_file(str(path))
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: cannot read as weights ({reason})") from None
+    if path.suffix == ".safetensors":
+        data, _ = load_safetensors(path, what="weights file")
+    else:
+        data = load_torch(path, what="weights file")
     while isinstance(data, dict):
         inner = next((data[k] for k in _WRAPPERS if isinstance(data.get(k), dict)), None)
         if inner is None:

@@ -44,7 +44,7 @@ def select_shots(subsets: list[tuple[Path, Path]], shots: int, out_dir: Path,
         if not chosen[index]:
             continue
         final = out_dir / f'subset{index}' / 'annfiles'
-        with atomic_dir(final) as tmp:
+        with atomic_dir(final, 'few-shot subset') as tmp:
             for path in chosen[index]:
                 shutil.copy2(path, tmp / path.name)
         new_subsets.append((images, final))

@@ -153,7 +153,7 @@ def generate_dota_scenes(out_dir: str | os.PathLike, n_images: int = 8, image_si
     width, height = _size(image_size)
     low, high = (objects_per_image, objects_per_image) if isinstance(objects_per_image, int) else objects_per_image
     paths = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "synthetic scenes") as tmp:
         for index in range(n_images):
             rng = np.random.default_rng([seed, index])
             image, objects = _scene(rng, width, height, tuple(classes), int(rng.integers(low, high + 1)))

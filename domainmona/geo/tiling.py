@@ -173,7 +173,7 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
 def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: list[str], scenes: list[dict],
                    plans: list[ChipPlan]) -> dict:
     chips, skipped = [], 0
-    with streaming_env(), atomic_dir(out) as tmp, progress() as bar:
+    with streaming_env(), atomic_dir(out, "tile", rasters) as tmp, progress() as bar:
         for sub in LAYOUT[opts.task]:
             (tmp / sub).mkdir()
         histograms = []

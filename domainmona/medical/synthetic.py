@@ -87,7 +87,7 @@ def write_dataset(out_dir: str | Path, cases: int = 4, shape: tuple[int, int, in
 
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "segment-ct demo data") as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         training = []

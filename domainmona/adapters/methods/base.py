@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,8 +40,8 @@ class Method:
                 values[key] = kind(value)
             except (TypeError, ValueError):
                 raise UserError(f"method '{self.name}': option {key}={value!r} is not a {kind.__name__}") from None
-            if kind in (int, float) and values[key] < 0:
-                raise UserError(f"method '{self.name}': option {key} must be >= 0, got {value}")
+            if kind in (int, float) and not (math.isfinite(values[key]) and values[key] >= 0):
+                raise UserError(f"method '{self.name}': option {key} must be a finite number >= 0, got {value}")
         return self.Config(**values)
 
     def attach(self, site: Site, config) -> None:

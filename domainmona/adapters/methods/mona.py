@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from domainmona.adapters.methods.base import Method
 from domainmona.adapters.modules.mona import Mona as Mona2d
 from domainmona.adapters.modules.mona import Mona3d
+from domainmona.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -19,5 +20,8 @@ class Mona(Method):
     Config = MonaConfig
 
     def attach(self, site, config) -> None:
+        if config.inner_dim < 1 or not 0 <= config.dropout < 1:
+            raise UserError(f"method 'mona': need inner_dim >= 1 and 0 <= dropout < 1, got {config.inner_dim}, "
+                            f"{config.dropout}")
         module = Mona3d if site.spatial_dims == 3 else Mona2d
         self.fill_slots(site, "post", lambda: module(site.dim, config.inner_dim, config.dropout))

@@ -112,7 +112,7 @@ def write_task1(out_dir: str | os.PathLike, merged: Mapping[str, Detections], cl
         polys = obb_to_poly(dets.boxes).reshape(-1, 8)
         for label, score, poly in zip(dets.labels, dets.scores, polys, strict=True):
             lines[int(label)].append(f"{image} {score:.6f} " + " ".join(f"{c:.2f}" for c in poly))
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "task1") as tmp:
         for index, name in enumerate(classes):
             (tmp / f"{TASK1_PREFIX}{name}.txt").write_text("".join(f"{line}\n" for line in lines[index]),
                                                           encoding="utf-8")

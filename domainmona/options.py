@@ -1,0 +1,36 @@
+"""Checks for numeric command-line options, shared by every command.
+
+Integers use typer's own ranges (`min=`); floats also need `finite`, because click's FloatRange lets NaN
+through (every comparison with NaN is false) and has no upper bound by default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Optional
+
+import typer
+
+
+def finite(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Callable[[Optional[float]], Optional[float]]:
+    """A typer callback accepting a finite float within [low, high] (open ends when asked); None passes."""
+
+    def check(value: Optional[float]) -> Optional[float]:
+        if value is None:
+            return value
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if low is not None and (value <= low if low_open else value < low):
+            raise typer.BadParameter(f"{value} must be {'>' if low_open else '>='} {low}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise typer.BadParameter(f"{value} must be {'<' if high_open else '<='} {high}")
+        return value
+
+    return check
+
+
+positive = finite(0.0, low_open=True)  # learning rates, HU spans, ...
+probability = finite(0.0, 1.0)  # score and IoU thresholds
+fraction = finite(0.0, 1.0, high_open=True)  # sliding-window overlaps

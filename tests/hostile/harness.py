@@ -1,0 +1,161 @@
+"""The hostile-input suite's harness (imported by the test modules as `harness`): run a command as a careless or hostile user would, then check the
+README's promises — exit 2, one `error:` line, no traceback, nothing written or changed, nothing left behind,
+no code run from a crafted file.
+
+Each test module lists its cases as data (`Case` rows) for one domain's commands and runs them through
+`refused` (or `killed_then_rerun` for interruptions). Commands run in-process through `domainmona.cli.run`,
+the same entry point as the console script, so that a hundred cases cost seconds, not a hundred imports of
+torch; the kill cases and one crafted-pickle case run real subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CASES_RUN: Counter = Counter()  # command -> hostile cases run, printed at the end of the session
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad invocation: ``argv`` may use `{ws}` for the workspace; ``expect`` is a part of the error
+    line (case-insensitive); ``setup`` prepares extra files in the workspace before the snapshot."""
+
+    id: str
+    argv: tuple[str, ...]
+    expect: str
+    setup: Callable[[Path], None] | None = None
+
+    @property
+    def command(self) -> str:
+        words = [a for a in self.argv if not a.startswith("-") and "{ws}" not in a]
+        groups = {"train", "test", "eval", "split", "segment-ct", "adapters"}
+        return " ".join(words[:2]) if words and words[0] in groups else (words[0] if words else "")
+
+    def args(self, ws: Path) -> list[str]:
+        return [a.replace("{ws}", str(ws)) for a in self.argv]
+
+
+def ids(cases) -> list[str]:
+    return [c.id for c in cases]
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    changes: dict = field(default_factory=dict)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and folder under ``root`` (hidden ones included) with size and modification time."""
+    state = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            state[os.path.relpath(os.path.join(dirpath, name), root) + "/"] = ()
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            info = os.lstat(path)
+            state[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+def diff(before: dict, after: dict) -> dict[str, list[str]]:
+    return {"added": sorted(set(after) - set(before)), "removed": sorted(set(before) - set(after)),
+            "changed": sorted(k for k in set(before) & set(after) if before[k] != after[k])}
+
+
+def run_cli(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    """Run `domainmona ARGV` in this process; (exit code, stdout, stderr). A traceback propagates."""
+    from domainmona.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_error_line(code: int, stdout: str, stderr: str, expect: str = "") -> str:
+    assert "Traceback" not in stdout + stderr, stderr
+    assert code == 2, f"exit {code}\nstdout: {stdout}\nstderr: {stderr}"
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert stderr.strip().splitlines()[-1] == errors[0], stderr  # the error is the last thing said
+    assert expect.lower() in errors[0].lower(), f"expected {expect!r} in: {errors[0]}"
+    return errors[0]
+
+
+def refused(case: Case, ws: Path) -> str:
+    """Run a case that must be refused: exit 2, one error line, workspace exactly as before."""
+    if case.setup is not None:
+        case.setup(ws)
+    before = snapshot(ws)
+    code, stdout, stderr = run_cli(case.args(ws), ws)
+    changes = diff(before, snapshot(ws))
+    CASES_RUN[case.command] += 1
+    line = assert_one_error_line(code, stdout, stderr, case.expect)
+    assert not any(changes.values()), f"{case.id}: files changed by a refused command: {changes}"
+    return line
+
+
+def run_subprocess(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "domainmona.cli", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], timeout: float = 600,
+                      command: str = "") -> subprocess.CompletedProcess:
+    """Start the command, SIGKILL it once ``ready()`` holds (work under way), then rerun it to completion.
+
+    Returns the rerun, which must succeed; the caller checks the outputs and that no temporary is left.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "domainmona.cli", *argv], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if process.poll() is not None:
+                pytest.fail(f"{' '.join(argv)} finished (exit {process.returncode}) before it could be killed")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{' '.join(argv)}: never reached the point to kill it")
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    CASES_RUN[command or argv[0]] += 1
+    rerun = run_subprocess(argv, cwd, timeout)
+    assert rerun.returncode == 0, rerun.stderr
+    return rerun
+
+
+TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp")  # domainmona.io's `.NAME.PID.TOKEN.tmp...`
+
+
+def temporaries(root: Path) -> list[Path]:
+    """Temporaries of domainmona's outputs anywhere under ``root``."""
+    return [p for p in root.rglob(".*") if TEMPORARY.match(p.name)]
+
+
+def crafted_pickle(path: Path, marker: Path) -> Path:
+    """A torch checkpoint that creates ``marker`` when unpickled with code execution allowed."""
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"meta": {"epoch": 1}, "state_dict": {"w": torch.zeros(1)}, "payload": Payload()}, path)
+    return path
