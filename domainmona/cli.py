@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import click
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -94,18 +93,28 @@ def run(argv: list[str] | None = None) -> int:
     a traceback is a bug."""
     try:
         result = app(args=argv, prog_name="domainmona", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:  # unknown or missing options, out-of-range values
-        return _fail(exc.format_message())
+    except typer.Abort:  # click's name for Ctrl-C during a prompt or the command
+        return _interrupted()
+    except typer.TyperException as exc:  # click's usage errors: unknown or missing options, out-of-range values
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group called alone: its help, as click would show it
+            console.print(exc.format_message(), highlight=False, markup=False)
+            return 2
+        return _fail(exc.format_message() if hasattr(exc, "format_message") else str(exc))
     except UserError as exc:
         return _fail(str(exc))
     except (OSError, MemoryError) as exc:  # disk full, permission denied, ...: the user can act on it
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         return _fail(f"{getattr(exc, 'strerror', None) or exc}{where}")
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        return _fail("interrupted; outputs are only ever written whole, rerun to continue", code=130)
+    except KeyboardInterrupt:
+        return _interrupted()
     return result if isinstance(result, int) else 0
+
+
+def _interrupted() -> int:
+    return _fail("interrupted; nothing half-written was kept, rerun the command (with --resume to continue training)",
+                 code=130)
 
 
 def _fail(message: str, code: int = 2) -> int:
