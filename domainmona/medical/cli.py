@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from domainmona.options import fraction
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
+
 
 def register(groups: "CommandGroups") -> None:
     app = groups.segment_ct
@@ -24,12 +26,13 @@ def register(groups: "CommandGroups") -> None:
                                                   "(model_swinvit.pt or ssl_pretrained_weights.pth)."),
         adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (default mona); 'none' = "
                                               "full fine-tuning of plain SwinUNETR."),
-        shots: Optional[int] = typer.Option(None, "--shots", help="Train on the first K labelled cases only."),
+        shots: Optional[int] = typer.Option(None, "--shots", min=1, help="Train on the first K labelled cases only."),
         roi: Optional[int] = typer.Option(None, "--roi", help="Patch and sliding-window size: a multiple of 32, "
                                           "at least 64 (96)."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Epochs (100); with --resume, extends."),
-        gpus: int = typer.Option(1, "--gpus", help="Processes (one per GPU, via torchrun when > 1; 0 = CPU)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoints/last.pt."),
+        gpus: int = typer.Option(1, "--gpus", min=0, help="Processes (one per GPU, via torchrun when > 1; 0 = CPU)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoints/last.pt (after a "
+                                    "kill, rerun the same command with --resume; with no last.pt yet it starts)."),
         feature_size: Optional[int] = typer.Option(None, "--feature-size", help="Swin width (48 for SSL weights)."),
         decoder_size: Optional[int] = typer.Option(None, "--decoder-size", help="Slim CNN decoder width (e.g. 24)."),
         merging: Optional[str] = typer.Option(None, "--merging", help="legacy (SSL weights' order) | merging | "
@@ -40,18 +43,18 @@ def register(groups: "CommandGroups") -> None:
     ) -> None:
         """Fine-tune SwinUNETR + Mona-3D on CT; the last line printed is the checkpoint to pass to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
+        from domainmona.medical.data import load_split
         from domainmona.medical.settings import load_settings
 
         settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
-                             model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
-                                        merging=merging), train=dict(roi=roi, max_epochs=max_epochs))
+                                 model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
+                                            merging=merging), train=dict(roi=roi, max_epochs=max_epochs))
+        split = load_split(data, shots, settings["train"]["val_max"])  # bad data: one line, before any relaunch
         if gpus > 1 and not under_torchrun():
             relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint
             return
-        from domainmona.medical.data import load_split
         from domainmona.medical.train import train as run
 
-        split = load_split(data, shots, settings["train"]["val_max"])
         final = run(split, settings, work_dir, pretrained=pretrained, resume=resume, gpus=gpus)
         if is_main_process():
             typer.echo(str(final))
@@ -61,7 +64,7 @@ def register(groups: "CommandGroups") -> None:
         inputs: list[Path] = typer.Argument(..., help="CT volumes (NIfTI)."),
         checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt/last.pt from segment-ct train."),
         out: Path = typer.Option(..., "--out", help="Folder for label maps and PNG previews."),
-        overlap: float = typer.Option(0.5, "--overlap", help="Sliding-window overlap."),
+        overlap: float = typer.Option(0.5, "--overlap", callback=fraction, help="Sliding-window overlap, in [0, 1)."),
     ) -> None:
         """uint8 NIfTI label maps in each input's original geometry, plus a PNG overlay per input."""
         from domainmona.medical.predict import predict_volumes
@@ -82,7 +85,8 @@ def register(groups: "CommandGroups") -> None:
 
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("segment-ct-demo"), "--out", help="Folder for data, run and predictions."),
+        out: Path = typer.Option(Path("segment-ct-demo"), "--out", help="Folder for data, run and predictions "
+                                 "(rerunning into it after an interruption resumes)."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the recipe's epochs."),
     ) -> None:
         """Synthetic CT → short training → predict → evaluate, then the Dice (recipe: pipelines/ct-demo.yaml)."""

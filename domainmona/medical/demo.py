@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from domainmona.console import console
-from domainmona.errors import UserError
+from domainmona.io import claim_dir
 from domainmona.recipes import load_recipe
+
+COMMAND = "segment-ct demo"
 
 
 def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = "ct-demo") -> float:
-    """Generate → train → predict the validation cases → evaluate; return the mean foreground Dice."""
+    """Generate → train → predict the validation cases → evaluate; return the mean foreground Dice.
+
+    `out` is new, empty or an earlier demo's: a rerun after an interruption regenerates the same data and
+    resumes the training from its last.pt.
+    """
     from domainmona.medical.data import load_split
     from domainmona.medical.predict import predict_volumes
     from domainmona.medical.report import evaluate_and_report
@@ -19,18 +25,17 @@ def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = 
     from domainmona.medical.train import train
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: not empty; the demo needs a fresh --out folder")
     recipe = load_recipe(recipe_name)
     overrides = recipe["settings"]
     if max_epochs is not None:
         overrides["train"]["max_epochs"] = max_epochs
     settings = load_settings(None, **overrides)
+    claim_dir(out, COMMAND)
     data = recipe["data"]
     data_dir = write_dataset(out / "data", cases=data["cases"], shape=tuple(data["shape"]),
                              spacing=tuple(data["spacing"]), seed=data["seed"])
     split = load_split(data_dir, recipe["shots"], settings["train"]["val_max"])
-    checkpoint = train(split, settings, out / "run")  # one GPU when there is one, else CPU
+    checkpoint = train(split, settings, out / "run", resume=True)  # one GPU when there is one, else CPU
     predict_volumes([case["image"] for case in split.val], checkpoint, out / "predictions")
     evaluation = evaluate_and_report(out / "predictions", data_dir / "labelsTr", out / "evaluation.json")
     console.print(f"demo: mean foreground Dice {evaluation.mean_dice:.4f} on {len(split.val)} held-out case(s); "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from domainmona.errors import UserError
-from domainmona.medical.data import AFFINE_ATOL, check_volume, is_nifti
+from domainmona.io import same_file
+from domainmona.medical.data import AFFINE_ATOL, check_volume, is_nifti, read_labels
 
 LABEL_NAMES_FILE = "labels.json"  # written by `predict` beside the label maps
 
@@ -72,23 +73,41 @@ def score_case(pred: np.ndarray, gt: np.ndarray, classes: list[int], spacing) ->
 
 
 def _label_names(pred_dir: Path, top: int) -> dict[int, str]:
+    """`class_i` names, replaced by those in predict's labels.json when it is there (its other keys, such as
+    `producer`, are not classes)."""
     names = {i: f"class_{i}" for i in range(1, top + 1)}
     names_file = pred_dir / LABEL_NAMES_FILE
     if names_file.is_file():
-        names.update({int(k): v for k, v in json.loads(names_file.read_text()).items() if int(k) in names})
+        try:
+            content = json.loads(names_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{names_file}: not a readable labels file ({type(exc).__name__})") from None
+        if not isinstance(content, dict):
+            raise UserError(f"{names_file}: must map class indices to names")
+        names.update({int(k): str(v) for k, v in content.items() if k.isdigit() and int(k) in names})
     return names
 
 
-def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> Evaluation:
-    """Score the predictions that have a same-named ground truth, every foreground class."""
+def matched_files(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(predictions with a same-named ground truth, all predictions), refused when there is nothing to pair."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     for folder in (pred_dir, gt_dir):
         if not folder.is_dir():
             raise UserError(f"{folder}: no such folder")
+    if same_file(pred_dir, gt_dir):
+        raise UserError(f"--pred and --gt are the same folder ({pred_dir}): every score would be perfect")
     pred_files = sorted(p for p in pred_dir.iterdir() if is_nifti(p) and not p.name.startswith("."))
     matched = [p for p in pred_files if (gt_dir / p.name).is_file()]
     if not matched:
         raise UserError(f"{pred_dir}: no NIfTI prediction has a same-named ground truth in {gt_dir}")
+    return matched, pred_files
+
+
+def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> Evaluation:
+    """Score the predictions that have a same-named ground truth, every foreground class. Both sides must
+    be label maps (class indices): an image given instead is refused, never scored."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    matched, pred_files = matched_files(pred_dir, gt_dir)
     pairs = []
     for pred_file in matched:
         gt_file = gt_dir / pred_file.name
@@ -96,7 +115,7 @@ def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path) -> Evaluation:
         if gt.shape != pred.shape or not np.allclose(gt.affine, pred.affine, atol=AFFINE_ATOL):
             raise UserError(f"{pred_file}: shape/affine differ from ground truth {gt_file} "
                             f"({pred.shape} vs {gt.shape})")
-        pairs.append((pred_file.name, np.asarray(pred.dataobj), np.asarray(gt.dataobj), gt.header.get_zooms()[:3]))
+        pairs.append((pred_file.name, read_labels(pred_file), read_labels(gt_file), gt.header.get_zooms()[:3]))
     top = max(int(max(p.max(), g.max())) for _, p, g, _ in pairs)
     if top < 1:
         raise UserError(f"{gt_dir}: neither ground truth nor predictions contain a foreground label")

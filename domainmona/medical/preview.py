@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from domainmona.io import atomic_path
+from domainmona.io import PRODUCER, atomic_path
+
+SOFTWARE = f"{PRODUCER} segment-ct"  # the PNG's Software text: how a rerun knows the file is its own
 
 
 def pick_slices(labels: np.ndarray, count: int = 3) -> list[int]:
@@ -34,6 +36,6 @@ def write_overlay(image: np.ndarray, labels: np.ndarray, target: str | Path, cou
         ax.axis("off")
     fig.tight_layout()
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, dpi=80)
+        fig.savefig(tmp, dpi=80, metadata={"Software": SOFTWARE})
     plt.close(fig)
     return Path(target)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from rich.table import Table
 
 from domainmona.console import console, err_console
-from domainmona.io import atomic_path
+from domainmona.io import claim_file, write_json
 from domainmona.medical.evaluate import Evaluation, evaluate_dirs
 
 
@@ -28,11 +27,15 @@ def evaluation_table(evaluation: Evaluation) -> Table:
 
 
 def evaluate_and_report(pred_dir: str | Path, gt_dir: str | Path, json_out: str | Path | None = None) -> Evaluation:
+    """Score, print the table, and write `json_out` (checked first: never a folder, an input, or a file
+    domainmona did not write)."""
+    if json_out:
+        inputs = [p for folder in map(Path, (pred_dir, gt_dir)) if folder.is_dir() for p in folder.iterdir()]
+        claim_file(json_out, inputs, what="--json")
     evaluation = evaluate_dirs(pred_dir, gt_dir)
     if evaluation.unmatched:
         err_console.print(f"[yellow]note:[/] {len(evaluation.unmatched)} prediction(s) without ground truth skipped")
     console.print(evaluation_table(evaluation))
     if json_out:
-        with atomic_path(json_out) as tmp:
-            tmp.write_text(json.dumps(evaluation.to_json(), indent=2))
+        write_json(json_out, evaluation.to_json())
     return evaluation

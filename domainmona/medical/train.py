@@ -24,17 +24,19 @@ from monai.utils import set_determinism
 
 from domainmona.console import console, progress
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import atomic_path, claim_dir, remove_stale_temps
 from domainmona.launch import under_torchrun
 from domainmona.medical import transforms
-from domainmona.medical.checkpoint import load_checkpoint, save_checkpoint
+from domainmona.medical.checkpoint import load_checkpoint, load_state, save_checkpoint
 from domainmona.medical.data import Split
 from domainmona.medical.model import assemble, optimizer_groups
+from domainmona.medical.settings import check_settings
 from domainmona.medical.summary import print_report
 from domainmona.medical.weights import save_adapter_file
 from domainmona.medical.predict import segment
 
 CHECKPOINT_DIR = "checkpoints"
+COMMAND = "segment-ct train"
 
 
 @dataclass
@@ -128,32 +130,42 @@ def _loaders(split: Split, settings: dict[str, Any], rt: Runtime) -> tuple[DataL
     return train_loader, DataLoader(val_set, batch_size=1, num_workers=workers)
 
 
-def _check_resumable(state: dict, settings: dict[str, Any], path: Path) -> None:
+def _check_resumable(state: dict, settings: dict[str, Any], split: Split, path: Path) -> None:
     for section in ("model", "preprocess"):
         if state["settings"][section] != settings[section]:
             raise UserError(f"{path}: its '{section}' settings differ from this run's; resume with the same flags")
+    if state["num_classes"] != split.num_classes:
+        raise UserError(f"{path}: a run with {state['num_classes']} classes, the data has {split.num_classes}; "
+                        "resume with the same --data")
+    if not ({"optimizer", "scaler", "best_dice"} <= set(state) and isinstance(state.get("epoch"), int)
+            and isinstance(state.get("history"), list)):
+        raise UserError(f"{path}: not a last.pt (no optimizer state, epoch and history to resume from)")
 
 
 def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrained: str | Path | None = None,
           resume: bool = False, gpus: int = 1) -> Path:
-    """Train, validate every `val_every` epochs, and return the checkpoint to use (best, else last)."""
+    """Train, validate every `val_every` epochs, and return the checkpoint to use (best, else last).
+
+    `resume` continues `work_dir`'s last.pt, or starts the run when there is none yet (so a killed command
+    is simply rerun with --resume). Everything that can be refused (the settings, the data, last.pt, the
+    pretrained weights, the work dir itself) is checked before the work dir is touched.
+    """
+    check_settings(settings)
     rt = runtime(gpus)
     cfg = settings["train"]
     work_dir = Path(work_dir)
     ckpt_dir = work_dir / CHECKPOINT_DIR
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    adapter_paths = {path: ckpt_dir / f"{path.stem}_adapter.safetensors" for path in (last_path, best_path)}
+    metrics_path = work_dir / "metrics.json"
     if last_path.exists() and not resume:
         raise UserError(f"{work_dir} already holds a run; pass --resume to continue it or choose another --work-dir")
-    if resume and not last_path.exists():
-        raise UserError(f"--resume: no {last_path} to resume from")
     set_determinism(seed=cfg["seed"] + rt.rank)
-    state = load_checkpoint(last_path) if resume else None
+    state = load_checkpoint(last_path) if resume and last_path.exists() else None
     if state is not None:
-        _check_resumable(state, settings, last_path)
+        _check_resumable(state, settings, split, last_path)
     model = assemble(settings["model"], split.num_classes, pretrained=None if state else pretrained,
                      verbose=rt.main, device=rt.device)
-    if rt.main:
-        print_report(model, settings["model"])
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]),
                                   weight_decay=cfg["weight_decay"])
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -161,10 +173,16 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
     scaler = torch.amp.GradScaler(enabled=amp)
     start_epoch, best_dice, history = 0, -1.0, []
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        load_state(last_path, state, model=model, optimizer=optimizer, scaler=scaler)
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
+    if rt.main:
+        claim_dir(work_dir, COMMAND)
+        for output in (last_path, best_path, *adapter_paths.values(), metrics_path):
+            remove_stale_temps(output)  # a killed run's half-written files, even those this run may not rewrite
+        if resume:
+            console.print(f"resuming {last_path} at epoch {start_epoch} of {cfg['max_epochs']}" if state else
+                          f"nothing to resume in {work_dir} yet: starting the run", highlight=False)
+        print_report(model, settings["model"])
     net = model
     if rt.world > 1:
         on_gpu = rt.device.type == "cuda"
@@ -194,12 +212,12 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
                 if record.get("val_dice", -1.0) > best_dice:
                     best_dice = record["val_dice"]
                     save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, best_dice=best_dice, **common)
-                    save_adapter_file(model, settings["model"], ckpt_dir / "best_adapter.safetensors")
+                    save_adapter_file(model, settings["model"], adapter_paths[best_path])
                 save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 scaler=scaler.state_dict(), epoch=epoch + 1, best_dice=best_dice, history=history,
                                 **common)
-                save_adapter_file(model, settings["model"], ckpt_dir / "last_adapter.safetensors")
-                with atomic_path(work_dir / "metrics.json") as tmp:
+                save_adapter_file(model, settings["model"], adapter_paths[last_path])
+                with atomic_path(metrics_path) as tmp:
                     tmp.write_text(json.dumps(history, indent=2))
             rt.barrier()
     if rt.world > 1:

@@ -2,22 +2,54 @@
 
 `preprocess` is the config's `preprocess:` mapping; the same mapping is stored in every checkpoint so that
 `predict` preprocesses exactly as training did.
+
+NaN and ±inf voxels (masked exports, failed reconstructions) are set to the HU floor, the window's low end
+`hu_min`, right after loading — in training, validation and prediction alike — and a warning on stderr
+gives their number: they are taken as outside the body. Left alone, one NaN spreads through resampling and
+attention until every voxel of the volume predicts background.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from typing import Any
 
+import torch
 from monai import transforms as mt
+from rich.markup import escape
+
+from domainmona.console import err_console
 
 IMAGE, LABEL, PRED = "image", "label", "pred"
 
 
+class NonFiniteToFloor(mt.MapTransform):
+    """Replace NaN and ±inf voxels by ``floor`` and say how many there were."""
+
+    def __init__(self, keys: tuple[str, ...], floor: float) -> None:
+        super().__init__(keys)
+        self.floor = float(floor)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            count = int((~torch.isfinite(image)).sum())
+            if count:
+                d[key] = image.nan_to_num(nan=self.floor, posinf=self.floor, neginf=self.floor)
+                source = escape(str(getattr(image, "meta", {}).get("filename_or_obj", key)))
+                err_console.print(f"[yellow]warning:[/] {source}: {count} NaN/inf voxel(s) set to the HU floor "
+                                  f"{self.floor:g} (outside the body)", highlight=False, soft_wrap=True)
+        return d
+
+
 def preprocessing(preprocess: dict[str, Any], keys: tuple[str, ...] = (IMAGE, LABEL)) -> list:
-    """Load → channel first → RAS → resample → HU window to 0..1 → crop to the body (all invertible)."""
+    """Load → NaN/inf to the HU floor → channel first → RAS → resample → HU window to 0..1 → crop to the
+    body. All but the NaN step are invertible, which is enough: predictions go back onto the input's grid."""
     interpolation = tuple("bilinear" if k == IMAGE else "nearest" for k in keys)
     return [
         mt.LoadImaged(keys, reader="NibabelReader", image_only=True),
+        NonFiniteToFloor((IMAGE,), preprocess["hu_min"]),
         mt.EnsureChannelFirstd(keys),
         mt.Orientationd(keys, axcodes=preprocess["orientation"], labels=None),  # axes from the image space (RAS)
         mt.Spacingd(keys, pixdim=preprocess["spacing"], mode=interpolation),
