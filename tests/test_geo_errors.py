@@ -86,7 +86,7 @@ def test_an_unrelated_output_folder_is_never_replaced(scene, tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("...")
-    with pytest.raises(UserError, match="refusing to replace"):
+    with pytest.raises(UserError, match="did not write"):
         tile_scenes([scene.raster], scene.labels, precious, TileOptions(size=128, overlap=32))
     assert (precious / "thesis.tex").read_text() == "..."
     tile_scenes([scene.raster], scene.labels, tmp_path / "chips", TileOptions(size=128, overlap=32))

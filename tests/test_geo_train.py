@@ -83,4 +83,5 @@ def test_tile_train_predict_detection(tmp_path):
     _, _, wkb, _ = pyogrio.raw.read(out)
     centres = shapely.centroid(shapely.from_wkb(wkb))  # an untrained detector: only where it puts boxes
     with rasterio.open(scene.raster) as src:
-        assert shapely.covers(shapely.box(*src.bounds), centres).all()
+        # within a millimetre: a box centred on the scene's edge has a centroid a rounding error outside
+        assert shapely.covers(shapely.box(*src.bounds).buffer(1e-3), centres).all()

@@ -9,9 +9,13 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from domainmona.console import console
+from domainmona.options import positive, probability
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
+
+
+SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
 
 
 class Task(str, Enum):
@@ -29,14 +33,16 @@ def register(groups: "CommandGroups") -> None:
     @groups.root.command("tile")
     def tile(rasters: list[Path] = typer.Argument(..., help="GeoTIFF scene(s)."),
              labels: Path = typer.Option(..., "--labels", help="Polygons (GeoPackage, GeoJSON, ...), any CRS."),
-             out: Path = typer.Option(..., "--out", help="Chip folder to write (replaced atomically)."),
-             size: int = typer.Option(1024, "--size", help="Chip size in pixels."),
-             overlap: int = typer.Option(200, "--overlap", help="Overlap between chips in pixels."),
+             out: Path = typer.Option(..., "--out", help="Chip folder to write (new, empty, or an earlier "
+                                      "tile output, replaced atomically)."),
+             size: int = typer.Option(1024, "--size", min=32, help="Chip size in pixels."),
+             overlap: int = typer.Option(200, "--overlap", min=0, help="Overlap between chips in pixels."),
              bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands, e.g. 1,2,3 (default all)."),
              task: Task = typer.Option(Task.detection, "--task"),
              class_field: str = typer.Option("class", "--class-field", help="Attribute holding the class name."),
-             shots: Optional[int] = typer.Option(None, "--shots", help="Keep a K-shot subset (K objects per class)."),
-             seed: int = typer.Option(0, "--seed", help="Seed of the K-shot subset."),
+             shots: Optional[int] = typer.Option(None, "--shots", min=1,
+                                                 help="Keep a K-shot subset (K objects per class)."),
+             seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the K-shot subset."),
              allow_no_crs: bool = typer.Option(False, "--allow-no-crs", help="Accept rasters without a CRS.")) -> None:
         """Cut scenes and their vector labels into training chips: DOTA-format boxes or class masks."""
         from domainmona.geo.raster import parse_bands
@@ -51,12 +57,17 @@ def register(groups: "CommandGroups") -> None:
     @groups.root.command("tile-predict")
     def tile_predict(raster: Path = typer.Argument(..., help="GeoTIFF scene."),
                      checkpoint: Path = typer.Option(..., "--checkpoint", help="From a train command."),
-                     out: Path = typer.Option(..., "--out", help="OUT.tif (segmentation) or OUT.gpkg/.geojson."),
-                     size: Optional[int] = typer.Option(None, "--size", help="Tile size (default: training's)."),
-                     overlap: Optional[int] = typer.Option(None, "--overlap", help="Tile overlap (default: training's)."),
-                     batch_size: int = typer.Option(4, "--batch-size"),
-                     score_thr: float = typer.Option(0.3, "--score-thr", help="Detection score threshold."),
-                     iou_thr: float = typer.Option(0.1, "--iou-thr", help="Rotated NMS IoU across tile overlaps."),
+                     out: Path = typer.Option(..., "--out", help="OUT.tif (segmentation) or OUT.gpkg/.geojson; "
+                                              "replaces only an earlier tile-predict output."),
+                     size: Optional[int] = typer.Option(None, "--size", min=32,
+                                                        help="Tile size (default: training's)."),
+                     overlap: Optional[int] = typer.Option(None, "--overlap", min=0,
+                                                           help="Tile overlap (default: training's)."),
+                     batch_size: int = typer.Option(4, "--batch-size", min=1),
+                     score_thr: float = typer.Option(0.3, "--score-thr", callback=probability,
+                                                     help="Detection score threshold, 0..1."),
+                     iou_thr: float = typer.Option(0.1, "--iou-thr", callback=probability,
+                                                   help="Rotated NMS IoU across tile overlaps, 0..1."),
                      cog: bool = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF."),
                      allow_no_crs: bool = typer.Option(False, "--allow-no-crs")) -> None:
         """Predict a whole scene tile by tile into a GeoTIFF class map or a polygon layer."""
@@ -68,33 +79,41 @@ def register(groups: "CommandGroups") -> None:
     @groups.train.command("geo-seg")
     def train_geo_seg(chips: Path = typer.Option(..., "--chips", help="Segmentation chips from 'tile'."),
                       work_dir: Path = typer.Option(..., "--work-dir"),
-                      max_iters: Optional[int] = typer.Option(None, "--max-iters"),
+                      max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
                       encoder: Optional[str] = typer.Option(None, "--encoder", help="swin-t, swin-b or micro."),
                       arch: Optional[str] = typer.Option(None, "--arch", help="smp decoder: UPerNet, FPN, ..."),
                       adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (mona)."),
                       pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
-                      batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-                      lr: Optional[float] = typer.Option(None, "--lr"),
-                      seed: Optional[int] = typer.Option(None, "--seed")) -> None:
+                      batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+                      lr: Optional[float] = typer.Option(None, "--lr", callback=positive),
+                      seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX),
+                      save_every: Optional[int] = typer.Option(None, "--save-every", min=1,
+                                                               help="Iterations between resumable states."),
+                      resume: bool = typer.Option(False, "--resume",
+                                                  help="Continue from WORK_DIR/state.pt (same chips and flags; "
+                                                       "a larger --max-iters extends the run).")) -> None:
         """Fine-tune a Mona-Swin segmentation model (smp) on chips; prints the checkpoint path last."""
         from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
 
-        opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed)
+        opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed,
+                               overrides={"save_every": save_every}, resume=resume)
         console.print(str(train_segmentation(opts)), soft_wrap=True)
 
     @groups.train.command("geo-det")
     def train_geo_det(chips: Path = typer.Option(..., "--chips", help="Detection chips from 'tile'."),
                       work_dir: Path = typer.Option(..., "--work-dir"),
-                      max_iters: Optional[int] = typer.Option(None, "--max-iters"),
+                      max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
                       backbone: DetBackbone = typer.Option(DetBackbone.swin_t, "--backbone"),
                       adapter: str = typer.Option("mona", "--adapter"),
                       pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
-                      seed: int = typer.Option(0, "--seed")) -> None:
+                      seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
+                      resume: bool = typer.Option(False, "--resume",
+                                                  help="Continue from the last checkpoint in --work-dir.")) -> None:
         """Fine-tune the Mona-Swin Oriented R-CNN on detection chips; prints the checkpoint path last."""
         from domainmona.geo.dettrain import train_detection
 
-        console.print(str(train_detection(chips, work_dir, max_iters, backbone.value, adapter, pretrained, seed)),
-                      soft_wrap=True)
+        console.print(str(train_detection(chips, work_dir, max_iters, backbone.value, adapter, pretrained, seed,
+                                          resume)), soft_wrap=True)
 
     @groups.root.command("geo-demo")
     def geo_demo(out: Path = typer.Option(Path("domainmona-geo-demo"), "--out"),

@@ -1,6 +1,8 @@
 """`domainmona geo-demo`: sample scene → few-shot chips → Mona fine-tuning → tile-predict → PNG preview.
 
 Settings come from pipelines/geo-demo.yaml. The preview and the score use the whole (small) demo scene.
+Everything goes under `--out` (new, empty, or an earlier demo's folder); a rerun continues the training an
+interrupted run left in `--out/work`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from rasterio.features import rasterize
 from domainmona.console import console
 from domainmona.geo.labels import to_pixels
 from domainmona.geo.synthetic import SceneSpec, write_scene
-from domainmona.geo.tiling import TileOptions, tile_scenes
-from domainmona.io import atomic_path
+from domainmona.geo.tiling import TileOptions, check_parent_folder, tile_scenes
+from domainmona.io import atomic_path, claim_dir
 from domainmona.recipes import load_recipe
 
 PREVIEW_PIXELS = 1024
@@ -28,6 +30,8 @@ def run_demo(out: Path, task: str) -> Path:
     from domainmona.geo.models import tile_predict
 
     recipe = load_recipe("geo-demo")[task]
+    check_parent_folder(out, "--out")
+    claim_dir(out, "geo-demo")
     scene = write_scene(out / "scene.tif", out / "labels.gpkg", SceneSpec(**recipe["scene"]))
     tile = dict(recipe["tile"])
     tile["bands"] = tuple(tile["bands"]) if tile.get("bands") else None
@@ -48,13 +52,15 @@ def _train(task: str, out: Path, settings: dict) -> Path:
     if task == "detection":
         from domainmona.geo.dettrain import train_detection
 
-        return train_detection(out / "chips", out / "work", **settings)
+        return train_detection(out / "chips", out / "work", resume=(out / "work" / "last_checkpoint").is_file(),
+                               **settings)
     from domainmona.detection.train import MICRO_WEIGHTS
-    from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
+    from domainmona.geo.segtrain import STATE, SegTrainOptions, train_segmentation
 
     # Mona adapts a pretrained encoder: the shipped micro Swin (OpenMMLab layout, mapped onto timm's Swin).
     pretrained = MICRO_WEIGHTS if settings.get("encoder") == "micro" else None
-    return train_segmentation(SegTrainOptions(out / "chips", out / "work", pretrained=pretrained, **settings))
+    return train_segmentation(SegTrainOptions(out / "chips", out / "work", pretrained=pretrained,
+                                              resume=(out / "work" / STATE).is_file(), **settings))
 
 
 def _report_iou(scene, prediction: Path) -> None:

@@ -1,23 +1,26 @@
 """`domainmona train geo-det`: the detection pipeline's training on chips from `domainmona tile`.
 
 Detection chips already use the split-patch layout (`images/` + `annfiles/`), so the chip folder is
-handed to `domainmona.detection.train` as is, with the chips' classes and grid. The bands and the
-normalisation of the chips go in a sidecar beside the checkpoint, for `tile-predict`.
+handed to `domainmona.detection.train` as is, with the chips' classes and grid. The bands, the training
+scenes' band counts and dtypes and the chips' normalisation go in a sidecar beside the checkpoint, for
+`tile-predict`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from domainmona.errors import UserError
 from domainmona.geo.models import geo_sidecar
-from domainmona.geo.tiling import read_manifest
-from domainmona.io import atomic_path
+from domainmona.geo.tiling import read_manifest, scene_record
+from domainmona.io import write_json
 
 
 def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, backbone: str = "swin-t",
-                    adapter: str = "mona", pretrained: Path | None = None, seed: int = 0) -> Path:
+                    adapter: str = "mona", pretrained: Path | None = None, seed: int = 0,
+                    resume: bool = False) -> Path:
+    """Train (``resume``: continue the run in ``work_dir``) and return the final checkpoint. The numbers, the
+    weights files and the work dir are checked by `domainmona.detection.train` before it writes anything."""
     from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train
 
     manifest = read_manifest(chips)
@@ -28,12 +31,11 @@ def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, b
         pretrained = MICRO_WEIGHTS  # the detection pipeline's shipped micro Swin
     # dataset only picks the Swin-T/B config family; the classes are the chips' own.
     opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=work_dir, backbone=backbone, adapter=adapter,
-                        pretrained=pretrained, max_iters=max_iters, classes=tuple(manifest["classes"]),
-                        patch_size=manifest["size"], patch_gap=manifest["overlap"], seed=seed)
+                        pretrained=pretrained, max_iters=max_iters, resume=resume,
+                        classes=tuple(manifest["classes"]), patch_size=manifest["size"],
+                        patch_gap=manifest["overlap"], seed=seed)
     final = train(opts)
     uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
-    sidecar = {"bands": manifest["rasters"][0]["bands"], "stats": None if uint8 else manifest["stats"],
-               "classes": manifest["classes"]}
-    with atomic_path(geo_sidecar(final)) as tmp:
-        tmp.write_text(json.dumps(sidecar, indent=1))
+    write_json(geo_sidecar(final), {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],
+                                    "classes": manifest["classes"]})
     return final

@@ -12,11 +12,13 @@ import numpy as np
 import pyogrio
 import shapely
 from affine import Affine
-from pyogrio.errors import DataSourceError, FieldError
+from pyogrio.errors import DataLayerError, DataSourceError, FeatureError, FieldError, GeometryError
+from rasterio._err import CPLE_BaseError  # GDAL's and PROJ's errors: rasterio exports no public base
 from rasterio.crs import CRS
 from rasterio.warp import transform as warp_points
 
 from domainmona.errors import UserError
+from domainmona.geo.raster import gdal_reason
 
 
 @dataclass
@@ -50,9 +52,18 @@ def read_labels(path: str | Path, class_field: str) -> Labels:
             raise UserError(f"{path}: no field '{class_field}' (fields: {', '.join(fields) or 'none'}); "
                             "choose one with --class-field")
         meta, _, wkb, field_data = pyogrio.raw.read(path, columns=[class_field])
-    except (DataSourceError, FieldError, OSError) as exc:
-        raise UserError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
-    geoms = shapely.make_valid(shapely.from_wkb(wkb))
+    except (DataSourceError, DataLayerError, FeatureError, FieldError, GeometryError, OSError) as exc:
+        raise UserError(f"{path}: not a readable vector file ({gdal_reason(exc)})") from None
+    geoms = shapely.from_wkb(wkb)
+    bad = _not_finite(geoms)
+    if bad.size:
+        raise UserError(f"{path}: {bad.size} feature(s) have NaN or infinite coordinates (first: feature {bad[0]})")
+    unnamed = [i for i, c in enumerate(field_data[0])
+               if c is None or (isinstance(c, float) and np.isnan(c)) or not str(c).strip()]
+    if unnamed:
+        raise UserError(f"{path}: {len(unnamed)} feature(s) have no '{class_field}' value "
+                        f"(first: feature {unnamed[0]}); every label needs a class")
+    geoms = shapely.make_valid(geoms)
     classes = np.array([str(c) for c in field_data[0]], dtype=object)
     parts, owner = shapely.get_parts(geoms, return_index=True)
     # make_valid may return collections mixing polygons with lines: a second explode, keep areas only.
@@ -62,6 +73,12 @@ def read_labels(path: str | Path, class_field: str) -> Labels:
     if not keep.any():
         raise UserError(f"{path}: no polygon with a non-zero area among {len(wkb)} feature(s)")
     return Labels(parts[keep], classes[owner[keep]].astype(str), parse_crs(meta["crs"]))
+
+
+def _not_finite(geoms: np.ndarray) -> np.ndarray:
+    """Indices of the geometries with a NaN or infinite vertex (GEOS and GDAL compute garbage from them)."""
+    coords, owner = shapely.get_coordinates(geoms, return_index=True)
+    return np.unique(owner[~np.isfinite(coords).all(axis=1)])
 
 
 def reproject(labels: Labels, dst: CRS | None, source: str) -> Labels:
@@ -77,8 +94,16 @@ def reproject(labels: Labels, dst: CRS | None, source: str) -> Labels:
         xs, ys = warp_points(labels.crs, dst, xy[:, 0], xy[:, 1])
         return np.column_stack([xs, ys])
 
-    polygons = shapely.make_valid(shapely.transform(labels.polygons, move))
-    return Labels(polygons, labels.classes, dst)
+    outside = (f"{source}: labels fall outside the area where {dst.to_string()} is defined; wrong CRS in the "
+               "labels or the raster?")
+    try:
+        polygons = shapely.transform(labels.polygons, move)
+    except CPLE_BaseError as exc:
+        raise UserError(f"{outside} ({gdal_reason(exc)})") from None
+    bad = _not_finite(polygons)
+    if bad.size:
+        raise UserError(f"{outside} ({bad.size} label(s), first: label {bad[0]})")
+    return Labels(shapely.make_valid(polygons), labels.classes, dst)
 
 
 def to_pixels(polygons: np.ndarray, transform: Affine) -> np.ndarray:

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from domainmona.errors import UserError
-from domainmona.geo.predict import DetectInfer, SegmentInfer, StreamOptions, Tile, detect_scene, segment_scene
+from domainmona.geo.predict import (GEOTIFF_SUFFIXES, DetectInfer, SegmentInfer, StreamOptions, Tile, check_numbers,
+                                    check_stream_options, detect_scene, geotiff_is_ours, segment_scene)
 from domainmona.geo.raster import open_raster
 from domainmona.geo.stats import band_histograms, normalise, stretch_to_uint8, summarise
+from domainmona.io import claim_file
 
 
 def segment_infer(model, stats: list[dict]) -> SegmentInfer:
@@ -69,46 +71,98 @@ def detect_infer(model, config_text: str, stats: list[dict] | None) -> DetectInf
 
 
 def geo_sidecar(checkpoint: Path) -> Path:
-    """`train geo-det` writes the chips' bands and statistics beside the detector checkpoint."""
+    """`train geo-det` writes the chips' bands, dtypes and statistics beside the detector checkpoint."""
     return checkpoint.with_suffix(".geo.json")
+
+
+def prediction_is_ours(path: Path) -> bool:
+    """An existing `--out` that an earlier `tile-predict` wrote (and so may be replaced)."""
+    from domainmona.geo.vectors import polygons_are_ours
+
+    return geotiff_is_ours(path) if path.suffix.lower() in GEOTIFF_SUFFIXES else polygons_are_ours(path)
 
 
 def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, overlap: int | None,
                  batch_size: int, score_thr: float, iou_thr: float = 0.1, cog: bool = False,
                  allow_no_crs: bool = False) -> Path:
+    """Predict ``raster`` with a geo-seg or detector checkpoint into ``out``; ``size``/``overlap`` None take
+    the training grid. Everything is checked before the model is built: the numbers, that ``out`` may be
+    written (not an input, not a file domainmona did not write) and that the scene is like the training
+    scenes (band count, dtype)."""
     from domainmona.adapters import fuse
     from domainmona.geo.segmodel import load_segmenter, read_spec
+    from domainmona.geo.vectors import DRIVERS
 
+    raster, checkpoint, out = Path(raster), Path(checkpoint), Path(out)
+    check_numbers(size, overlap, batch_size, score_thr, iou_thr)
+    if out.suffix.lower() not in (*GEOTIFF_SUFFIXES, *DRIVERS):
+        raise UserError(f"--out {out}: must end in .tif (a class map) or .gpkg/.geojson (polygons)")
+    if checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: a folder, not a checkpoint file")
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: no such checkpoint")
+    claim_file(out, [raster, checkpoint, geo_sidecar(checkpoint)], is_ours=prediction_is_ours, what="--out")
     spec = read_spec(checkpoint)
     if spec is not None:
-        if out.suffix.lower() not in (".tif", ".tiff"):
+        if out.suffix.lower() not in GEOTIFF_SUFFIXES:
             raise UserError(f"{out}: a segmentation checkpoint writes a GeoTIFF (.tif)")
-        size = size or spec["size"]
+        size = spec["size"] if size is None else size
         if size % 32:
             raise UserError(f"--size {size}: segmentation tiles must be a multiple of 32")
-        model, spec = load_segmenter(checkpoint, size)
         opts = StreamOptions(size, spec["overlap"] if overlap is None else overlap, batch_size,
                              tuple(spec["bands"]), allow_no_crs)
+        check_stream_options(opts, half_overlap=True)
+        check_scene(raster, spec, checkpoint, allow_no_crs)
+        model, spec = load_segmenter(checkpoint, size)
         return segment_scene(raster, out, segment_infer(model, spec["stats"]), spec["classes"], opts, cog)
 
     from domainmona.detection.checkpoint import load_detector
 
+    if out.suffix.lower() in GEOTIFF_SUFFIXES:
+        raise UserError(f"{out}: a detector checkpoint writes polygons (.gpkg or .geojson)")
+    geo = read_sidecar(checkpoint)
+    check_scene(raster, geo, checkpoint, allow_no_crs)
     model, info = load_detector(checkpoint)
     fuse(model)
-    bands, stats = _detection_inputs(raster, checkpoint, allow_no_crs)
-    opts = StreamOptions(size or info.patch_size, info.patch_gap if overlap is None else overlap, batch_size,
-                         bands, allow_no_crs)
+    bands, stats = _detection_inputs(raster, geo, allow_no_crs)
+    opts = StreamOptions(info.patch_size if size is None else size, info.patch_gap if overlap is None else overlap,
+                         batch_size, bands, allow_no_crs)
     infer = detect_infer(model, info.config_text, stats)
     return detect_scene(raster, out, infer, list(info.classes), opts, score_thr, iou_thr)
 
 
-def _detection_inputs(raster: Path, checkpoint: Path, allow_no_crs: bool) -> tuple[tuple[int, ...], list | None]:
+def read_sidecar(checkpoint: Path) -> dict:
+    """The geo sidecar of a detector checkpoint (empty for detectors trained on DOTA/STAR patches)."""
+    sidecar = geo_sidecar(checkpoint)
+    if not sidecar.is_file():
+        return {}
+    try:
+        geo = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        geo = None
+    if not isinstance(geo, dict):
+        raise UserError(f"{sidecar}: not the JSON that 'train geo-det' writes; train again or remove it")
+    return geo
+
+
+def check_scene(raster: Path, trained: dict, checkpoint: Path, allow_no_crs: bool) -> None:
+    """Refuse a scene unlike the training scenes: other band count or dtype (a model fed other bands or
+    another radiometric range predicts garbage without a word). Checkpoints from before these were recorded
+    are checked for the bands they use only."""
+    bands = tuple(trained["bands"]) if trained.get("bands") else None
+    with open_raster(raster, bands, allow_no_crs) as src:
+        counts, dtypes = trained.get("scene_bands"), trained.get("dtypes")
+        if counts and src.count not in counts:
+            raise UserError(f"{raster}: {src.count} band(s), but {checkpoint} was trained on scenes with "
+                            f"{' or '.join(map(str, counts))} band(s)")
+        if dtypes and src.dtypes[0] not in dtypes:
+            raise UserError(f"{raster}: {src.dtypes[0]} pixels, but {checkpoint} was trained on "
+                            f"{' or '.join(dtypes)} scenes")
+
+
+def _detection_inputs(raster: Path, geo: dict, allow_no_crs: bool) -> tuple[tuple[int, ...], list | None]:
     """Bands and uint8 stretch of the chips the detector saw (sidecar); without one, the first three bands
     and, for uint16 scenes, the scene's own statistics."""
-    sidecar = geo_sidecar(checkpoint)
-    geo = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     bands = tuple(geo["bands"]) if geo.get("bands") else None
     with open_raster(raster, bands, allow_no_crs) as src:
         bands = bands or tuple(range(1, min(src.count, 3) + 1))

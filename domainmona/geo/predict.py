@@ -9,7 +9,6 @@ scene's area.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -24,11 +23,11 @@ from domainmona.console import progress
 from domainmona.errors import UserError
 from domainmona.geo.blend import RollingBlender
 from domainmona.geo.raster import grid_origins, open_raster, read_tile, streaming_env
-from domainmona.io import atomic_path
+from domainmona.io import PRODUCER, atomic_path, scratch_dir
 
 LABEL_NODATA = 255
 OUTPUT_BLOCK = 256
-
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass
@@ -79,12 +78,34 @@ def tile_count(src: rasterio.DatasetReader, size: int, overlap: int) -> int:
 
 
 def check_stream_options(opts: StreamOptions, half_overlap: bool) -> None:
-    if opts.size < 32 or opts.overlap < 0 or opts.batch_size < 1:
-        raise UserError(f"need --size >= 32, --overlap >= 0 and --batch-size >= 1 "
-                        f"(got {opts.size}, {opts.overlap}, {opts.batch_size})")
+    check_numbers(opts.size, opts.overlap, opts.batch_size)
     limit = opts.size // 2 if half_overlap else opts.size - 1
     if opts.overlap > limit:
         raise UserError(f"--overlap {opts.overlap} is too large for --size {opts.size} (at most {limit})")
+
+
+def check_numbers(size: int | None = None, overlap: int | None = None, batch_size: int | None = None,
+                  score_thr: float = 0.0, iou_thr: float = 0.0) -> None:
+    """Refuse tile sizes, overlaps, batch sizes and thresholds that would be replaced or misread silently
+    (None: not given, the checkpoint's own value)."""
+    if size is not None and size < 32:
+        raise UserError(f"--size must be at least 32 pixels, got {size}")
+    if overlap is not None and overlap < 0:
+        raise UserError(f"--overlap must be >= 0, got {overlap}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    for name, value in (("--score-thr", score_thr), ("--iou-thr", iou_thr)):
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise UserError(f"{name} must be between 0 and 1, got {value}")
+
+
+def geotiff_is_ours(path: Path) -> bool:
+    """A GeoTIFF that `tile-predict` wrote: it carries our PRODUCER tag."""
+    try:
+        with rasterio.open(path) as src:
+            return src.tags().get("PRODUCER") == PRODUCER
+    except rasterio.errors.RasterioIOError:
+        return False
 
 
 class BlockRowWriter:
@@ -119,14 +140,14 @@ def segment_scene(raster: Path, out: Path, infer: SegmentInfer, classes: list[st
     """Write the blended class map (0 background, i + 1 for classes[i], 255 nodata) as a tiled GeoTIFF."""
     check_stream_options(opts, half_overlap=True)
     with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs) as src, atomic_path(out) as tmp, \
-            tempfile.TemporaryDirectory(dir=out.parent, prefix=".tile-predict.") as scratch:
+            scratch_dir(out) as scratch:
         bands = opts.bands or tuple(range(1, src.count + 1))
-        tiled = Path(scratch) / "tiled.tif" if cog else tmp
+        tiled = scratch / "tiled.tif" if cog else tmp
         profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
                        crs=src.crs, transform=src.transform, nodata=LABEL_NODATA, tiled=True,
                        blockxsize=OUTPUT_BLOCK, blockysize=OUTPUT_BLOCK, compress="deflate", BIGTIFF="IF_SAFER")
         with rasterio.open(tiled, "w", **profile) as dst, progress() as bar:
-            dst.update_tags(classes=",".join(["background", *classes]))
+            dst.update_tags(classes=",".join(["background", *classes]), PRODUCER=PRODUCER)
             writer = BlockRowWriter(dst, OUTPUT_BLOCK)
 
             def emit(y: int, x: int, probs: np.ndarray, weight: np.ndarray) -> None:
@@ -149,8 +170,6 @@ def segment_scene(raster: Path, out: Path, infer: SegmentInfer, classes: list[st
     return out
 
 
-
-
 def detect_scene(raster: Path, out: Path, infer: DetectInfer, classes: list[str], opts: StreamOptions,
                  score_thr: float = 0.3, iou_thr: float = 0.1) -> Path:
     """Write merged rotated detections as polygons with (class, score): GeoPackage in the raster's CRS,
@@ -164,6 +183,7 @@ def detect_scene(raster: Path, out: Path, infer: DetectInfer, classes: list[str]
     from domainmona.geo.vectors import vector_driver, write_polygons
 
     check_stream_options(opts, half_overlap=False)
+    check_numbers(score_thr=score_thr, iou_thr=iou_thr)
     vector_driver(out)
     per_tile: dict[str, Detections] = {}
     with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs) as src, progress() as bar:

@@ -47,12 +47,14 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
                 allow_no_crs: bool = False) -> Iterator[rasterio.DatasetReader]:
     """Open a raster for reading, refusing what the tiler cannot use with a one-line reason."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: a folder, not a raster file")
     if not path.is_file():
         raise UserError(f"{path}: raster not found")
     try:
         src = rasterio.open(path)
     except RasterioIOError as exc:
-        raise UserError(f"{path}: not a readable raster ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable raster ({gdal_reason(exc)})") from None
     with src:
         dtypes = set(src.dtypes)
         if not dtypes <= set(SUPPORTED_DTYPES):
@@ -64,6 +66,22 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
         if src.crs is None and not allow_no_crs:
             raise UserError(f"{path}: raster has no CRS (pass --allow-no-crs to use pixel coordinates)")
         yield src
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """GDAL's own words: rasterio's "Read failed. See previous exception" hides them in the cause."""
+    exc = exc.__cause__ or exc
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def read_window(src: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, masks) of ``bands`` in ``window``. GDAL finds a truncated or corrupt file only when it decodes
+    the damaged blocks, long after opening it: that becomes a one-line error naming the file."""
+    try:
+        return src.read(list(bands), window=window), src.read_masks(list(bands), window=window)
+    except RasterioIOError as exc:
+        raise UserError(f"{src.name}: unreadable pixels near column {window.col_off}, row {window.row_off} "
+                        f"(truncated or corrupt file? {gdal_reason(exc)})") from None
 
 
 def selected_bands(src: rasterio.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
@@ -111,8 +129,7 @@ def read_tile(src: rasterio.DatasetReader, bands: Sequence[int], col: int, row: 
     if col >= src.width or row >= src.height or col + size <= 0 or row + size <= 0:
         return data, valid
     window = block_aligned_window(src, col, row, size, size)
-    pixels = src.read(list(bands), window=window)
-    masks = src.read_masks(list(bands), window=window)
+    pixels, masks = read_window(src, bands, window)
     # The tile's in-bounds part, in the widened window's frame and in the tile's frame.
     c0, r0 = max(col, 0), max(row, 0)
     c1, r1 = min(col + size, src.width), min(row + size, src.height)

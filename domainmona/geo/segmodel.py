@@ -7,26 +7,44 @@ the model (encoder, decoder, bands, classes, normalisation), so `tile-predict` n
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import atomic_path, load_safetensors
 from domainmona.recipes import CONFIGS_DIR
 
 FORMAT = "domainmona.geo-seg/1"
 SETTINGS = CONFIGS_DIR / "geo" / "geo-seg.yaml"
 
 
+COUNTS = ("max_iters", "batch_size", "log_every", "save_every")  # settings that are whole numbers >= 1
+
+
 def load_settings(**overrides: Any) -> dict[str, Any]:
-    """configs/geo/geo-seg.yaml with the non-None overrides applied."""
+    """configs/geo/geo-seg.yaml with the non-None overrides applied, its numbers checked."""
     settings = yaml.safe_load(SETTINGS.read_text())
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if settings["encoder"] not in settings["encoders"]:
         raise UserError(f"unknown encoder '{settings['encoder']}' (choose from {', '.join(settings['encoders'])})")
+    for key in COUNTS:
+        if not _is_number(settings[key], int) or settings[key] < 1:
+            raise UserError(f"{key} must be a whole number >= 1, got {settings[key]!r}")
+    for key, zero_allowed in (("lr", False), ("weight_decay", True)):
+        value = settings[key]
+        if (not _is_number(value, (int, float)) or not math.isfinite(value) or value < 0
+                or (value == 0 and not zero_allowed)):
+            raise UserError(f"{key} must be a finite number {'>= 0' if zero_allowed else '> 0'}, got {value!r}")
+    if not _is_number(settings["seed"], int):
+        raise UserError(f"seed must be a whole number, got {settings['seed']!r}")
     return settings
+
+
+def _is_number(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def build_model(spec: dict[str, Any]):
@@ -60,12 +78,15 @@ def patch_embedding(model):
 
 
 def model_spec(settings: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """Everything `tile-predict` needs to rebuild the model and feed it scenes like the training ones."""
+    from domainmona.geo.tiling import scene_record
+
     encoder = settings["encoders"][settings["encoder"]]
-    return {"arch": settings["arch"], "decoder_kwargs": settings["decoder_kwargs"], "encoder": settings["encoder"], "timm": encoder["timm"],
-            "timm_kwargs": encoder["kwargs"], "in_channels": len(manifest["rasters"][0]["bands"]),
-            "bands": manifest["rasters"][0]["bands"], "classes": manifest["classes"], "size": manifest["size"],
-            "overlap": manifest["overlap"], "stats": manifest["stats"], "adapter": settings["adapter"],
-            "adapter_cfg": settings["adapter_cfg"]}
+    return {"arch": settings["arch"], "decoder_kwargs": settings["decoder_kwargs"], "encoder": settings["encoder"],
+            "timm": encoder["timm"], "timm_kwargs": encoder["kwargs"],
+            "in_channels": len(manifest["rasters"][0]["bands"]), **scene_record(manifest),
+            "classes": manifest["classes"], "size": manifest["size"], "overlap": manifest["overlap"],
+            "stats": manifest["stats"], "adapter": settings["adapter"], "adapter_cfg": settings["adapter_cfg"]}
 
 
 def save_segmenter(model, spec: dict[str, Any], path: Path) -> Path:
@@ -85,21 +106,25 @@ def read_spec(path: Path) -> dict[str, Any] | None:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
-        raise UserError(f"{path}: not a safetensors checkpoint ({str(exc).splitlines()[0]})") from None
-    return json.loads(meta["spec"]) if meta.get("format") == FORMAT else None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: not a safetensors checkpoint ({reason})") from None
+    if meta.get("format") != FORMAT:
+        return None
+    try:
+        return json.loads(meta["spec"])
+    except (KeyError, ValueError):
+        raise UserError(f"{path}: a geo-seg checkpoint without a readable model spec") from None
 
 
 def load_segmenter(path: Path, size: int | None = None):
     """(fused model in eval mode, spec) from a geo-seg checkpoint; ``size`` rebuilds it for other tiles."""
-    from safetensors.torch import load_file
-
     from domainmona.adapters import fuse
 
     spec = read_spec(path)
     if spec is None:
         raise UserError(f"{path}: not a geo-seg checkpoint (no '{FORMAT}' metadata)")
-    model = build_model({**spec, "size": size or spec["size"]})
-    state = load_file(str(path))
+    model = build_model({**spec, "size": spec["size"] if size is None else size})
+    state, _ = load_safetensors(path)
     own = model.state_dict()
     mismatched = sorted(set(own) ^ set(state)) + [k for k in state if k in own and own[k].shape != state[k].shape]
     if mismatched:

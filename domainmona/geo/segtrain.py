@@ -1,18 +1,35 @@
-"""`domainmona train geo-seg`: fine-tune the adapter and decoder on segmentation chips from `domainmona tile`."""
+"""`domainmona train geo-seg`: fine-tune the adapter and decoder on segmentation chips from `domainmona tile`.
+
+Every `save_every` iterations the whole training state (weights, AdamW moments, both random generators,
+the iteration) goes to WORK_DIR/state.pt, tensors and plain containers only, read back with
+`weights_only=True`. `--resume` continues from it and, the learning rate being constant, ends with the
+weights an uninterrupted run reaches (bit for bit on the same machine and thread count).
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 
 from domainmona.console import console, progress
 from domainmona.errors import UserError
+from domainmona.geo.raster import gdal_reason
 from domainmona.geo.stats import normalise
-from domainmona.geo.tiling import IGNORE, read_manifest
+from domainmona.geo.tiling import IGNORE, check_parent_folder, read_manifest
+from domainmona.io import atomic_path, claim_dir, load_torch
+
+STATE = "state.pt"
+CHECKPOINT = "geo-seg.safetensors"
+ADAPTER = "adapter.safetensors"
+STATE_FORMAT = "domainmona.geo-seg-state/1"
+# Settings a resumed run may change: the iteration count (to extend a run) and how often it reports or saves.
+RESCHEDULABLE = ("max_iters", "log_every", "save_every")
 
 
 @dataclass
@@ -28,6 +45,7 @@ class SegTrainOptions:
     lr: float | None = None
     seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # any other key of configs/geo/geo-seg.yaml
+    resume: bool = False  # continue from WORK_DIR/state.pt
 
 
 def load_chips(chips_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -35,10 +53,17 @@ def load_chips(chips_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, n
     images, masks = [], []
     layout = manifest["layout"]
     for chip in manifest["chips"]:
-        with rasterio.open(chips_dir / layout["images"] / f"{chip['name']}.tif") as src:
-            pixels = src.read()
-        with rasterio.open(chips_dir / layout["labels"] / f"{chip['name']}.tif") as src:
-            mask = src.read(1).astype(np.int64)
+        paths = [chips_dir / layout[kind] / f"{chip['name']}.tif" for kind in ("images", "labels")]
+        try:
+            with rasterio.open(paths[0]) as src:
+                pixels = src.read()
+            with rasterio.open(paths[1]) as src:
+                mask = src.read(1).astype(np.int64)
+        except RasterioIOError as exc:
+            raise UserError(f"{chips_dir}: chip {chip['name']} is missing or unreadable "
+                            f"({gdal_reason(exc)}); tile again") from None
+        if pixels.shape[1:] != mask.shape or pixels.shape[1:] != (manifest["size"], manifest["size"]):
+            raise UserError(f"{chips_dir}: chip {chip['name']} is not {manifest['size']} pixels square; tile again")
         image = normalise(pixels, manifest["stats"])
         image[:, mask == IGNORE] = 0.0
         images.append(image)
@@ -57,42 +82,121 @@ def _augment(images, masks, generator):
     return images, masks
 
 
+def _run_identity(settings: dict[str, Any], spec: dict[str, Any], pretrained: Path | None) -> dict[str, Any]:
+    """What a resumed run must share with the saved one, as JSON values: the model and the chips it sees
+    (spec), and every setting but the schedule."""
+    kept = {k: v for k, v in settings.items() if k not in RESCHEDULABLE and k != "encoders"}
+    identity = {"spec": spec, "settings": kept, "pretrained": str(pretrained.resolve()) if pretrained else None}
+    return json.loads(json.dumps(identity))
+
+
+def _check_work_dir(work_dir: Path, resume: bool) -> None:
+    """Read-only, before any work: a work dir holding a run is continued only on request."""
+    check_parent_folder(work_dir, "--work-dir")
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UserError(f"--work-dir {work_dir} is a file, not a folder")
+    if not resume and ((work_dir / STATE).exists() or (work_dir / CHECKPOINT).exists()):
+        raise UserError(f"{work_dir} already holds a geo-seg run; pass --resume to continue it or choose another "
+                        "--work-dir")
+    if resume and not (work_dir / STATE).is_file():
+        raise UserError(f"--resume: no {work_dir / STATE} to resume from")
+
+
+def _read_state(path: Path, identity: dict[str, Any], max_iters: int) -> dict[str, Any]:
+    state = load_torch(path, what="training state")
+    try:
+        saved = json.loads(state["identity"]) if state["format"] == STATE_FORMAT else None
+    except (KeyError, TypeError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or set(saved) != set(identity) or not isinstance(state.get("step"), int):
+        raise UserError(f"{path}: not a geo-seg training state")
+    differ = [k for k in ("spec", "pretrained") if saved[k] != identity[k]]
+    differ += sorted(k for k in set(saved["settings"]) | set(identity["settings"])
+                     if saved["settings"].get(k) != identity["settings"].get(k))
+    if differ:
+        names = ", ".join("the chips or model" if k == "spec" else k for k in differ)
+        raise UserError(f"{path}: that run used other settings ({names}); resume with the same chips and flags")
+    if state["step"] > max_iters:
+        raise UserError(f"{path}: the run is at iteration {state['step']}, past --max-iters {max_iters}")
+    return state
+
+
+def _save_state(path: Path, step: int, identity: dict[str, Any], model, optimizer, generator) -> None:
+    import torch
+
+    state = {"format": STATE_FORMAT, "step": step, "identity": json.dumps(identity), "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(),
+             "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _restore(state: dict[str, Any], path: Path, model, optimizer, generator) -> int:
+    import torch
+
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: does not fit this model ({type(exc).__name__}); train in a new --work-dir") from None
+    return state["step"]
+
+
+def _load_encoder_weights(model, pretrained: Path | None) -> None:
+    from domainmona.adapters.pretrained import load_pretrained
+
+    if pretrained is None:
+        console.print("[yellow]warning:[/] no --pretrained encoder weights: the adapter adapts a random encoder")
+        return
+    if not pretrained.is_file():
+        raise UserError(f"--pretrained {pretrained}: no such file")
+    report = load_pretrained(model.encoder, pretrained)
+    console.print(f"encoder weights: {report}")
+    if len(report.missing) > report.loaded:  # a different architecture or an unconverted layout
+        raise UserError(f"--pretrained {pretrained} fits only {report.loaded} of the encoder's "
+                        f"{report.loaded + len(report.missing)} tensors ({report.layout} layout)")
+
+
 def train_segmentation(opts: SegTrainOptions) -> Path:
-    """Train and return the checkpoint path; also writes the adapter-only file beside it."""
+    """Train (or resume) and return the checkpoint path; also writes the adapter-only file beside it.
+
+    Inputs, settings and the work dir are all checked before the work dir is written to."""
     import torch
 
     from domainmona.adapters.checkpoint import save_adapter
-    from domainmona.adapters.pretrained import load_pretrained
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
 
+    settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
+                             batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed, **opts.overrides)
     manifest = read_manifest(opts.chips)
     if manifest["task"] != "segmentation":
         raise UserError(f"{opts.chips}: chips were made for {manifest['task']}; use 'domainmona train geo-det' "
                         "or tile again with --task segmentation")
-    settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
-                             batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed, **opts.overrides)
-    torch.manual_seed(settings["seed"])
+    work_dir = Path(opts.work_dir)
+    _check_work_dir(work_dir, opts.resume)
     spec = model_spec(settings, manifest)
+    identity = _run_identity(settings, spec, opts.pretrained)
+    state_path = work_dir / STATE
+    state = _read_state(state_path, identity, settings["max_iters"]) if opts.resume else None
+    torch.manual_seed(settings["seed"])
     model = build_model(spec)
-    if opts.pretrained:
-        if not opts.pretrained.is_file():
-            raise UserError(f"--pretrained {opts.pretrained}: no such file")
-        report = load_pretrained(model.encoder, opts.pretrained)
-        console.print(f"encoder weights: {report}")
-        if len(report.missing) > report.loaded:  # a different architecture or an unconverted layout
-            raise UserError(f"--pretrained {opts.pretrained} fits only {report.loaded} of the encoder's "
-                            f"{report.loaded + len(report.missing)} tensors ({report.layout} layout)")
-    else:
-        console.print("[yellow]warning:[/] no --pretrained encoder weights: the adapter adapts a random encoder")
+    if state is None:
+        _load_encoder_weights(model, opts.pretrained)
     images, masks = (torch.from_numpy(a) for a in load_chips(opts.chips, manifest))
+    claim_dir(work_dir, "train geo-seg")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
     generator = torch.Generator().manual_seed(settings["seed"])
+    start = 0 if state is None else _restore(state, state_path, model, optimizer, generator)
+    if start:
+        console.print(f"resuming at iteration {start} of {settings['max_iters']}")
     model.train()
     with progress() as bar:
-        task = bar.add_task("training geo-seg", total=settings["max_iters"])
-        for step in range(1, settings["max_iters"] + 1):
+        task = bar.add_task("training geo-seg", total=settings["max_iters"], completed=start)
+        for step in range(start + 1, settings["max_iters"] + 1):
             index = torch.randint(len(images), (min(settings["batch_size"], len(images)),), generator=generator)
             batch, target = _augment(images[index], masks[index], generator)
             loss = loss_fn(model(batch), target)
@@ -105,6 +209,8 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
             bar.advance(task)
             if step % settings["log_every"] == 0 or step == settings["max_iters"]:
                 bar.console.print(f"iter {step}/{settings['max_iters']}  loss {loss.item():.4f}")
-    opts.work_dir.mkdir(parents=True, exist_ok=True)
-    save_adapter(model, opts.work_dir / "adapter.safetensors")
-    return save_segmenter(model.eval(), spec, opts.work_dir / "geo-seg.safetensors")
+            if step % settings["save_every"] == 0 and step < settings["max_iters"]:
+                _save_state(state_path, step, identity, model, optimizer, generator)
+    _save_state(state_path, settings["max_iters"], identity, model, optimizer, generator)  # --resume may extend
+    save_adapter(model, work_dir / ADAPTER)
+    return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT)

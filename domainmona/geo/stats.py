@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import rasterio
 
-from domainmona.geo.raster import processing_windows
+from domainmona.geo.raster import processing_windows, read_window
 
 STRETCH_PERCENTILES = (2.0, 98.0)
 HISTOGRAM_BINS = 65536  # covers uint8 and uint16; pooled across rasters of either dtype
@@ -21,8 +21,8 @@ def band_histograms(src: rasterio.DatasetReader, bands: Sequence[int]) -> np.nda
     """(bands, 256 or 65536) counts of each value over the valid pixels, one block-aligned pass."""
     hist = np.zeros((len(bands), HISTOGRAM_BINS), dtype=np.int64)
     for window in processing_windows(src):
-        pixels = src.read(list(bands), window=window)
-        valid = (src.read_masks(list(bands), window=window) > 0).any(axis=0)
+        pixels, masks = read_window(src, bands, window)
+        valid = (masks > 0).any(axis=0)
         for i, band_pixels in enumerate(pixels):
             hist[i] += np.bincount(band_pixels[valid], minlength=HISTOGRAM_BINS)
     return hist

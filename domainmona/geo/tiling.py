@@ -26,7 +26,7 @@ from domainmona.geo.labels import PixelIndex, read_labels, reproject
 from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands, streaming_env
 from domainmona.geo.shots import select_shots
 from domainmona.geo.stats import band_histograms, stretch_to_uint8, summarise
-from domainmona.io import atomic_dir
+from domainmona.io import atomic_dir, check_replaceable
 
 # The splitter's rule for cut objects (domainmona split's defaults): at least VISIBLE_NORMAL of the area
 # inside keeps the label, at least SLIVER marks it difficult 2, less drops it.
@@ -71,6 +71,8 @@ def _check_options(opts: TileOptions) -> None:
         raise UserError(f"need --size >= 32 and 0 <= --overlap < --size (got {opts.size}, {opts.overlap})")
     if opts.shots is not None and opts.shots < 1:
         raise UserError(f"--shots must be >= 1, got {opts.shots}")
+    if not 0 <= opts.seed < 2**32:  # numpy's seeds
+        raise UserError(f"--seed must be between 0 and 2**32 - 1, got {opts.seed}")
     if opts.task == "detection" and opts.bands and len(opts.bands) not in (1, 3):
         raise UserError(f"detection chips are RGB images: --bands must name 1 or 3 bands, got {len(opts.bands)}")
 
@@ -136,13 +138,23 @@ def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, 
     return chip_transform
 
 
+def check_parent_folder(path: Path, flag: str) -> None:
+    """Before any work: refuse an output whose parent is a file (it could only fail once the work is done)."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: {path.parent} is a file, not a folder")
+
+
 def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOptions) -> dict:
-    """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest."""
+    """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest.
+
+    ``out`` is replaced only when an earlier `tile` wrote it and nothing was added to it since; it may not
+    hold a raster or the labels."""
     _check_options(opts)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise UserError(f"{out} exists and holds no {MANIFEST}: refusing to replace it, choose another --out")
     if not rasters:
         raise UserError("give at least one raster to tile")
+    rasters, labels_path, out = [Path(r) for r in rasters], Path(labels_path), Path(out)
+    check_parent_folder(out, "--out")
+    check_replaceable(out, "tile", [*rasters, labels_path])
     labels = read_labels(labels_path, opts.class_field)
     classes = labels.class_names
     scenes, plans = [], []
@@ -152,7 +164,7 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
             pixel_labels = PixelIndex(local, src.transform)
             scenes.append({"path": str(Path(path).resolve()), "crs": src.crs.to_wkt() if src.crs else None,
                            "transform": list(src.transform)[:6], "width": src.width, "height": src.height,
-                           "dtype": src.dtypes[0], "nodata": src.nodata,
+                           "dtype": src.dtypes[0], "nodata": src.nodata, "count": src.count,
                            "bands": list(selected_bands(src, opts.bands)),
                            "labels": len(pixel_labels.query(0, 0, src.width, src.height))})
             plans += _plan_raster(index, Path(path), pixel_labels, opts, src.width, src.height)
@@ -167,13 +179,13 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
         short = [f"{c} ({totals[c]})" for c in classes if totals[c] < opts.shots]
         if short:
             console.print(f"[yellow]fewer than {opts.shots} shots available for: {', '.join(short)}[/]")
-    return _write_dataset(rasters, out, opts, classes, scenes, plans)
+    return _write_dataset(rasters, out, opts, classes, scenes, plans, [*rasters, labels_path])
 
 
 def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: list[str], scenes: list[dict],
-                   plans: list[ChipPlan]) -> dict:
+                   plans: list[ChipPlan], inputs: list[Path]) -> dict:
     chips, skipped = [], 0
-    with streaming_env(), atomic_dir(out, "tile", rasters) as tmp, progress() as bar:
+    with streaming_env(), atomic_dir(out, "tile", inputs) as tmp, progress() as bar:
         for sub in LAYOUT[opts.task]:
             (tmp / sub).mkdir()
         histograms = []
@@ -209,8 +221,28 @@ def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: l
     return manifest
 
 
+MANIFEST_KEYS = ("task", "size", "overlap", "classes", "layout", "stats", "rasters", "chips")
+
+
 def read_manifest(chips_dir: Path) -> dict:
+    """The manifest of a chip folder made by `domainmona tile`; anything else is a one-line error."""
     path = Path(chips_dir) / MANIFEST
     if not path.is_file():
         raise UserError(f"{chips_dir}: no {MANIFEST}; make chips with 'domainmona tile' first")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable manifest ({type(exc).__name__}); tile again") from None
+    missing = [k for k in MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing or not manifest["chips"] or manifest["task"] not in LAYOUT:
+        raise UserError(f"{path}: not a manifest written by 'domainmona tile' "
+                        f"({'no ' + missing[0] if missing else 'no chips or unknown task'}); tile again")
+    return manifest
+
+
+def scene_record(manifest: dict) -> dict:
+    """What `tile-predict` checks a scene against: the bands the chips took, and the training scenes' band
+    counts and dtypes (manifests from before the count was recorded give none)."""
+    scenes = manifest["rasters"]
+    return {"bands": scenes[0]["bands"], "scene_bands": sorted({s["count"] for s in scenes if "count" in s}),
+            "dtypes": sorted({s["dtype"] for s in scenes})}
