@@ -139,6 +139,16 @@ def _files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() and p.name != RECORD)
 
 
+def check_parent(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse, before any work, an output below a file (it could only fail once the work is done)."""
+    path = Path(path)
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {path}: {parent} is a file, not a folder")
+            return
+
+
 def _foreign(path: Path) -> str:
     return (f"{path} holds files domainmona did not write; refusing to touch them "
             "(choose a new or empty folder)")
@@ -148,6 +158,7 @@ def check_replaceable(final: str | os.PathLike, command: str, inputs: Iterable[s
     """Refuse, before any work, to replace ``final`` unless it is absent, empty, or a folder this command
     wrote as a whole that holds nothing else, and none of ``inputs`` lies inside it."""
     final = Path(final)
+    check_parent(final)
     if not final.exists():
         return
     if not final.is_dir():
@@ -201,6 +212,7 @@ def claim_dir(folder: str | os.PathLike, command: str) -> Path:
     It must be new, empty, or already one domainmona made for writing into; it gets a record if new.
     """
     folder = Path(folder)
+    check_parent(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; choose a folder path")
     if folder.is_dir() and any(folder.iterdir()):
@@ -245,8 +257,7 @@ def claim_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UserError(f"{what} {path}: {path.parent} is a file, not a folder")
+    check_parent(path, what)
     for item in inputs:
         if path.exists() and same_file(path, item) or Path(item).resolve() == path.resolve():
             raise UserError(f"{what} {path} is one of this command's inputs; refusing to overwrite it")

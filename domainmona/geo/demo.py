@@ -18,8 +18,8 @@ from rasterio.features import rasterize
 from domainmona.console import console
 from domainmona.geo.labels import to_pixels
 from domainmona.geo.synthetic import SceneSpec, write_scene
-from domainmona.geo.tiling import TileOptions, check_parent_folder, tile_scenes
-from domainmona.io import atomic_path, claim_dir
+from domainmona.geo.tiling import TileOptions, tile_scenes
+from domainmona.io import atomic_path, check_parent, claim_dir
 from domainmona.recipes import load_recipe
 
 PREVIEW_PIXELS = 1024
@@ -30,7 +30,7 @@ def run_demo(out: Path, task: str) -> Path:
     from domainmona.geo.models import tile_predict
 
     recipe = load_recipe("geo-demo")[task]
-    check_parent_folder(out, "--out")
+    check_parent(out, "--out")
     claim_dir(out, "geo-demo")
     scene = write_scene(out / "scene.tif", out / "labels.gpkg", SceneSpec(**recipe["scene"]))
     tile = dict(recipe["tile"])

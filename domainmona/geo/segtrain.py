@@ -21,8 +21,8 @@ from domainmona.console import console, progress
 from domainmona.errors import UserError
 from domainmona.geo.raster import gdal_reason
 from domainmona.geo.stats import normalise
-from domainmona.geo.tiling import IGNORE, check_parent_folder, read_manifest
-from domainmona.io import atomic_path, claim_dir, load_torch
+from domainmona.geo.tiling import IGNORE, read_manifest
+from domainmona.io import atomic_path, check_parent, claim_dir, load_torch
 
 STATE = "state.pt"
 CHECKPOINT = "geo-seg.safetensors"
@@ -92,7 +92,7 @@ def _run_identity(settings: dict[str, Any], spec: dict[str, Any], pretrained: Pa
 
 def _check_work_dir(work_dir: Path, resume: bool) -> None:
     """Read-only, before any work: a work dir holding a run is continued only on request."""
-    check_parent_folder(work_dir, "--work-dir")
+    check_parent(work_dir, "--work-dir")
     if work_dir.exists() and not work_dir.is_dir():
         raise UserError(f"--work-dir {work_dir} is a file, not a folder")
     if not resume and ((work_dir / STATE).exists() or (work_dir / CHECKPOINT).exists()):

@@ -26,7 +26,7 @@ from domainmona.geo.labels import PixelIndex, read_labels, reproject
 from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands, streaming_env
 from domainmona.geo.shots import select_shots
 from domainmona.geo.stats import band_histograms, stretch_to_uint8, summarise
-from domainmona.io import atomic_dir, check_replaceable
+from domainmona.io import atomic_dir, check_parent, check_replaceable
 
 # The splitter's rule for cut objects (domainmona split's defaults): at least VISIBLE_NORMAL of the area
 # inside keeps the label, at least SLIVER marks it difficult 2, less drops it.
@@ -138,12 +138,6 @@ def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, 
     return chip_transform
 
 
-def check_parent_folder(path: Path, flag: str) -> None:
-    """Before any work: refuse an output whose parent is a file (it could only fail once the work is done)."""
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UserError(f"{flag} {path}: {path.parent} is a file, not a folder")
-
-
 def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOptions) -> dict:
     """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest.
 
@@ -153,7 +147,7 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
     if not rasters:
         raise UserError("give at least one raster to tile")
     rasters, labels_path, out = [Path(r) for r in rasters], Path(labels_path), Path(out)
-    check_parent_folder(out, "--out")
+    check_parent(out, "--out")
     check_replaceable(out, "tile", [*rasters, labels_path])
     labels = read_labels(labels_path, opts.class_field)
     classes = labels.class_names

@@ -117,8 +117,9 @@ def run_subprocess(argv: list[str], cwd: Path, timeout: float = 600) -> subproce
 
 
 def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], timeout: float = 600,
-                      command: str = "") -> subprocess.CompletedProcess:
-    """Start the command, SIGKILL it once ``ready()`` holds (work under way), then rerun it to completion.
+                      command: str = "", rerun: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Start the command, SIGKILL it once ``ready()`` holds (work under way), then run ``rerun`` (default: the
+    same command; a training command adds `--resume`) to completion.
 
     Returns the rerun, which must succeed; the caller checks the outputs and that no temporary is left.
     """
@@ -136,9 +137,9 @@ def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], tim
     finally:
         process.wait()
     CASES_RUN[command or argv[0]] += 1
-    rerun = run_subprocess(argv, cwd, timeout)
-    assert rerun.returncode == 0, rerun.stderr
-    return rerun
+    result = run_subprocess(rerun or argv, cwd, timeout)
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp")  # domainmona.io's `.NAME.PID.TOKEN.tmp...`
