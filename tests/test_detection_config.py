@@ -23,6 +23,17 @@ def test_every_config_builds(dataset, backbone, method):
     assert cfg.model.rpn_head.bbox_coder.angle_version == 'le90'
 
 
+@pytest.mark.parametrize("dataset,backbone", [(d, b) for d in DATASETS for b in C.BACKBONES])
+def test_the_config_a_checkpoint_stores_reads_back_as_data(dataset, backbone, tmp_path):
+    """`test` reads a checkpoint's config without executing it: every training config round-trips."""
+    from domainmona.detection.checkpoint import parse_config
+
+    cfg = C.build_config(dataset, backbone, 'mona', DATASETS[dataset], image_size=512)
+    C.set_train_data(cfg, [(tmp_path / 'images', tmp_path / 'annfiles')], 2, 0)
+    C.set_max_iters(cfg, 100)
+    assert parse_config(cfg.pretty_text, tmp_path / 'final.safetensors').to_dict() == cfg.to_dict()
+
+
 @pytest.mark.parametrize("dataset,expected", [('dota1.0', 15), ('dota1.5', 16), ('dota2.0', 18), ('star', 48)])
 @pytest.mark.parametrize("backbone,dims", [('swin-t', (96, [2, 2, 6, 2])), ('swin-b', (128, [2, 2, 18, 2]))])
 def test_shipped_files_follow_star_mmrotate(dataset, expected, backbone, dims):

@@ -74,11 +74,11 @@ def test_train_resume_test_writes_a_valid_task1_submission(tmp_path, hooks):
     assert (tmp_path / 'work' / 'iter_4.pth').is_file()  # mmengine's own checkpoint as well
 
     result = run_test(final, tmp_path / 'test', tmp_path / 'out')
-    files = sorted(p.name for p in result.task1_dir.iterdir())
+    files = sorted(p.name for p in result.task1_dir.glob('Task1_*.txt'))
     assert files == sorted(f'Task1_{c}.txt' for c in SYNTHETIC_CLASSES)
     with zipfile.ZipFile(result.zip_path) as archive:
         assert sorted(archive.namelist()) == files
-    lines = [line.split() for f in result.task1_dir.iterdir() for line in f.read_text().splitlines()]
+    lines = [line.split() for f in result.task1_dir.glob('Task1_*.txt') for line in f.read_text().splitlines()]
     assert lines, "an untrained head scores everything low, but above the 0.05 threshold"
     for tokens in lines:
         assert tokens[0] == 'test0000' and len(tokens) == 10  # full-image names, 8 coords

@@ -71,7 +71,8 @@ def test_task1_files_zip_and_perfect_detections_score_one(tmp_path):
     assert [f.name for f in files] == ["Task1_car.txt", "Task1_ship.txt"]
     line = (tmp_path / "task1" / "Task1_car.txt").read_text().splitlines()
     assert len(line) == 1 and line[0].startswith("P0001 0.900000 ")
-    zip_path = zip_task1(tmp_path / "task1", tmp_path / "task1" / "submission.zip")
+    assert (tmp_path / "task1" / ".domainmona.json").is_file()  # the folder's record, which is not zipped
+    zip_path = zip_task1(tmp_path / "task1", tmp_path / "submission.zip")
     with zipfile.ZipFile(zip_path) as archive:
         assert sorted(archive.namelist()) == ["Task1_car.txt", "Task1_ship.txt"]
     read = read_task1(tmp_path / "task1")

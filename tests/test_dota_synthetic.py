@@ -58,6 +58,6 @@ def test_bad_arguments_raise(tmp_path):
         generate_dota_scenes(tmp_path / "x", image_size=64)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match="more than generated scenes"):
+    with pytest.raises(UserError, match="did not write"):
         generate_dota_scenes(tmp_path / "busy", n_images=1)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"

@@ -4,17 +4,23 @@ It is the adapter core's adapter file (`save_adapter`: every trainable tensor, i
 neck and the heads, with the method, backbone id and a fingerprint of the frozen base weights) plus the
 detector's own metadata: the mmengine config, the classes and the patch grid. The frozen backbone comes
 from the weights file named in the config, checked against the fingerprint when loading.
+
+Nothing read here runs code: the config is read as data (`parse_config`, not mmengine's `Config.fromstring`,
+which executes it as Python), and the checkpoints mmengine reads itself (`--resume`, `init_cfg`) go through
+`load_from_local_weights_only` once `install_safe_checkpoint_loader` has run.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import atomic_path, load_torch
 
 DETECTOR_KEYS = ('detector_config', 'classes', 'patch_size', 'patch_gap')
 
@@ -36,8 +42,99 @@ class DetectorInfo:
     def from_metadata(cls, meta: dict[str, str], path: Path) -> "DetectorInfo":
         if any(key not in meta for key in DETECTOR_KEYS):
             raise UserError(f"{path}: an adapter file, but not a detector checkpoint (no detector config inside)")
-        return cls(meta['detector_config'], tuple(json.loads(meta['classes'])), int(meta['patch_size']),
-                   int(meta['patch_gap']))
+        try:
+            classes, size, gap = json.loads(meta['classes']), int(meta['patch_size']), int(meta['patch_gap'])
+        except ValueError:
+            classes = size = gap = None
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+                and size is not None and 0 <= gap < size):
+            raise UserError(f"{path}: malformed detector metadata (classes, patch_size, patch_gap)")
+        return cls(meta['detector_config'], tuple(classes), size, gap)
+
+    def config(self, path: Path):
+        return parse_config(self.config_text, path)
+
+
+def parse_config(text: str, path: Path):
+    """The mmengine Config stored in a checkpoint (`key = value` lines of dicts, lists, tuples and
+    constants, as `Config.pretty_text` writes them), read as data: anything else is refused."""
+    from mmengine.config import Config
+
+    try:
+        body = ast.parse(text).body
+        values = {}
+        for node in body:
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                raise ValueError(f"line {node.lineno} is not a plain setting")
+            values[node.targets[0].id] = _literal(node.value)
+    except (SyntaxError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: its detector config is not plain settings ({reason}); refusing to run it") from None
+    return Config(values)
+
+
+def _literal(node: ast.AST):
+    """A value made of constants, lists, tuples, `{...}` and `dict(...)`; ValueError for anything else."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'dict' and not node.args:
+        if any(kw.arg is None for kw in node.keywords):
+            raise ValueError(f"line {node.lineno}: '**' in dict()")
+        return {kw.arg: _literal(kw.value) for kw in node.keywords}
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):
+            raise ValueError(f"line {node.lineno}: '**' in a dict")
+        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values, strict=True)}
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(item) for item in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    try:
+        return ast.literal_eval(node)  # numbers (signed), strings, True/False/None
+    except ValueError:
+        raise ValueError(f"line {node.lineno}: {ast.unparse(node)[:60]!r} is not a plain value") from None
+
+
+HISTORY_STATISTICS = ('min', 'max', 'current', 'mean')  # HistoryBuffer's statistics methods
+
+
+def _history_statistic(owner, name: str):
+    """`getattr` as mmengine's checkpoints use it: a HistoryBuffer pickles its statistics methods as
+    getattr(HistoryBuffer, 'min'), ... A plain `getattr` (allowed by mmengine) reaches any attribute,
+    `__globals__` included."""
+    from mmengine.logging import HistoryBuffer
+
+    if owner is not HistoryBuffer or name not in HISTORY_STATISTICS:
+        raise pickle.UnpicklingError(f"global 'getattr' on {owner!r}, {name!r} is not allowed")
+    return getattr(owner, name)
+
+
+def mmengine_checkpoint_types() -> list:
+    """The non-tensor globals in the checkpoints mmengine's Runner writes, as
+    torch.serialization.get_unsafe_globals_in_checkpoint lists them for a real `iter_N.pth`: the message
+    hub's HistoryBuffer with its statistics methods, and the numpy arrays, scalars and dtypes it holds."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    return [HistoryBuffer, (_history_statistic, 'builtins.getattr'), np.ndarray, np.dtype,
+            np._core.multiarray._reconstruct, np._core.multiarray.scalar,
+            *(type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64))]
+
+
+def load_from_local_weights_only(filename: str | Path, map_location=None) -> dict:
+    """mmengine's local checkpoint loader, without code execution (`map_location` is ignored: tensors load
+    on the CPU and mmengine moves them)."""
+    return load_torch(filename, allow=mmengine_checkpoint_types())
+
+
+def install_safe_checkpoint_loader() -> None:
+    """Make mmengine read local checkpoints with `load_from_local_weights_only`.
+
+    mmengine's own loader (`_safe_torch_load`) retries with `torch.load(weights_only=False)` when the safe
+    load fails, and allows `getattr`: a crafted file named by WORK_DIR/last_checkpoint would run its code on
+    `--resume`. URLs are never handed to mmengine (see `resume_checkpoint`), so replacing the local scheme
+    covers every checkpoint a run reads.
+    """
+    from mmengine.runner import CheckpointLoader
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
 
 
 def save_detector(model, info: DetectorInfo, path: Path) -> Path:
@@ -62,6 +159,7 @@ def _build(cfg):
     import domainmona.detection.backbone  # noqa: F401  (registers MonaSwinTransformer)
 
     register_all_modules()
+    install_safe_checkpoint_loader()  # a config's init_cfg may name a checkpoint for mmengine to load
     model = MODELS.build(cfg.model)
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -76,15 +174,13 @@ def _build(cfg):
 def load_detector(path: Path, dataset: str = 'dota'):
     """(model in eval mode with its weights, DetectorInfo) from a checkpoint written by `save_detector`,
     or from an official Mona / STAR-MMRotate Oriented R-CNN `.pth` (`dataset` then picks the classes)."""
-    from mmengine.config import Config
-
     from domainmona.adapters.checkpoint import load_adapter, read_adapter
 
     if path.suffix in ('.pth', '.pt'):
         return load_official_detector(path, dataset)
     _, meta = read_adapter(path)
     info = DetectorInfo.from_metadata(meta, path)
-    cfg = Config.fromstring(info.config_text, file_format='.py')
+    cfg = info.config(path)
     weights = cfg.model.backbone.get('weights')
     if weights and not Path(weights).is_file():
         raise UserError(f"{path}: its frozen backbone comes from {weights}, which does not exist here")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from domainmona.detection import dataset_cli
+from domainmona.options import probability
 
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
@@ -21,9 +22,9 @@ Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter: Method,
            pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: int,
-           resume: bool) -> None:
+           resume: bool, patch_size: Optional[int], patch_gap: Optional[int]) -> None:
     from domainmona.console import console
-    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train, training_subsets
+    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, prepare, train, training_subsets
     from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
     from domainmona.recipes import load_recipe
 
@@ -32,9 +33,11 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
     split = load_recipe('star' if dataset == 'star' else 'dota')['split']  # patch grid
     opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
                         adapter=adapter.value, pretrained=pretrained, shots=shots, max_iters=max_iters,
-                        gpus=gpus, resume=resume, patch_size=split['size'], patch_gap=split['gap'])
+                        gpus=gpus, resume=resume, patch_size=patch_size or split['size'],
+                        patch_gap=split['gap'] if patch_gap is None else patch_gap)
     if gpus > 1 and not under_torchrun():
-        training_subsets(opts)  # split once here, not in every process
+        prepare(opts)  # check inputs and split once here, not in every process
+        training_subsets(opts)
         relaunch_under_torchrun(gpus)  # rank 0 of the children prints the final checkpoint
         return
     final = train(opts)
@@ -67,26 +70,34 @@ def register(groups: "CommandGroups") -> None:
     backbone_opt = typer.Option(Backbone['swin-t'], "--backbone")
     adapter_opt = typer.Option(Method.mona, "--adapter", help="Adapter method trained inside the backbone.")
     pretrained_opt = typer.Option(None, "--pretrained", help="ImageNet Swin weights (Microsoft, timm or OpenMMLab).")
-    shots_opt = typer.Option(None, "--shots", help="Train on a seeded K-instances-per-class subset.")
-    iters_opt = typer.Option(None, "--max-iters", help="Iterations instead of the 12-epoch schedule.")
-    gpus_opt = typer.Option(1, "--gpus", help="More than 1 launches torchrun.")
+    shots_opt = typer.Option(None, "--shots", min=1, help="Train on a seeded K-instances-per-class subset.")
+    iters_opt = typer.Option(None, "--max-iters", min=1, help="Iterations instead of the 12-epoch schedule.")
+    gpus_opt = typer.Option(1, "--gpus", min=1, help="More than 1 launches torchrun.")
     resume_opt = typer.Option(False, "--resume", help="Continue from the last checkpoint in --work-dir.")
+    size_opt = typer.Option(None, "--patch-size", min=1,
+                            help="Patch size for raw scenes and network input (default: the recipe's, 1024).")
+    gap_opt = typer.Option(None, "--patch-gap", min=0,
+                           help="Overlap of neighbouring patches (default: the recipe's, 200).")
 
     @groups.train.command("dota")
     def train_dota(data: Path = data_opt, work_dir: Path = work_opt, version: Version = typer.Option(
             Version['1.0'], "--version"), backbone: Backbone = backbone_opt, adapter: Method = adapter_opt,
                    pretrained: Optional[Path] = pretrained_opt, shots: Optional[int] = shots_opt,
-                   max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt, resume: bool = resume_opt) -> None:
+                   max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt, resume: bool = resume_opt,
+                   patch_size: Optional[int] = size_opt, patch_gap: Optional[int] = gap_opt) -> None:
         """Oriented R-CNN with a Mona-Swin backbone on DOTA; prints the final checkpoint last."""
-        _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume)
+        _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume,
+               patch_size, patch_gap)
 
     @groups.train.command("star")
     def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: Backbone = backbone_opt,
                    adapter: Method = adapter_opt, pretrained: Optional[Path] = pretrained_opt,
                    shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt,
-                   resume: bool = resume_opt) -> None:
+                   resume: bool = resume_opt, patch_size: Optional[int] = size_opt,
+                   patch_gap: Optional[int] = gap_opt) -> None:
         """Oriented R-CNN with a Mona-Swin backbone on STAR; prints the final checkpoint last."""
-        _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume)
+        _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume, patch_size,
+               patch_gap)
 
     for dataset in ("dota", "star"):
         groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint on full scenes: patches, merge, "
@@ -97,7 +108,8 @@ def _test_command(dataset: str):
     def test_command(checkpoint: Path = typer.Option(..., "--checkpoint", help="Printed last by train."),
                      data: Path = typer.Option(..., "--data", help="Scenes: images/ (+ labelTxt/ for mAP)."),
                      out: Path = typer.Option(..., "--out", help="Task1 files, their zip and metrics."),
-                     iou_thr: float = typer.Option(0.1, "--iou-thr", help="Rotated NMS IoU when merging.")) -> None:
+                     iou_thr: float = typer.Option(0.1, "--iou-thr", callback=probability,
+                                                   help="Rotated NMS IoU when merging.")) -> None:
         _test(dataset, checkpoint, data, out, iou_thr)
 
     return test_command

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from domainmona.options import positive
+
 if TYPE_CHECKING:
     from domainmona.cli import CommandGroups
 
@@ -31,17 +33,24 @@ def _split(dataset: str, src: Path, dst: Path, size: int, gap: int, rates: list[
         console.print("no labelTxt/: images only (a test set)")
 
 
+def _positive_rates(rates: Optional[list[float]]) -> Optional[list[float]]:
+    for rate in rates or ():
+        positive(rate)
+    return rates
+
+
 def _register_split(groups: "CommandGroups", dataset: str) -> None:
     @groups.split.command(dataset, help=f"Split raw {dataset.upper()} images (SRC/images, SRC/labelTxt) into "
                                         "overlapping patches for mmrotate (DST/images, DST/annfiles).")
     def split(
         src: Annotated[Path, typer.Option(help="Raw dataset folder holding images/ and optionally labelTxt/.")],
         dst: Annotated[Path, typer.Option(help="Output folder; rerunning resumes an interrupted split.")],
-        size: Annotated[int, typer.Option(help="Patch size in pixels.")] = 1024,
-        gap: Annotated[int, typer.Option(help="Overlap between neighbouring patches in pixels.")] = 200,
+        size: Annotated[int, typer.Option(min=1, help="Patch size in pixels.")] = 1024,
+        gap: Annotated[int, typer.Option(min=0, help="Overlap between neighbouring patches in pixels.")] = 200,
         rates: Annotated[Optional[list[float]], typer.Option(
+            callback=_positive_rates,
             help="Rescaling rates, repeat for multi-scale (e.g. --rates 0.5 --rates 1.0 --rates 1.5).")] = None,
-        workers: Annotated[Optional[int], typer.Option(help="Parallel processes (default: all cores).")] = None,
+        workers: Annotated[Optional[int], typer.Option(min=1, help="Parallel processes (default: all cores).")] = None,
     ) -> None:
         _split(dataset, src, dst, size, gap, rates or [1.0], workers)
 
@@ -73,13 +82,12 @@ def register(groups: "CommandGroups") -> None:
         json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON here.")] = None,
     ) -> None:
         """Full-image DOTA evaluation of Task1 files: exact polygon IoU, difficult objects ignored."""
-        import json
+        from domainmona.detection.dota.evaluate import evaluate_task1, task1_inputs
+        from domainmona.io import claim_file, write_json
 
-        from domainmona.detection.dota.evaluate import evaluate_task1
-        from domainmona.io import atomic_path
-
+        if json_out is not None:  # before the evaluation: never one of its inputs, nor a user's file
+            claim_file(json_out, task1_inputs(dets, gt), what="--json")
         result = evaluate_task1(dets, gt, metric=metric)
         _print_table(result)
         if json_out is not None:
-            with atomic_path(json_out) as tmp:
-                tmp.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+            write_json(json_out, result.to_dict())

@@ -8,14 +8,13 @@ time on 2 idle cores); see benchmarks/results/detection_demo.json.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from domainmona.console import console
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import claim_dir, claim_file, write_json
 from domainmona.recipes import load_recipe
 
 
@@ -55,6 +54,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> DemoResult:
         raise UserError(f"{MICRO_WEIGHTS} is missing: run `python -m domainmona.detection.pretrain_micro`")
     start = time.perf_counter()
     s = settings or DemoSettings(**load_recipe('demo')['settings'])
+    claim_dir(out, 'demo')  # new, empty, or an earlier demo's: nothing of the user's is replaced
+    summary = claim_file(out / 'demo.json', what='--out')
     scenes = out / 'scenes'
     console.print(f"[bold]1/3[/] generating {s.train_scenes}+{s.test_scenes} scenes of {s.scene_size} px in {scenes}")
     generate_dota_scenes(scenes / 'train', s.train_scenes, s.scene_size, seed=s.seed, prefix='train')
@@ -73,10 +74,8 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> DemoResult:
     png = draw_detections(result.scenes / 'images' / f'{first}.png', result.merged[first], SYNTHETIC_CLASSES,
                           out / 'predictions.png')
     seconds = time.perf_counter() - start
-    with atomic_path(out / 'demo.json') as tmp:
-        tmp.write_text(json.dumps(dict(settings=asdict(s), map=result.map, seconds=round(seconds, 1),
-                                       train_seconds=round(trained - start, 1), cpu_threads=torch.get_num_threads()),
-                                  indent=2))
+    write_json(summary, dict(settings=asdict(s), map=result.map, seconds=round(seconds, 1),
+                             train_seconds=round(trained - start, 1), cpu_threads=torch.get_num_threads()))
     console.print(f"full-image mAP on {s.test_scenes} test scenes ({', '.join(SYNTHETIC_CLASSES)}): "
                   f"[bold]{result.map:.3f}[/] in {seconds / 60:.1f} min; boxes drawn in {png}")
     return DemoResult(result.map, checkpoint, png, seconds)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from domainmona.detection.layout import find_test_scenes
-from domainmona.io import atomic_path
+from domainmona.detection.layout import find_test_scenes, refuse_overlap
+from domainmona.errors import UserError
+from domainmona.io import check_parent, check_replaceable, claim_dir, claim_file, write_json
 
 
 @dataclass
@@ -21,32 +21,46 @@ class TestResult:
 
 def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, dataset: str = 'dota') -> TestResult:
     """Test a final checkpoint (see domainmona.detection.checkpoint; `dataset` only matters for official
-    `.pth` checkpoints) on the full scenes of `data`."""
-    from mmengine.config import Config
+    `.pth` checkpoints) on the full scenes of `data`.
 
+    `out` receives `patches/`, `task1/`, `task1.zip` and `metrics.json`; all of it is checked before the
+    model runs: no input inside it, nothing there that domainmona did not write.
+    """
     from domainmona.adapters import fuse
     from domainmona.detection.checkpoint import load_detector
-    from domainmona.detection.dota.merge import merge_patch_detections, write_task1, zip_task1
-    from domainmona.detection.dota.split import split_dataset
+    from domainmona.detection.dota.merge import (TASK1_WRITER, is_task1_zip, merge_patch_detections, write_task1,
+                                                 zip_task1)
+    from domainmona.detection.dota.split import read_split_inputs, split_dataset
     from domainmona.detection.predict import predict_patches
 
-    model, info = load_detector(checkpoint, dataset)
-    fuse(model)
+    if not 0.0 <= iou_thr <= 1.0:  # NaN fails too
+        raise UserError(f"--iou-thr must be between 0 and 1, got {iou_thr}")
     scenes, labels = find_test_scenes(data)
-    cfg = Config.fromstring(info.config_text, file_format='.py')
-    patches = out / 'patches'
+    patches, task1_dir, zip_path, metrics = out / 'patches', out / 'task1', out / 'task1.zip', out / 'metrics.json'
+    refuse_overlap([patches, task1_dir, zip_path, metrics],
+                   [scenes / 'images', *([labels] if labels else []), checkpoint])
+    check_parent(out, '--out')
+    if out.exists():  # a rerun: what it replaces must be its own
+        claim_dir(out, 'test')
+        check_replaceable(task1_dir, TASK1_WRITER)
+        claim_file(zip_path, is_ours=is_task1_zip, what='--out')
+        claim_file(metrics, what='--out')
+    model, info = load_detector(checkpoint, dataset)
+    read_split_inputs(scenes, info.classes, patches)  # bad labels or images: refused before anything is written
+    fuse(model)
+    cfg = info.config(checkpoint)
+    claim_dir(out, 'test')
     split_dataset(scenes, patches, size=info.patch_size, gap=info.patch_gap, rates=(1.0,), classes=info.classes)
     patch_dets = dict(predict_patches(model, cfg, patches / 'images'))
     merged = merge_patch_detections(patch_dets, iou_thr)
-    task1_dir = out / 'task1'
     write_task1(task1_dir, merged, info.classes)
-    zip_path = zip_task1(task1_dir, out / 'task1.zip')
+    zip_task1(task1_dir, zip_path)
     mean_ap = None
     if labels is not None:
         from domainmona.detection.dota.evaluate import evaluate_task1
 
         result = evaluate_task1(task1_dir, labels, classes=info.classes)
         mean_ap = float(result.map)
-        with atomic_path(out / 'metrics.json') as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(metrics, result.to_dict())
     return TestResult(task1_dir, zip_path, mean_ap, merged, scenes)
+

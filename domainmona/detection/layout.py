@@ -6,6 +6,7 @@ split: `images/` + `annfiles/` (or `trainval/`, `train/`, `val/` holding them), 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +48,13 @@ def find_test_scenes(data: Path) -> tuple[Path, Path | None]:
             labels = folder / 'labelTxt'
             return folder.resolve(), labels.resolve() if labels.is_dir() else None
     raise UserError(f"{data}: expected an images/ folder (optionally with labelTxt/), directly or under test/ or val/")
+
+
+def refuse_overlap(outputs: Iterable[Path], inputs: Iterable[Path]) -> None:
+    """No output may be, hold or lie inside an input of the same command."""
+    inputs = [(item, item.resolve()) for item in inputs]
+    for output in outputs:
+        target = output.resolve()
+        for item, source in inputs:
+            if target.is_relative_to(source) or source.is_relative_to(target):
+                raise UserError(f"output {output} overlaps {item}, an input of this command; choose another folder")

@@ -138,7 +138,8 @@ def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
 def generate_dota_scenes(out_dir: str | os.PathLike, n_images: int = 8, image_size: int | tuple[int, int] = 1024,
                          classes: Sequence[str] = SYNTHETIC_CLASSES, objects_per_image: int | tuple[int, int] = (10, 20),
                          seed: int = 0, prefix: str = "scene") -> list[Path]:
-    """Write `n_images` scenes to `out_dir` (replaced as a whole) and return the image paths.
+    """Write `n_images` scenes to `out_dir` (replaced as a whole, only if it holds nothing but earlier
+    generated scenes: `atomic_dir`) and return the image paths.
 
     Each image draws its object count from `objects_per_image` (an int or an inclusive range) and uses
     every class at least once when the count allows; about a fifth of the objects touch the image border.
@@ -148,8 +149,6 @@ def generate_dota_scenes(out_dir: str | os.PathLike, n_images: int = 8, image_si
     unknown = [cls for cls in classes if cls not in _LOOKS]
     if unknown or not classes:
         raise UserError(f"synthetic classes must come from {', '.join(SYNTHETIC_CLASSES)}, got {list(classes)}")
-    if out_dir.exists() and any(p.name not in ("images", "labelTxt") for p in out_dir.iterdir()):
-        raise UserError(f"{out_dir} holds more than generated scenes; choose an empty or new folder")
     width, height = _size(image_size)
     low, high = (objects_per_image, objects_per_image) if isinstance(objects_per_image, int) else objects_per_image
     paths = []

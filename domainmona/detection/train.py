@@ -1,14 +1,20 @@
-"""`domainmona train dota|star`: split if needed, train with mmengine's Runner, save the final checkpoint."""
+"""`domainmona train dota|star`: split if needed, train with mmengine's Runner, save the final checkpoint.
+
+Every input is checked before the work dir is touched: numbers, data layout, the `--pretrained` file and,
+with `--resume`, the checkpoint to continue from. Checkpoints that mmengine reads load without code
+execution (`install_safe_checkpoint_loader`).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import atomic_path, claim_dir
 from domainmona.launch import under_torchrun
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / 'assets'
@@ -38,6 +44,19 @@ class TrainOptions:
     adapter_cfg: dict = field(default_factory=dict)
     config_overrides: dict = field(default_factory=dict)  # mmengine dotted keys, applied last
 
+    def __post_init__(self) -> None:
+        """Refuse numbers that would silently train something else (`--max-iters 0` used to mean 12 epochs,
+        `--shots 0` the whole set)."""
+        for name, low in (('max_iters', 1), ('shots', 1), ('gpus', 1), ('patch_size', 1), ('patch_gap', 0),
+                          ('image_size', 1), ('batch_size', 1), ('num_workers', 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.patch_gap >= self.patch_size:
+            raise UserError(f"the patch gap ({self.patch_gap}) must be smaller than the patch size ({self.patch_size})")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"the learning rate must be a positive finite number, got {self.lr}")
+
     @property
     def class_names(self) -> tuple[str, ...]:
         from domainmona.detection.classes import DATASETS
@@ -57,6 +76,54 @@ class TrainOptions:
         return self.pretrained.resolve()
 
 
+def resume_checkpoint(work_dir: Path) -> Path | None:
+    """The local checkpoint `--resume` continues from: the one WORK_DIR/last_checkpoint names (mmengine
+    writes it after each checkpoint; looked up in the work dir when the work dir was moved), loaded once
+    here so that an unsafe or broken file is refused before anything is written. None: nothing to resume."""
+    from domainmona.detection.checkpoint import load_from_local_weights_only
+
+    pointer = work_dir / 'last_checkpoint'
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding='utf-8', errors='replace').strip()
+    if '://' in name:
+        raise UserError(f"{pointer} names {name}: --resume only continues from a local file")
+    path = Path(name) if Path(name).is_absolute() else work_dir / name
+    if not path.is_file():
+        path = work_dir / Path(name).name
+    if not name or not path.is_file():
+        raise UserError(f"{pointer} names {name or 'nothing'}, which is not a file; remove it to start over")
+    load_from_local_weights_only(path)
+    return path.resolve()
+
+
+def prepare(opts: TrainOptions) -> Path | None:
+    """Check every input, then claim the work dir; returns the checkpoint to resume from, if any."""
+    from domainmona.adapters.weights import read_state_dict
+    from domainmona.detection.dota.labels import read_dota_labels
+    from domainmona.detection.dota.split import read_split_inputs
+
+    # a bad label line (NaN coordinates, unknown class) or image is refused before anything is written
+    layout = find_layout(opts.data)
+    for folder in layout.dirs:
+        if layout.kind == 'raw':
+            read_split_inputs(folder, opts.class_names, split_folder(opts, folder))
+        else:  # mmrotate would read NaN coordinates as they are
+            for annfile in (folder / 'annfiles').glob('*.txt'):
+                read_dota_labels(annfile, opts.class_names)
+    if opts.weights is not None:
+        read_state_dict(opts.weights)  # an unsafe or unreadable file is refused before the work dir is written
+    resume_from = resume_checkpoint(opts.work_dir) if opts.resume else None
+    claim_dir(opts.work_dir, f'train {opts.dataset}')
+    if opts.resume and resume_from is None:
+        err_console.print(f"no checkpoint in {opts.work_dir} yet: training from the start")
+    return resume_from
+
+
+def split_folder(opts: TrainOptions, raw: Path) -> Path:
+    return opts.work_dir / 'split' / raw.name
+
+
 def training_subsets(opts: TrainOptions) -> list[tuple[Path, Path]]:
     """(images, annfiles) folders to train on, splitting raw scenes into `work_dir/split/` once."""
     from domainmona.detection.dota.split import split_dataset
@@ -66,13 +133,13 @@ def training_subsets(opts: TrainOptions) -> list[tuple[Path, Path]]:
         return [(d / 'images', d / 'annfiles') for d in layout.dirs]
     subsets = []
     for raw in layout.dirs:
-        dst = opts.work_dir / 'split' / raw.name  # split_dataset skips images an earlier run finished
+        dst = split_folder(opts, raw)  # split_dataset skips images an earlier run finished
         split_dataset(raw, dst, size=opts.patch_size, gap=opts.patch_gap, rates=(1.0,), classes=opts.class_names)
         subsets.append((dst / 'images', dst / 'annfiles'))
     return subsets
 
 
-def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]]):
+def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]], resume_from: Path | None = None):
     from domainmona.detection import config as C
 
     cfg = C.build_config(opts.dataset, opts.backbone, opts.adapter, opts.class_names, None,
@@ -84,12 +151,14 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]]):
         weights = random_backbone(cfg, opts.work_dir / 'random_backbone.safetensors', opts.seed)
     cfg.model.backbone.weights = str(weights) if weights else None
     C.set_train_data(cfg, subsets, opts.batch_size, opts.num_workers)
-    if opts.max_iters:
+    if opts.max_iters is not None:
         C.set_max_iters(cfg, opts.max_iters)
-    if opts.lr:
+    if opts.lr is not None:
         cfg.optim_wrapper.optimizer.lr = opts.lr
     cfg.work_dir = str(opts.work_dir)
-    cfg.resume = opts.resume
+    # an explicit local file: mmengine then never reads last_checkpoint (or a URL) itself
+    cfg.resume = resume_from is not None
+    cfg.load_from = str(resume_from) if resume_from is not None else None
     cfg.randomness = dict(seed=opts.seed, deterministic=False)
     if under_torchrun():
         cfg.launcher = 'pytorch'
@@ -127,13 +196,16 @@ def train_runner(opts: TrainOptions):
     """Split, subset, configure and train; returns mmengine's Runner after training."""
     from mmengine.runner import Runner
 
+    from domainmona.detection.checkpoint import install_safe_checkpoint_loader
     from domainmona.detection.fewshot import select_shots
 
+    resume_from = prepare(opts)
     subsets = training_subsets(opts)
-    if opts.shots:
+    if opts.shots is not None:
         subsets, counts = select_shots(subsets, opts.shots, opts.work_dir / f'shots{opts.shots}', opts.seed)
         err_console.print(f"{opts.shots}-shot subset: " + ', '.join(f'{c} {n}' for c, n in sorted(counts.items())))
-    runner = Runner.from_cfg(build_train_config(opts, subsets))
+    install_safe_checkpoint_loader()
+    runner = Runner.from_cfg(build_train_config(opts, subsets, resume_from))
     runner.train()
     return runner
 

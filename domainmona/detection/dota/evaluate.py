@@ -55,8 +55,11 @@ class EvalResult:
 
 
 def _parse_task1(path: Path) -> Task1Detections:
-    numbered = [(number, line.split()) for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-                if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read detections file {path}: {exc}") from None
+    numbered = [(number, line.split()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
     for number, tokens in numbered:
         if len(tokens) != 10:
             raise UserError(f"{path}:{number}: expected 'image score x1 y1 x2 y2 x3 y3 x4 y4', got {len(tokens)} fields")
@@ -82,6 +85,11 @@ def read_task1(dets_dir: str | os.PathLike) -> dict[str, Task1Detections]:
     if not files:
         raise UserError(f"no {TASK1_PREFIX}<class>.txt files in {dets_dir}")
     return {file.stem[len(TASK1_PREFIX):]: _parse_task1(file) for file in files}
+
+
+def task1_inputs(dets_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[Path]:
+    """Every file `evaluate_task1` reads, so that an output can be checked not to be one of them."""
+    return [*Path(dets_dir).glob(f"{TASK1_PREFIX}*.txt"), *Path(gt_dir).glob("*.txt")]
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, metric: str = "voc07") -> float:

@@ -10,8 +10,9 @@ tiled GeoTIFF cache, holding one 512-row strip at a time.
 
 from __future__ import annotations
 
+import struct
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
+from PIL import PngImagePlugin
 
 from domainmona.errors import UserError
 from domainmona.io import atomic_path
@@ -27,7 +29,6 @@ LARGE_IMAGE_BYTES = 256 * 2**20
 _TILE = 512
 # GDAL's block cache defaults to 5% of RAM per process; a band of patches of a 31k-px-wide image fits here.
 GDAL_CACHE_MB = 128
-
 
 
 def _open(path: Path, mode: str = "r", **profile) -> rasterio.DatasetReader:
@@ -40,10 +41,35 @@ def _open(path: Path, mode: str = "r", **profile) -> rasterio.DatasetReader:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
+@contextmanager
+def _reading(path: Path):
+    """A failed decode (a truncated JPEG, a broken TIFF block) as a one-line error naming the file."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        reason = str(exc.__cause__ or exc).splitlines()[0].split(" (this error can be")[0]  # GDAL's hint: not ours
+        raise UserError(f"cannot read image {path}: {reason}") from None
+
+
 def _bands(dataset: rasterio.DatasetReader, path: Path) -> list[int]:
     if dataset.dtypes[0] != "uint8":
         raise UserError(f"{path}: expected an 8-bit image, got {dataset.dtypes[0]}")
     return [1, 2, 3] if dataset.count >= 3 else [1]  # alpha dropped; grey becomes RGB on read
+
+
+def check_image(path: Path) -> None:
+    """Refuse, before any patch is written, an image that is empty, foreign, not 8-bit, or a PNG whose
+    chunks are cut short: GDAL decodes a truncated PNG without a word, as black pixels."""
+    with _open(path) as dataset:
+        _bands(dataset, path)
+        driver = dataset.driver
+    if driver == "PNG":
+        try:
+            with open(path, "rb") as file:
+                file.seek(8)  # the signature, which GDAL has checked
+                PngImagePlugin.PngStream(file).verify()  # every chunk's length and CRC, up to IEND; no decoding
+        except (OSError, SyntaxError, EOFError, struct.error) as exc:
+            raise UserError(f"cannot read image {path}: truncated or corrupt PNG ({exc})") from None
 
 
 def _stream_to_tiled_tiff(dataset: rasterio.DatasetReader, bands: list[int], target: Path) -> None:
@@ -53,7 +79,9 @@ def _stream_to_tiled_tiff(dataset: rasterio.DatasetReader, bands: list[int], tar
     with atomic_path(target) as tmp, _open(tmp, "w", **profile) as out:
         for row in range(0, dataset.height, _TILE):  # whole tile rows: each compressed block written once
             window = Window(0, row, dataset.width, min(_TILE, dataset.height - row))
-            out.write(dataset.read(bands, window=window), window=window)
+            with _reading(Path(dataset.name)):
+                pixels = dataset.read(bands, window=window)
+            out.write(pixels, window=window)
 
 
 class ImageSource:
@@ -63,7 +91,8 @@ class ImageSource:
         self.path = path
         self._cache: Path | None = None
         with ExitStack() as stack:  # on any error here, close what was opened and restore GDAL's settings
-            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            # a truncated JPEG is an error, not a warning over grey pixels, whatever the user's GDAL settings
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_ERROR_ON_LIBJPEG_WARNING=True))
             dataset = stack.enter_context(_open(path))
             bands = _bands(dataset, path)
             self.in_memory = dataset.width * dataset.height * len(bands) <= LARGE_IMAGE_BYTES
@@ -82,8 +111,10 @@ class ImageSource:
 
     def read(self, window: Window | None, out_width: int, out_height: int) -> np.ndarray:
         """(bands, out_height, out_width) pixels of a (fractional) window, bilinear when rescaled."""
-        return self._dataset.read(self._bands, window=window, out_shape=(len(self._bands), out_height, out_width),
-                                  resampling=Resampling.bilinear)
+        with _reading(self.path):
+            return self._dataset.read(self._bands, window=window,
+                                      out_shape=(len(self._bands), out_height, out_width),
+                                      resampling=Resampling.bilinear)
 
     def __enter__(self) -> "ImageSource":
         return self

@@ -17,6 +17,7 @@ from domainmona.errors import UserError
 from domainmona.io import atomic_dir, atomic_path
 
 TASK1_PREFIX = "Task1_"
+TASK1_WRITER = "task1"  # the command name in a submission folder's record (`domainmona.io.atomic_dir`)
 
 
 @dataclass
@@ -90,20 +91,10 @@ def merge_patch_detections(patch_dets: Mapping[str, "Detections | tuple"], iou_t
             for image, parts in per_image.items()}
 
 
-def _check_replaceable(out_dir: Path) -> None:
-    """write_task1 replaces `out_dir` as a whole: refuse to wipe anything but an earlier submission."""
-    if not out_dir.exists():
-        return
-    foreign = [p.name for p in out_dir.iterdir()
-               if not (p.is_file() and (p.name.startswith(TASK1_PREFIX) or p.suffix == ".zip"))]
-    if foreign:
-        raise UserError(f"{out_dir} holds files other than a Task1 submission ({foreign[0]}); choose another folder")
-
-
 def write_task1(out_dir: str | os.PathLike, merged: Mapping[str, Detections], classes: Sequence[str]) -> list[Path]:
-    """Write `Task1_<class>.txt` for every class (lines `image score x1 y1 ... x4 y4`), all at once."""
+    """Write `Task1_<class>.txt` for every class (lines `image score x1 y1 ... x4 y4`), all at once; an
+    existing `out_dir` is replaced only if it is an earlier submission holding nothing else (`atomic_dir`)."""
     out_dir = Path(out_dir)
-    _check_replaceable(out_dir)
     lines: dict[int, list[str]] = {index: [] for index in range(len(classes))}
     for image in sorted(merged):
         dets = _as_detections(merged[image])
@@ -112,7 +103,7 @@ def write_task1(out_dir: str | os.PathLike, merged: Mapping[str, Detections], cl
         polys = obb_to_poly(dets.boxes).reshape(-1, 8)
         for label, score, poly in zip(dets.labels, dets.scores, polys, strict=True):
             lines[int(label)].append(f"{image} {score:.6f} " + " ".join(f"{c:.2f}" for c in poly))
-    with atomic_dir(out_dir, "task1") as tmp:
+    with atomic_dir(out_dir, TASK1_WRITER) as tmp:
         for index, name in enumerate(classes):
             (tmp / f"{TASK1_PREFIX}{name}.txt").write_text("".join(f"{line}\n" for line in lines[index]),
                                                           encoding="utf-8")
@@ -120,7 +111,8 @@ def write_task1(out_dir: str | os.PathLike, merged: Mapping[str, Detections], cl
 
 
 def zip_task1(out_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
-    """Zip the Task1 files of `out_dir` flat, as the DOTA evaluation server expects."""
+    """Zip the Task1 files of `out_dir` flat, as the DOTA evaluation server expects (only those: not the
+    folder's `.domainmona.json` record)."""
     files = sorted(Path(out_dir).glob(f"{TASK1_PREFIX}*.txt"))
     if not files:
         raise UserError(f"no {TASK1_PREFIX}*.txt files in {out_dir}")
@@ -128,3 +120,13 @@ def zip_task1(out_dir: str | os.PathLike, zip_path: str | os.PathLike) -> Path:
         for file in files:
             archive.write(file, file.name)
     return Path(zip_path)
+
+
+def is_task1_zip(path: Path) -> bool:
+    """A zip of Task1 files only, as `zip_task1` writes: one a rerun may replace."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return bool(names) and all(name.startswith(TASK1_PREFIX) and "/" not in name for name in names)

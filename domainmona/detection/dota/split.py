@@ -10,8 +10,11 @@ Patch names and the grid are in `patch_names`, the label geometry in `patch_labe
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -23,8 +26,9 @@ from domainmona.console import progress
 from domainmona.detection.dota.labels import DotaLabels, format_dota_line, read_dota_labels
 from domainmona.detection.dota.patch_labels import PatchCounts, objects_in_window, scale_objects
 from domainmona.detection.dota.patch_names import patch_name, patch_starts
+from domainmona.detection.layout import refuse_overlap
 from domainmona.errors import UserError
-from domainmona.io import atomic_path
+from domainmona.io import atomic_path, claim_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -40,7 +44,7 @@ class SplitSettings:
     def validate(self) -> None:
         if self.size <= 0 or not 0 <= self.gap < self.size:
             raise UserError(f"need size > 0 and 0 <= gap < size, got size {self.size}, gap {self.gap}")
-        if not self.rates or any(rate <= 0 for rate in self.rates):
+        if not self.rates or any(not math.isfinite(rate) or rate <= 0 for rate in self.rates):
             raise UserError(f"rates must be positive, got {list(self.rates)}")
         if not 0 <= self.sliver_thr <= self.iof_thr <= 1:
             raise UserError(f"need 0 <= sliver_thr <= iof_thr <= 1, got {self.sliver_thr} and {self.iof_thr}")
@@ -97,6 +101,22 @@ def _pair_labels(src: Path, images: list[Path]) -> list[Path | None]:
     return [labels[image.stem] for image in images]
 
 
+def read_split_inputs(src: str | os.PathLike, classes: Sequence[str] | None = None, dst: str | os.PathLike | None = None
+                      ) -> list[tuple[Path, DotaLabels | None]]:
+    """The images of `src` with their parsed labels (None without labelTxt/), each image checked unless a
+    split into `dst` has already done it: a malformed label line or an unreadable image fails fast, before
+    anything is written."""
+    from domainmona.detection.dota.image_reader import check_image  # loads GDAL: only when splitting
+
+    src = Path(src)
+    images = _find_images(src)
+    labels = [read_dota_labels(path, classes) if path is not None else None for path in _pair_labels(src, images)]
+    for image in images:
+        if dst is None or not _marker_path(Path(dst), image.stem).exists():
+            check_image(image)
+    return list(zip(images, labels, strict=True))
+
+
 def _write_patch(job: _ImageJob, name: str, pixels, lines: list[str] | None) -> None:
     with atomic_path(job.dst / "images" / f"{name}.png") as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1)
@@ -137,15 +157,22 @@ def _marker_path(dst: Path, stem: str) -> Path:
     return dst / ".split" / "done" / f"{stem}.json"
 
 
-def _check_settings(dst: Path, settings: SplitSettings) -> None:
-    """A destination holds one split: resuming with other settings would mix patch sets."""
+def _check_settings(dst: Path, settings: SplitSettings, images: list[Path]) -> None:
+    """A destination holds one split of one set of images: resuming with other settings or other images
+    would mix patch sets (and `test` would predict scenes it was not given)."""
     path = dst / ".split" / "settings.json"
     wanted = asdict(settings)
     wanted["rates"] = list(settings.rates)
+    wanted["images"] = {image.name: image.stat().st_size for image in images}
     if path.exists():
-        found = json.loads(path.read_text(encoding="utf-8"))
-        if found != wanted:
-            raise UserError(f"{dst} holds a split made with other settings ({found}); use another --dst")
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            found = {}
+        differ = sorted(key for key in wanted if not isinstance(found, dict) or found.get(key) != wanted[key])
+        if differ:
+            raise UserError(f"{dst} holds a split made with other settings or images (differing: {', '.join(differ)}); "
+                            "use another folder")
         return
     if (dst / "images").is_dir() and any((dst / "images").iterdir()):
         raise UserError(f"{dst / 'images'} already holds files not written by this splitter; use another --dst")
@@ -156,6 +183,17 @@ def _check_settings(dst: Path, settings: SplitSettings) -> None:
 def _add(summary: SplitSummary, marker: dict) -> None:
     summary.patches += marker["patches"]
     summary.objects.add(PatchCounts(**marker["objects"]))
+
+
+def _end_with(parent: int) -> None:
+    """Pool initializer: on Linux a worker is killed with the split process (kill -9 included), so that it
+    does not go on writing patches beside the rerun."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 1024, gap: int = 200,
@@ -171,13 +209,15 @@ def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 10
     src, dst = Path(src), Path(dst)
     settings = SplitSettings(int(size), int(gap), tuple(float(r) for r in rates), float(iof_thr), float(sliver_thr))
     settings.validate()
-    images = _find_images(src)
-    # every label file is parsed before anything is written: a bad line fails fast and leaves no output
-    labels = [read_dota_labels(path, classes) if path is not None else None for path in _pair_labels(src, images)]
-    _check_settings(dst, settings)
-    summary = SplitSummary(dst=dst, labelled=labels[0] is not None, images=len(images))
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    inputs = read_split_inputs(src, classes, dst)
+    refuse_overlap([dst], [src / "images", src / "labelTxt"])
+    claim_dir(dst, "split")
+    _check_settings(dst, settings, [image for image, _ in inputs])
+    summary = SplitSummary(dst=dst, labelled=inputs[0][1] is not None, images=len(inputs))
     jobs = []
-    for image, label in zip(images, labels, strict=True):
+    for image, label in inputs:
         marker = _marker_path(dst, image.stem)
         if marker.exists():
             summary.resumed += 1
@@ -186,14 +226,15 @@ def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 10
             jobs.append(_ImageJob(image, label, dst, settings))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     with progress() as bar:
-        task = bar.add_task(f"split {src.name}", total=len(images), completed=summary.resumed)
+        task = bar.add_task(f"split {src.name}", total=len(inputs), completed=summary.resumed)
         if workers == 1:
             for job in jobs:
                 _add(summary, _split_image(job))
                 bar.advance(task)
             return summary
         # spawn: workers must not inherit the progress bar's thread and locks through fork
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_end_with, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_split_image, job) for job in jobs]
             try:
                 for future in as_completed(futures):
