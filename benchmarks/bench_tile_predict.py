@@ -66,7 +66,7 @@ def run_ours(raster: Path, model, cfg, work: Path) -> int:
 
     from domainmona.geo.models import detect_infer
 
-    infer = detect_infer(model, cfg.pretty_text, None)
+    infer = detect_infer(model, cfg, None)
     out = detect_scene(raster, work / "ours.gpkg", infer, list(CLASSES), StreamOptions(TILE, OVERLAP, BATCH),
                        SCORE_THR)
     return pyogrio.read_info(out)["features"]
@@ -83,7 +83,7 @@ def run_sahi(raster: Path, model, cfg, batch_size: int, standard_pred: bool) -> 
     from domainmona.detection.dota.geometry import obb_to_poly
     from domainmona.geo.models import detect_infer
 
-    infer = detect_infer(model, cfg.pretty_text, None)
+    infer = detect_infer(model, cfg, None)
 
     class MonaRotatedDetector(DetectionModel):
         def load_model(self):

@@ -32,21 +32,20 @@ def segment_infer(model, stats: list[dict]) -> SegmentInfer:
     return infer
 
 
-def detect_infer(model, config_text: str, stats: list[dict] | None) -> DetectInfer:
+def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
     """mmdet's test pipeline on in-memory tiles, batched through `model.test_step`.
 
     Tiles become the uint8 BGR images the detector was trained on (chips are RGB PNGs that mmcv reads as
-    BGR); uint16 scenes are stretched with the chips' statistics.
+    BGR); uint16 scenes are stretched with the chips' statistics. ``cfg`` is the detector's mmengine Config
+    (from a checkpoint: `DetectorInfo.config`, which reads it as data, never as code).
     """
     import torch
     from mmcv.transforms import Compose
-    from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
 
     from domainmona.detection.dota.merge import Detections
 
-    cfg = Config.fromstring(config_text, file_format=".py")
     init_default_scope("mmrotate")
     steps = [s for s in cfg.test_dataloader.dataset.pipeline if "LoadAnnotations" not in s["type"]]
     pipeline = Compose([dict(type="mmdet.LoadImageFromNDArray"), *steps[1:]])
@@ -127,7 +126,7 @@ def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, ov
     bands, stats = _detection_inputs(raster, geo, allow_no_crs)
     opts = StreamOptions(info.patch_size if size is None else size, info.patch_gap if overlap is None else overlap,
                          batch_size, bands, allow_no_crs)
-    infer = detect_infer(model, info.config_text, stats)
+    infer = detect_infer(model, info.config(checkpoint), stats)
     return detect_scene(raster, out, infer, list(info.classes), opts, score_thr, iou_thr)
 
 

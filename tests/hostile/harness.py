@@ -48,6 +48,30 @@ class Case:
         return [a.replace("{ws}", str(ws)) for a in self.argv]
 
 
+Setup = Callable[[Path], None]
+
+
+def write(relative: str, content: str | bytes) -> Setup:
+    """Setup: a file at WS/relative (folders made) with this text or these bytes."""
+
+    def setup(ws: Path) -> None:
+        path = ws / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def steps(*setups: Setup) -> Setup:
+    """Setup: several setups in order."""
+
+    def setup(ws: Path) -> None:
+        for step in setups:
+            step(ws)
+
+    return setup
+
+
 def ids(cases) -> list[str]:
     return [c.id for c in cases]
 

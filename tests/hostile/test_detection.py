@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from harness import (Case, assert_one_error_line, crafted_pickle, ids, killed_then_rerun, refused, run_cli,
-                     run_subprocess, temporaries)
+                     run_subprocess, temporaries, write)
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -58,15 +58,6 @@ def both(*setups):
     def setup(ws: Path) -> None:
         for step in setups:
             step(ws)
-
-    return setup
-
-
-def write(relative: str, content: str | bytes):
-    def setup(ws: Path) -> None:
-        path = ws / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode())
 
     return setup
 

@@ -19,8 +19,8 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from harness import (CASES_RUN, Case, crafted_pickle, ids, killed_then_rerun, refused, run_cli, run_subprocess,
-                     snapshot, temporaries)
+from harness import (CASES_RUN, Case, Setup, crafted_pickle, ids, killed_then_rerun, refused, run_cli,
+                     run_subprocess, snapshot, steps, temporaries, write)
 from rasterio.crs import CRS
 
 ASSETS: dict[str, Path] = {}  # name -> generated file or folder (see `assets`); cases copy them into `{ws}`
@@ -51,9 +51,6 @@ def assets(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ workspace setup
 
-Setup = Callable[[Path], None]
-
-
 def use(*names: str) -> Setup:
     """Copy the named assets into the workspace."""
 
@@ -61,22 +58,6 @@ def use(*names: str) -> Setup:
         for name in names:
             source = ASSETS[name]
             (shutil.copytree if source.is_dir() else shutil.copy)(source, ws / name)
-
-    return setup
-
-
-def write(name: str, content: bytes | str) -> Setup:
-    def setup(ws: Path) -> None:
-        (ws / name).parent.mkdir(parents=True, exist_ok=True)
-        getattr(ws / name, "write_bytes" if isinstance(content, bytes) else "write_text")(content)
-
-    return setup
-
-
-def steps(*setups: Setup) -> Setup:
-    def setup(ws: Path) -> None:
-        for step in setups:
-            step(ws)
 
     return setup
 

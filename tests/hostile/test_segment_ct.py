@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from harness import (CASES_RUN, Case, assert_one_error_line, crafted_pickle, ids, killed_then_rerun, refused,
-                     run_cli, run_subprocess, temporaries)
+                     run_cli, run_subprocess, steps, temporaries, write)
 
 from domainmona.io import claim_dir
 from domainmona.medical import synthetic, transforms
@@ -77,20 +77,6 @@ def _evil(relative: str):
     def setup(ws: Path) -> None:
         (ws / relative).parent.mkdir(parents=True, exist_ok=True)
         crafted_pickle(ws / relative, ws / MARKER)
-    return setup
-
-
-def _steps(*setups):
-    def setup(ws: Path) -> None:
-        for step in setups:
-            step(ws)
-    return setup
-
-
-def _write(relative: str, text: str):
-    def setup(ws: Path) -> None:
-        (ws / relative).parent.mkdir(parents=True, exist_ok=True)
-        (ws / relative).write_text(text)
     return setup
 
 
@@ -244,21 +230,21 @@ TRAIN_CASES = [
     _train("config-adapter-option-unknown", [], "no option 'depth'", _config(model={"adapter_cfg": {"depth": 2}})),
     _train("config-unknown-key", [], "unknown key(s) epochs", _config(train={"epochs": 3})),
     _train("config-unknown-section", [], "unknown section 'optim'", _config(optim={"lr": 1.0})),
-    _train("config-not-a-mapping", [], "must be a YAML mapping", _steps(_data, _write("tiny.yaml", "- 1\n- 2\n"))),
-    _train("config-invalid-yaml", [], "not a readable YAML", _steps(_data, _write("tiny.yaml", "train: [\n"))),
+    _train("config-not-a-mapping", [], "must be a YAML mapping", steps(_data, write("tiny.yaml", "- 1\n- 2\n"))),
+    _train("config-invalid-yaml", [], "not a readable YAML", steps(_data, write("tiny.yaml", "train: [\n"))),
     _train("config-missing", ["--config", "{ws}/nope.yaml"], "not a readable YAML"),
     _train("config-is-a-folder", ["--config", "{ws}/task"], "not a readable YAML"),
     # missing, empty, broken and mislabelled data
     _train("data-missing", ["--data", "{ws}/nowhere"], "no such dataset folder"),
-    _train("data-empty-folder", ["--data", "{ws}/empty"], "expected dataset.json", _steps(_data, _mkdir("empty"))),
+    _train("data-empty-folder", ["--data", "{ws}/empty"], "expected dataset.json", steps(_data, _mkdir("empty"))),
     _train("data-no-images", ["--data", "{ws}/pairs"], "no NIfTI images",
-           _steps(_data, _mkdir("pairs/images"), _mkdir("pairs/labels"))),
+           steps(_data, _mkdir("pairs/images"), _mkdir("pairs/labels"))),
     _train("data-missing-label", ["--data", "{ws}/pairs"], "missing label",
-           _steps(_data, _mkdir("pairs/labels"), lambda ws: _scan(ws / "pairs" / "images" / "a.nii.gz"))),
+           steps(_data, _mkdir("pairs/labels"), lambda ws: _scan(ws / "pairs" / "images" / "a.nii.gz"))),
     _train("image-truncated", [], "truncated", _edit_case(truncate="imagesTr")),
     _train("label-truncated", [], "truncated", _edit_case(truncate="labelsTr")),
     _train("image-not-nifti-content", [], "cannot be read as NIfTI",
-           _steps(_data, _write("task/imagesTr/case_000.nii.gz", "not an image"))),
+           steps(_data, write("task/imagesTr/case_000.nii.gz", "not an image"))),
     _train("image-2d", [], "expected a 3-D volume", _edit_case(image=np.zeros(SHAPE[:2], np.int16))),
     _train("image-4d", [], "expected a 3-D volume", _edit_case(image=np.zeros((*SHAPE, 2), np.int16))),
     _train("label-shape-mismatch", [], "differs from image shape",
@@ -277,20 +263,20 @@ TRAIN_CASES = [
     _train("datalist-bad-class-keys", [], "'labels' must map class indices",
            _datalist(lambda c: c.update(labels={"liver": 1}))),
     _train("datalist-not-json", [], "not a readable JSON datalist",
-           _steps(_data, _write("task/dataset.json", "{training"))),
+           steps(_data, write("task/dataset.json", "{training"))),
     _train("datalist-is-a-volume", ["--data", "{ws}/task/imagesTr/case_000.nii.gz"], "not a readable JSON"),
     # the work dir
-    _train("work-dir-is-a-file", [], "is a file, not a folder", _steps(_data, _write("run", "notes"))),
-    _train("work-dir-holds-user-files", [], "did not write", _steps(_data, _write("run/thesis.tex", "x"))),
+    _train("work-dir-is-a-file", [], "is a file, not a folder", steps(_data, write("run", "notes"))),
+    _train("work-dir-holds-user-files", [], "did not write", steps(_data, write("run/thesis.tex", "x"))),
     _train("work-dir-is-the-data", ["--work-dir", "{ws}/task"], "did not write"),
     _train("existing-run-without-resume", [], "already holds a run", _run_with_last()),
     # torch files: resume and pretrained weights
     _train("resume-crafted-pickle", ["--resume"], "refused to load",
            _run_with_last(_evil("run/checkpoints/last.pt"))),
-    _train("resume-not-torch", ["--resume"], "last.pt: refused to load",
-           _run_with_last(_write("run/checkpoints/last.pt", "garbage"))),
+    _train("resume-not-torch", ["--resume"], "last.pt: not a readable PyTorch file",
+           _run_with_last(write("run/checkpoints/last.pt", "garbage"))),
     _train("resume-other-format", ["--resume"], "not a segment-ct checkpoint",
-           _run_with_last(_steps(_mkdir("run/checkpoints"),
+           _run_with_last(steps(_mkdir("run/checkpoints"),
                                  lambda ws: torch.save({"state_dict": {}}, ws / "run" / "checkpoints" / "last.pt")))),
     _train("resume-other-settings", ["--resume", "--feature-size", "24"], "'model' settings differ",
            _run_with_last()),
@@ -299,12 +285,12 @@ TRAIN_CASES = [
            _run_with_last(lambda ws: _checkpoint(ws / "run" / "checkpoints" / "last.pt",
                                                  settings={**_tiny_model()[0], "train": {"roi": 0}}))),
     _train("pretrained-crafted-pickle", ["--pretrained", "{ws}/evil.pt"], "refused to load",
-           _steps(_data, _evil("evil.pt"))),
+           steps(_data, _evil("evil.pt"))),
     _train("pretrained-missing", ["--pretrained", "{ws}/nope.pt"], "no such file"),
     _train("pretrained-not-torch", ["--pretrained", "{ws}/w.pt"], "weights file",
-           _steps(_data, _write("w.pt", "garbage"))),
+           steps(_data, write("w.pt", "garbage"))),
     _train("pretrained-fits-nothing", ["--pretrained", "{ws}/w.pt"], "no tensor fits",
-           _steps(_data, lambda ws: torch.save({"state_dict": {"head.fc.weight": torch.zeros(2, 2)}}, ws / "w.pt"))),
+           steps(_data, lambda ws: torch.save({"state_dict": {"head.fc.weight": torch.zeros(2, 2)}}, ws / "w.pt"))),
 ]
 
 
@@ -337,42 +323,42 @@ PREDICT_CASES = [
     _predict("overlap-nan", ["--overlap", "nan"], "not a finite number"),
     _predict("overlap-inf", ["--overlap", "inf"], "not a finite number"),
     _predict("checkpoint-crafted-pickle", ["--checkpoint", "{ws}/evil.pt"], "refused to load",
-             _steps(_scan_and_model, _evil("evil.pt"))),
+             steps(_scan_and_model, _evil("evil.pt"))),
     _predict("checkpoint-missing", ["--checkpoint", "{ws}/nope.pt"], "no such file"),
-    _predict("checkpoint-not-torch", ["--checkpoint", "{ws}/scan.nii.gz"], "scan.nii.gz: refused to load"),
+    _predict("checkpoint-not-torch", ["--checkpoint", "{ws}/scan.nii.gz"], "scan.nii.gz: not a readable PyTorch file"),
     _predict("checkpoint-other-format", ["--checkpoint", "{ws}/other.pt"], "not a segment-ct checkpoint",
-             _steps(_scan_and_model, lambda ws: torch.save({"state_dict": {"w": torch.zeros(1)}}, ws / "other.pt"))),
+             steps(_scan_and_model, lambda ws: torch.save({"state_dict": {"w": torch.zeros(1)}}, ws / "other.pt"))),
     _predict("checkpoint-adapter-file", ["--checkpoint", "{ws}/a.safetensors"], "adapter-only file",
-             _steps(_scan_and_model, _write("a.safetensors", "{}"))),
+             steps(_scan_and_model, write("a.safetensors", "{}"))),
     _predict("checkpoint-nan-settings", [], "settings are invalid", _nan_settings_checkpoint),
     _predict("checkpoint-without-weights", [], "without model",
              lambda ws: (_scan(ws / "scan.nii.gz"), save_checkpoint(ws / "model.pt", settings={}))),
     _predict("checkpoint-weights-misfit", [], "does not fit", _with_checkpoint(num_classes=5)),
     _predict("input-missing", [], "no such file", argv=PREDICT[:2] + ("{ws}/gone.nii.gz",) + PREDICT[3:]),
     _predict("input-truncated", [], "truncated",
-             _steps(_scan_and_model, lambda ws: _truncate(ws / "scan.nii.gz"))),
+             steps(_scan_and_model, lambda ws: _truncate(ws / "scan.nii.gz"))),
     _predict("input-2d", [], "expected a 3-D volume",
-             _steps(_scan_and_model, lambda ws: _nifti(ws / "scan.nii.gz", np.zeros((40, 40), np.float32)))),
+             steps(_scan_and_model, lambda ws: _nifti(ws / "scan.nii.gz", np.zeros((40, 40), np.float32)))),
     _predict("input-4d", [], "expected a 3-D volume",
-             _steps(_scan_and_model, lambda ws: _nifti(ws / "scan.nii.gz", np.zeros((8, 8, 8, 3), np.float32)))),
-    _predict("input-not-nifti", ["{ws}/notes.txt"], "not a NIfTI file", _steps(_scan_and_model,
-                                                                               _write("notes.txt", "x"))),
+             steps(_scan_and_model, lambda ws: _nifti(ws / "scan.nii.gz", np.zeros((8, 8, 8, 3), np.float32)))),
+    _predict("input-not-nifti", ["{ws}/notes.txt"], "not a NIfTI file", steps(_scan_and_model,
+                                                                               write("notes.txt", "x"))),
     _predict("inputs-share-a-name", ["{ws}/b/scan.nii.gz"], "share a file name",
-             _steps(_scan_and_model, lambda ws: _scan(ws / "b" / "scan.nii.gz", seed=1))),
-    _predict("out-is-a-file", [], "is a file", _steps(_scan_and_model, _write("pred", "x"))),
-    _predict("out-holds-user-files", [], "did not write", _steps(_scan_and_model, _write("pred/notes.txt", "x"))),
+             steps(_scan_and_model, lambda ws: _scan(ws / "b" / "scan.nii.gz", seed=1))),
+    _predict("out-is-a-file", [], "is a file", steps(_scan_and_model, write("pred", "x"))),
+    _predict("out-holds-user-files", [], "did not write", steps(_scan_and_model, write("pred/notes.txt", "x"))),
     _predict("out-is-the-input-folder", ["--out", "{ws}"], "one of this command's inputs"),
     _predict("out-holds-the-input", ["{ws}/pred/scan.nii.gz"], "one of this command's inputs",
-             _steps(_scan_and_model, _claimed("pred", "segment-ct predict"),
+             steps(_scan_and_model, _claimed("pred", "segment-ct predict"),
                     lambda ws: _scan(ws / "pred" / "scan.nii.gz")), argv=PREDICT[:2] + PREDICT[3:]),
     _predict("out-label-map-is-a-folder", [], "is a folder",
-             _steps(_scan_and_model, _claimed("pred", "segment-ct predict"), _mkdir("pred/scan.nii.gz"))),
+             steps(_scan_and_model, _claimed("pred", "segment-ct predict"), _mkdir("pred/scan.nii.gz"))),
     _predict("out-user-png-same-name", [], "not written by domainmona",
-             _steps(_scan_and_model, _claimed("pred", "segment-ct predict"), _write("pred/scan.png", "x"))),
+             steps(_scan_and_model, _claimed("pred", "segment-ct predict"), write("pred/scan.png", "x"))),
     _predict("out-user-labels-json", [], "not written by domainmona",
-             _steps(_scan_and_model, _claimed("pred", "segment-ct predict"), _write("pred/labels.json", "{}"))),
+             steps(_scan_and_model, _claimed("pred", "segment-ct predict"), write("pred/labels.json", "{}"))),
     _predict("out-is-a-data-folder", ["--out", "{ws}/task"], "did not write",
-             _steps(_scan_and_model, lambda ws: synthetic.write_dataset(ws / "task", cases=1, shape=SHAPE))),
+             steps(_scan_and_model, lambda ws: synthetic.write_dataset(ws / "task", cases=1, shape=SHAPE))),
     _predict("no-inputs", [], "missing argument", argv=PREDICT[:2] + PREDICT[3:]),
 ]
 
@@ -408,8 +394,8 @@ EVALUATE_CASES = [
     _evaluate("pred-is-a-file", ["--pred", "{ws}/pred/a.nii.gz"], "no such folder"),
     _evaluate("pred-is-gt", ["--pred", "{ws}/gt"], "same folder"),
     _evaluate("no-matching-names", [], "no NIfTI prediction has a same-named ground truth",
-              _steps(_labels(), lambda ws: (ws / "gt" / "a.nii.gz").rename(ws / "gt" / "b.nii.gz"))),
-    _evaluate("empty-folders", [], "no NIfTI prediction", _steps(_mkdir("pred"), _mkdir("gt"))),
+              steps(_labels(), lambda ws: (ws / "gt" / "a.nii.gz").rename(ws / "gt" / "b.nii.gz"))),
+    _evaluate("empty-folders", [], "no NIfTI prediction", steps(_mkdir("pred"), _mkdir("gt"))),
     _evaluate("shape-mismatch", [], "shape/affine differ", _labels(pred=np.zeros((12, 12, 10), np.uint8))),
     _evaluate("pred-is-a-ct-image", [], "non-integer values", _labels(pred=CT_HU)),
     _evaluate("gt-is-a-ct-image", [], "non-integer values", _labels(gt=CT_HU)),
@@ -417,19 +403,19 @@ EVALUATE_CASES = [
     _evaluate("pred-values-too-many", [], "values 0..1000", _labels(pred=_cube(1000, np.int16))),
     _evaluate("pred-nan", [], "NaN/inf", _labels(pred=np.where(_cube() > 0, np.nan, 0).astype(np.float32))),
     _evaluate("pred-complex", [], "not class indices", _labels(pred=_cube().astype(np.complex64))),
-    _evaluate("pred-truncated", [], "truncated", _steps(_labels(pred=NOISY_LABELS, gt=NOISY_LABELS),
+    _evaluate("pred-truncated", [], "truncated", steps(_labels(pred=NOISY_LABELS, gt=NOISY_LABELS),
                                                         lambda ws: _truncate(ws / "pred" / "a.nii.gz"))),
     _evaluate("pred-2d", [], "expected a 3-D volume", _labels(pred=np.zeros((12, 12), np.uint8))),
     _evaluate("no-foreground", [], "neither ground truth nor predictions",
               _labels(pred=np.zeros((12, 12, 12), np.uint8), gt=np.zeros((12, 12, 12), np.uint8))),
-    _evaluate("labels-json-broken", [], "not a readable labels file", _steps(_labels(), _write("pred/labels.json",
+    _evaluate("labels-json-broken", [], "not a readable labels file", steps(_labels(), write("pred/labels.json",
                                                                                               "{"))),
     _evaluate("json-is-a-folder", ["--json", "{ws}/gt"], "is a folder"),
     _evaluate("json-is-a-user-file", ["--json", "{ws}/scores.json"], "not written by domainmona",
-              _steps(_labels(), _write("scores.json", '{"mine": 1}'))),
+              steps(_labels(), write("scores.json", '{"mine": 1}'))),
     _evaluate("json-is-an-input", ["--json", "{ws}/pred/a.nii.gz"], "one of this command's inputs"),
     _evaluate("json-under-a-file", ["--json", "{ws}/notes.txt/scores.json"], "is a file, not a folder",
-              _steps(_labels(), _write("notes.txt", "x"))),
+              steps(_labels(), write("notes.txt", "x"))),
 ]
 
 
@@ -440,8 +426,8 @@ DEMO_CASES = [
     Case("demo-max-epochs-0", DEMO + ("--max-epochs", "0"), "--max-epochs: 0 must be >= 1"),
     Case("demo-max-epochs-negative", DEMO + ("--max-epochs", "-3"), "--max-epochs"),
     Case("demo-max-epochs-nan", DEMO + ("--max-epochs", "nan"), "valid integer"),
-    Case("demo-out-is-a-file", DEMO, "is a file", _write("demo", "x")),
-    Case("demo-out-holds-user-files", DEMO, "did not write", _write("demo/holiday.jpg", "x")),
+    Case("demo-out-is-a-file", DEMO, "is a file", write("demo", "x")),
+    Case("demo-out-holds-user-files", DEMO, "did not write", write("demo/holiday.jpg", "x")),
     Case("demo-out-is-a-data-folder", DEMO, "did not write",
          lambda ws: synthetic.write_dataset(ws / "demo", cases=1, shape=SHAPE)),
 ]
