@@ -12,8 +12,8 @@ import typer.main
 from harness import Case, ids, refused, run_cli
 
 CASES = [
-    Case("unknown-command", ("frobnicate",), "no such command"),
-    Case("unknown-subcommand", ("train", "imagenet"), "no such command"),
+    Case("unknown-command", ("frobnicate",), "no such command", counted_as="command line as a whole"),
+    Case("unknown-subcommand", ("train", "imagenet"), "no such command", counted_as="command line as a whole"),
     Case("unknown-option", ("adapters", "report", "--colour", "red"), "no such option"),
     Case("missing-required-option", ("eval", "dota", "--dets", "{ws}"), "missing option '--gt'"),
     Case("bad-choice", ("train", "dota", "--data", "{ws}", "--work-dir", "{ws}/w", "--backbone", "resnet"),
