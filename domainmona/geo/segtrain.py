@@ -98,8 +98,6 @@ def _check_work_dir(work_dir: Path, resume: bool) -> None:
     if not resume and ((work_dir / STATE).exists() or (work_dir / CHECKPOINT).exists()):
         raise UserError(f"{work_dir} already holds a geo-seg run; pass --resume to continue it or choose another "
                         "--work-dir")
-    if resume and not (work_dir / STATE).is_file():
-        raise UserError(f"--resume: no {work_dir / STATE} to resume from")
 
 
 def _read_state(path: Path, identity: dict[str, Any], max_iters: int) -> dict[str, Any]:
@@ -179,7 +177,9 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     spec = model_spec(settings, manifest)
     identity = _run_identity(settings, spec, opts.pretrained)
     state_path = work_dir / STATE
-    state = _read_state(state_path, identity, settings["max_iters"]) if opts.resume else None
+    state = _read_state(state_path, identity, settings["max_iters"]) if opts.resume and state_path.is_file() else None
+    if opts.resume and state is None:  # killed before its first save: rerunning with --resume just starts
+        console.print(f"no {state_path} yet: training from the start")
     torch.manual_seed(settings["seed"])
     model = build_model(spec)
     if state is None:

@@ -431,7 +431,6 @@ GEO_SEG_CASES = [
     Case("geo-seg-work-dir-holds-user-files", GEO_SEG, "did not write",
          steps(CHIPS, write("work/thesis.tex", "..."))),
     Case("geo-seg-work-dir-holds-a-run", GEO_SEG, "pass --resume", steps(CHIPS, copy_run)),
-    Case("geo-seg-resume-nothing", (*GEO_SEG, "--resume"), "to resume from", CHIPS),
     Case("geo-seg-resume-other-lr", (*RESUME, "--max-iters", "2", "--lr", "0.5"), "other settings (lr)",
          steps(CHIPS, copy_run)),
     Case("geo-seg-resume-other-chips", (*RESUME, "--max-iters", "2"), "the chips or model",
@@ -679,3 +678,13 @@ def test_train_geo_seg_resume_extends_a_finished_run(tmp_path):
     import torch
 
     assert torch.load(tmp_path / "work" / "state.pt", weights_only=True)["step"] == 3
+
+
+def test_train_geo_seg_resume_with_nothing_saved_starts_from_the_beginning(tmp_path):
+    """After a kill before the first save, rerunning the same command with `--resume` just trains."""
+    use("chips")(tmp_path)
+    code, stdout, stderr = run_cli(_argv((*RESUME, "--max-iters", "1"), tmp_path), tmp_path)
+    assert code == 0, stderr
+    assert "training from the start" in stdout
+    assert stdout.strip().splitlines()[-1] == str(tmp_path / "work" / "geo-seg.safetensors")
+    assert (tmp_path / "work" / "geo-seg.safetensors").is_file()
