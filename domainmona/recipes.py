@@ -1,12 +1,16 @@
 """Where the framework configs and the pipeline recipes live, and how a recipe is read.
 
 `configs/` (mmengine/MONAI settings) and `pipelines/` (job recipes: data + config + stages, as YAML data)
-sit at the repository root next to the package; domainmona is installed in editable mode by
-scripts/install.sh, so they are found relative to the package.
+sit at the repository root. The package reaches both as its data folder `domainmona/_data/`: in a source
+checkout (editable install) `_data/configs` and `_data/pipelines` are symlinks to the root folders, and a
+wheel holds real copies of them (package data, see pyproject.toml). So one lookup through
+importlib.resources serves both, from any working directory; mmengine's relative `_base_` paths resolve
+inside that folder either way.
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,10 @@ import yaml
 
 from domainmona.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS_DIR = REPO_ROOT / "configs"
-PIPELINES_DIR = REPO_ROOT / "pipelines"
+# A real directory: pip installs wheels unpacked, and mmengine reads configs (and their `_base_`) from disk.
+DATA_DIR = Path(files(__package__) / "_data")
+CONFIGS_DIR = DATA_DIR / "configs"
+PIPELINES_DIR = DATA_DIR / "pipelines"
 
 
 def load_recipe(name: str) -> dict[str, Any]:
