@@ -1,58 +1,25 @@
 """The `domainmona` command line. Thin: each domain registers its commands; errors become one line.
 
-Domain command modules (`domainmona/<domain>/cli.py`) expose `register(groups)` and import their heavy
-dependencies (torch, mmrotate, MONAI, GDAL) inside the command functions, so `--help` stays instant.
+The command tree lives in `domainmona.commands`. Domain command modules (`domainmona/<domain>/cli.py`) expose
+`register(groups)` and import their heavy dependencies (torch, mmrotate, MONAI, GDAL) inside the command
+functions, so `--help` and `--version` load none of them (tests/test_cli.py checks).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from domainmona.adapters import cli as adapters_cli
+from domainmona.commands import app, groups
 from domainmona.console import console, err_console
+from domainmona.detection import cli as detection_cli
 from domainmona.errors import UserError
-
-
-@dataclass
-class CommandGroups:
-    """The root app and its sub-command groups, handed to each domain's `register`."""
-
-    root: typer.Typer
-    train: typer.Typer
-    test: typer.Typer
-    eval: typer.Typer
-    split: typer.Typer
-    segment_ct: typer.Typer
-    adapters: typer.Typer
-
-
-def _group(help_text: str) -> typer.Typer:
-    return typer.Typer(help=help_text, no_args_is_help=True)
-
-
-app = typer.Typer(
-    name="domainmona",
-    help="Mona adapters for remote sensing and medical imaging: fine-tune ~5% of a Swin, keep a few-MB adapter.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-groups = CommandGroups(
-    root=app,
-    train=_group("Fine-tune a backbone with an adapter method: dota, star, geo-det, geo-seg."),
-    test=_group("Predict on a dataset, merge patches to full images, write a DOTA Task1 submission."),
-    eval=_group("Evaluate full-image detections against ground truth."),
-    split=_group("Split raw DOTA/STAR images into overlapping patches."),
-    segment_ct=_group("CT segmentation with Mona-3D in MONAI's SwinUNETR: train, predict, evaluate, demo."),
-    adapters=_group("Adapter methods: trainable-parameter reports, adapter checkpoints."),
-)
-for name in ("train", "test", "eval", "split", "adapters"):
-    app.add_typer(getattr(groups, name), name=name)
-app.add_typer(groups.segment_ct, name="segment-ct")
+from domainmona.geo import cli as geo_cli
+from domainmona.medical import cli as medical_cli
 
 
 @app.command()
@@ -74,17 +41,8 @@ def doctor() -> None:
     console.print("[green]all checks passed[/]")
 
 
-def _register_domains() -> None:
-    from domainmona.adapters import cli as adapters_cli
-    from domainmona.detection import cli as detection_cli
-    from domainmona.geo import cli as geo_cli
-    from domainmona.medical import cli as medical_cli
-
-    for module in (adapters_cli, detection_cli, medical_cli, geo_cli):
-        module.register(groups)
-
-
-_register_domains()
+for _domain in (adapters_cli, detection_cli, medical_cli, geo_cli):
+    _domain.register(groups)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -1,14 +1,47 @@
-"""Domain-free adapter core: Mona and peer PEFT methods, injection, fusion, adapter checkpoints."""
+"""Domain-free adapter core: Mona and peer PEFT methods, injection, fusion, adapter checkpoints.
 
-from domainmona.adapters.checkpoint import load_adapter, save_adapter
-from domainmona.adapters.fuse import fuse
-from domainmona.adapters.inject import adapted_backbones, apply_freeze, inject
-from domainmona.adapters.methods import METHODS
-from domainmona.adapters.modules.mona import Mona, Mona3d
-from domainmona.adapters.official import load_official_mona
-from domainmona.adapters.pretrained import load_pretrained
-from domainmona.adapters.report import TrainableReport, trainable_report
-from domainmona.adapters.weights import LoadReport
+The names below load on first use, not when the package is imported: the command line imports
+`domainmona.adapters.cli` (and with it this package) for every `--help`, which must not load torch.
+"""
 
-__all__ = ["METHODS", "LoadReport", "Mona", "Mona3d", "TrainableReport", "adapted_backbones", "apply_freeze", "fuse",
-           "inject", "load_adapter", "load_official_mona", "load_pretrained", "save_adapter", "trainable_report"]
+import importlib
+import sys
+from types import ModuleType
+
+# The adapter methods' registry names (`METHODS`' keys, in its order), for command-line choices without torch;
+# tests/test_cli.py checks that they match.
+METHOD_NAMES = ("full", "fixed", "bitfit", "normtuning", "partial-1", "adapter", "lora", "adaptformer", "lorand",
+                "mona")
+
+# exported name -> the submodule that defines it
+_EXPORTS = {
+    "load_adapter": "checkpoint", "save_adapter": "checkpoint", "fuse": "fuse", "adapted_backbones": "inject",
+    "apply_freeze": "inject", "inject": "inject", "METHODS": "methods", "Mona": "modules.mona",
+    "Mona3d": "modules.mona", "load_official_mona": "official", "load_pretrained": "pretrained",
+    "TrainableReport": "report", "trainable_report": "report", "LoadReport": "weights",
+}
+
+__all__ = sorted([*_EXPORTS, "METHOD_NAMES"])
+
+
+class _Package(ModuleType):
+    """This package's module type: exports resolve on first access (PEP 562 alone cannot keep the functions
+    `fuse` and `inject` winning over their same-named submodules, which the import system binds here)."""
+
+    def __getattr__(self, name: str):
+        if name not in _EXPORTS:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        self.__dict__[name] = value  # later lookups skip this method
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, ModuleType):
+            return  # the import system binding submodule `fuse` or `inject`: the export of that name wins
+        super().__setattr__(name, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_EXPORTS})
+
+
+sys.modules[__name__].__class__ = _Package

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
 
-if TYPE_CHECKING:
-    from domainmona.cli import CommandGroups
+from domainmona.commands import CommandGroups
 
 
 def _parse_options(options: list[str]) -> dict[str, str]:
@@ -22,7 +19,7 @@ def _parse_options(options: list[str]) -> dict[str, str]:
     return parsed
 
 
-def register(groups: "CommandGroups") -> None:
+def register(groups: CommandGroups) -> None:
     @groups.adapters.command("report")
     def report(
         backbone: str = typer.Option("swin-t", "--backbone", "-b",

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
+from domainmona.adapters import METHOD_NAMES
+from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
 from domainmona.options import probability
 
-if TYPE_CHECKING:
-    from domainmona.cli import CommandGroups
-
 Backbone = Enum('Backbone', {b: b for b in ('swin-t', 'swin-b', 'micro')}, type=str)
-Method = Enum('Method', {m: m for m in ('mona', 'full', 'fixed', 'bitfit', 'normtuning', 'partial-1', 'adapter',
-                                         'lora', 'adaptformer', 'lorand')}, type=str)
+Method = Enum('Method', {m: m for m in METHOD_NAMES}, type=str)
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 
@@ -55,7 +53,7 @@ def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float)
     console.print(str(result.zip_path), highlight=False, soft_wrap=True)
 
 
-def register(groups: "CommandGroups") -> None:
+def register(groups: CommandGroups) -> None:
     dataset_cli.register(groups)
 
     @groups.root.command("demo")

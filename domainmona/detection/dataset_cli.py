@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from domainmona.commands import CommandGroups
 from domainmona.options import positive
-
-if TYPE_CHECKING:
-    from domainmona.cli import CommandGroups
 
 # `split dota` accepts every DOTA version's classes (v2.0 is a superset of v1.0 and v1.5).
 _SPLIT_CLASSES = {"dota": "dota2.0", "star": "star"}
@@ -39,7 +37,7 @@ def _positive_rates(rates: Optional[list[float]]) -> Optional[list[float]]:
     return rates
 
 
-def _register_split(groups: "CommandGroups", dataset: str) -> None:
+def _register_split(groups: CommandGroups, dataset: str) -> None:
     @groups.split.command(dataset, help=f"Split raw {dataset.upper()} images (SRC/images, SRC/labelTxt) into "
                                         "overlapping patches for mmrotate (DST/images, DST/annfiles).")
     def split(
@@ -70,7 +68,7 @@ def _print_table(result) -> None:
     console.print(table)
 
 
-def register(groups: "CommandGroups") -> None:
+def register(groups: CommandGroups) -> None:
     for dataset in ("dota", "star"):
         _register_split(groups, dataset)
 

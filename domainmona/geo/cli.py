@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
+from domainmona.commands import CommandGroups
 from domainmona.console import console
 from domainmona.options import positive, probability
-
-if TYPE_CHECKING:
-    from domainmona.cli import CommandGroups
-
 
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
 
@@ -29,7 +26,7 @@ class DetBackbone(str, Enum):
     micro = "micro"
 
 
-def register(groups: "CommandGroups") -> None:
+def register(groups: CommandGroups) -> None:
     @groups.root.command("tile")
     def tile(rasters: list[Path] = typer.Argument(..., help="GeoTIFF scene(s)."),
              labels: Path = typer.Option(..., "--labels", help="Polygons (GeoPackage, GeoJSON, ...), any CRS."),

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import typer
 
+from domainmona.commands import CommandGroups
 from domainmona.options import fraction
 
-if TYPE_CHECKING:
-    from domainmona.cli import CommandGroups
 
-
-def register(groups: "CommandGroups") -> None:
+def register(groups: CommandGroups) -> None:
     app = groups.segment_ct
 
     @app.command("train")

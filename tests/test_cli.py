@@ -1,0 +1,75 @@
+"""The command line's shape: no import cycle, `--help` of every command without the heavy stacks, `--version`."""
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+
+import domainmona
+from domainmona.cli import run
+
+HEAVY = ("torch", "torchvision", "mmcv", "mmengine", "mmdet", "mmrotate", "monai", "rasterio", "pyogrio", "shapely",
+         "timm", "segmentation_models_pytorch", "nibabel", "numpy", "scipy", "matplotlib")
+
+# In a fresh interpreter: import the domain command modules alone, then the CLI, build the click tree and ask
+# every command for its help; report what got imported on the way.
+_PROBE = """
+import contextlib, io, json, sys
+import domainmona.adapters.cli, domainmona.detection.cli, domainmona.detection.dataset_cli
+import domainmona.geo.cli, domainmona.medical.cli
+cycle = "domainmona.cli" in sys.modules
+import typer.main
+from domainmona.cli import app, run
+helps = {}
+def walk(command, path):
+    for name, child in (getattr(command, "commands", None) or {}).items():
+        walk(child, [*path, name])
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        helps[" ".join(path)] = (run([*path, "--help"]), len(out.getvalue()))
+walk(typer.main.get_command(app), [])
+print(json.dumps({"cycle": cycle, "helps": helps, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def test_domain_commands_import_no_cli_and_help_loads_no_heavy_stack():
+    probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout)
+    assert not found["cycle"], "a domain's command module imports domainmona.cli"
+    assert len(found["helps"]) >= 25  # root, 6 groups and every command (19 today)
+    assert {path: (code, chars) for path, (code, chars) in found["helps"].items() if code != 0 or chars < 200} == {}
+    assert sorted(set(HEAVY) & set(found["modules"])) == []
+
+
+def test_version_prints_the_package_version(capsys):
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out == f"domainmona {domainmona.__version__}\n"
+    assert domainmona.__version__ == importlib.metadata.version("domainmona")  # one version, also pyproject's
+
+
+def test_version_from_the_installed_command_exits_zero():
+    done = subprocess.run([sys.executable, "-m", "domainmona.cli", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"domainmona {domainmona.__version__}\n", "")
+
+
+def test_cli_method_choices_are_the_registry():
+    from domainmona.adapters import METHOD_NAMES, METHODS
+    from domainmona.detection.cli import Method
+
+    assert tuple(METHODS) == METHOD_NAMES == tuple(m.value for m in Method)
+
+
+_SUBMODULES_FIRST = """
+import domainmona.adapters.fuse, domainmona.adapters.inject
+from domainmona.adapters import fuse, inject
+import domainmona.adapters as adapters
+print(fuse.__module__, inject.__module__, adapters.fuse is fuse, sorted(set(adapters.__all__) - set(dir(adapters))))
+"""
+
+
+def test_adapter_exports_win_over_same_named_submodules_imported_first():
+    """`fuse` and `inject` are functions of the package even when their submodules were imported before."""
+    done = subprocess.run([sys.executable, "-c", _SUBMODULES_FIRST], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["domainmona.adapters.fuse", "domainmona.adapters.inject", "True", "[]"]
