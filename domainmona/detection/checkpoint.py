@@ -175,7 +175,9 @@ def load_detector(path: Path, dataset: str = 'dota'):
     """(model in eval mode with its weights, DetectorInfo) from a checkpoint written by `save_detector`,
     or from an official Mona / STAR-MMRotate Oriented R-CNN `.pth` (`dataset` then picks the classes)."""
     from domainmona.adapters.checkpoint import load_adapter, read_adapter
+    from domainmona.detection.rotated_ops import install_rotated_ops
 
+    install_rotated_ops()
     if path.suffix in ('.pth', '.pt'):
         return load_official_detector(path, dataset)
     _, meta = read_adapter(path)

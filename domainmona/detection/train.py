@@ -198,6 +198,7 @@ def train_runner(opts: TrainOptions):
 
     from domainmona.detection.checkpoint import install_safe_checkpoint_loader
     from domainmona.detection.fewshot import select_shots
+    from domainmona.detection.rotated_ops import install_rotated_ops
 
     resume_from = prepare(opts)
     subsets = training_subsets(opts)
@@ -205,6 +206,7 @@ def train_runner(opts: TrainOptions):
         subsets, counts = select_shots(subsets, opts.shots, opts.work_dir / f'shots{opts.shots}', opts.seed)
         err_console.print(f"{opts.shots}-shot subset: " + ', '.join(f'{c} {n}' for c, n in sorted(counts.items())))
     install_safe_checkpoint_loader()
+    install_rotated_ops()
     runner = Runner.from_cfg(build_train_config(opts, subsets, resume_from))
     runner.train()
     return runner
