@@ -2,7 +2,7 @@
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast doctor
+.PHONY: setup demo test test-fast doctor constraints
 
 setup:
 	bash scripts/install.sh
@@ -19,3 +19,12 @@ test-fast: setup
 
 doctor:
 	$(VENV)/bin/domainmona doctor
+
+# scripts/install.sh installs exactly these versions. Regenerate from a .venv the tests passed in: every
+# package at its installed version, but domainmona itself; onedl-mmcv (built from a patched sdist) as its
+# plain version, which install.sh reads.
+constraints:
+	{ echo "# Written by \`make constraints\` from a .venv that passed the tests ($$($(VENV)/bin/python -V), $$(uname -m))."; \
+	  $(VENV)/bin/python -m pip freeze --all --exclude-editable \
+	  | sed -E 's|^onedl-mmcv @ .*/onedl_mmcv-([^/]+)\.tar\.gz.*|onedl-mmcv==\1|' | grep -v '^domainmona\b'; \
+	} > scripts/constraints.txt.tmp && mv scripts/constraints.txt.tmp scripts/constraints.txt

@@ -7,26 +7,61 @@
 # of the sdist kept at a stable path under the user cache. pip keys its wheel cache by that path, so
 # the ~20-minute CPU build happens once per machine; later installs (CI, fresh clones) reuse the wheel.
 # With a visible GPU and nvcc (or FORCE_CUDA=1) the same steps build the CUDA ops, cached separately.
+#
+# Every package is installed at the exact version in scripts/constraints.txt (the known-good set, from
+# `make constraints`), so a fresh machine gets the environment the tests passed in; pyproject.toml states
+# only ranges. A new .venv uses $PYTHON, or else the newest supported python3.1x on PATH (CI pins
+# PYTHON=python3.11 in .ci/run). An existing .venv is reused as it is.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PY="${PYTHON:-python3.11}"
-MMCV_VERSION=2.3.6
+CONSTRAINTS="$ROOT/scripts/constraints.txt"
+SUPPORTED=(3.13 3.12 3.11)  # newest first; pyproject.toml's requires-python
+MMCV_VERSION="$(sed -n 's/^onedl-mmcv==//p' "$CONSTRAINTS")"
 CACHE="${DOMAINMONA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/domainmona}"
 start=$(date +%s)
 
 log() { printf '[install] %s\n' "$*"; }
+fail() { printf 'error: %s\n' "$*" >&2; exit 2; }
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-    log "creating $VENV"
-    "$PY" -m venv "$VENV"
+# $PYTHON, else the newest supported python3.1x that runs (a pyenv shim is on PATH for every installed
+# version but runs only the activated ones).
+pick_python() {
+    if [[ -n "${PYTHON:-}" ]]; then
+        echo "$PYTHON"
+        return
+    fi
+    local version
+    for version in "${SUPPORTED[@]}"; do
+        if py_version "python$version" >/dev/null; then
+            echo "python$version"
+            return
+        fi
+    done
+    fail "no python3.13, python3.12 or python3.11 on PATH; set PYTHON to one"
+}
+
+if [[ -x "$VENV/bin/python" ]]; then
+    venv_version="$(py_version "$VENV/bin/python")"
+    if [[ -n "${PYTHON:-}" && "$(py_version "$PYTHON")" != "$venv_version" ]]; then
+        fail "$VENV has Python $venv_version, PYTHON=$PYTHON is not it: remove $VENV to switch"
+    fi
+    log "reusing $VENV (Python $venv_version)"
+else
+    py="$(pick_python)"
+    version="$(py_version "$py")" || fail "PYTHON=$py does not run"
+    [[ " ${SUPPORTED[*]} " == *" $version "* ]] || fail "$py is Python $version; supported: ${SUPPORTED[*]}"
+    log "creating $VENV with $py (Python $version)"
+    "$py" -m venv "$VENV"
 fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+pinned() { pip install -c "$CONSTRAINTS" "$@"; }
 
-pip install -q "pip==26.3" "setuptools>=80" wheel packaging ninja
-log "torch 2.14.1 + torchvision 0.29.1"
-pip install -q "torch==2.14.1" "torchvision==0.29.1"
+pinned -q pip setuptools wheel packaging ninja
+log "$(grep -E '^torch(vision)?==' "$CONSTRAINTS" | tr '\n' ' ')"
+pinned -q torch torchvision
 
 # CPU or CUDA ops: CUDA only where a GPU is visible and nvcc exists, or when FORCE_CUDA=1 is set.
 if [[ "${FORCE_CUDA:-}" == 1 ]] || { command -v nvcc >/dev/null && "$VENV/bin/python" -c \
@@ -58,12 +93,12 @@ else
     fi
     log "building onedl-mmcv ops ($variant; ~20 min on 2 CPU cores the first time, cached after)"
     # A *named* requirement: pip consults its wheel cache only for requirements whose name it knows.
-    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pip install --no-build-isolation \
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pinned --no-build-isolation \
         "onedl-mmcv @ file://$sdist"
 fi
 
 log "domainmona and the rest of the stack"
-pip install -q -e "$ROOT[test]"
+pinned -q -e "$ROOT[test]"
 pip check
 "$VENV/bin/python" -c 'from mmcv.ops import nms_rotated, box_iou_rotated, RoIAlignRotated'
 log "done in $(( $(date +%s) - start )) s"
