@@ -177,8 +177,8 @@ def box_iou_rotated(boxes1: torch.Tensor, boxes2: torch.Tensor, mode_flag: int =
 
 
 def _suppressed_by(kept: torch.Tensor, later: torch.Tensor, boxes: torch.Tensor,
-                   iou_threshold: float) -> torch.Tensor:
-    """(len(kept), len(later)) index pairs (i, j) where box kept[i] suppresses box later[j]."""
+                   iou_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs (i, j) where box kept[i] suppresses box later[j]."""
     if iou_threshold > 0:
         rows, cols = _may_overlap(boxes[kept], boxes[later]).nonzero(as_tuple=True)
     else:  # IoU 0 >= threshold: every later box goes, overlapping or not
