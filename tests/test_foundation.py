@@ -2,6 +2,7 @@
 
 import importlib
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,14 @@ def test_doctor_exits_zero_after_running_the_ops():
     result = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     for op in ("nms_rotated", "box_iou_rotated", "RoIAlignRotated"):
-        assert op in result.stdout
+        assert f"{op} (cpu: mmcv)" in result.stdout  # default: mmcv's compiled kernel on the CPU
+    forced = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "DOMAINMONA_ROTATED_OPS": "torch"})
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "RoIAlignRotated (cpu: torch)" in forced.stdout
+    bad = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "DOMAINMONA_ROTATED_OPS": "bogus"})
+    assert bad.returncode == 2 and "is not one of auto, mmcv, torch" in bad.stderr
 
 
 def test_unknown_command_exits_nonzero_without_traceback():
