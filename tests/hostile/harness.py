@@ -177,6 +177,19 @@ def temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if TEMPORARY.match(p.name)]
 
 
+MARKER = "pwned"  # the file a crafted pickle creates in the workspace if its code ran
+
+
+def crafted(relative: str) -> Setup:
+    """Setup: a crafted pickle at WS/relative that would create WS/MARKER if unpickled with code execution."""
+
+    def setup(ws: Path) -> None:
+        (ws / relative).parent.mkdir(parents=True, exist_ok=True)
+        crafted_pickle(ws / relative, ws / MARKER)
+
+    return setup
+
+
 def crafted_pickle(path: Path, marker: Path) -> Path:
     """A torch checkpoint that creates ``marker`` when unpickled with code execution allowed."""
     import torch

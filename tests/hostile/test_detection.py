@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness import (Case, assert_one_error_line, crafted_pickle, ids, killed_then_rerun, refused, run_cli,
-                     run_subprocess, temporaries, write)
+from harness import (MARKER, Case, assert_one_error_line, crafted, ids, killed_then_rerun, refused,
+                     run_cli, run_subprocess, temporaries, write)
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -28,7 +28,6 @@ from domainmona.detection.checkpoint import load_from_local_weights_only
 from domainmona.detection.synthetic import SYNTHETIC_CLASSES, generate_dota_scenes
 from domainmona.io import claim_dir
 
-MARKER = "pwned"  # what a crafted pickle or config would create in the workspace
 DOTA_NAMES = {"vehicle": "small-vehicle", "court": "tennis-court", "container": "large-vehicle"}
 STAR_NAMES = {"vehicle": "car", "court": "tennis_court", "container": "truck"}
 TRAINED: dict[str, Path] = {}  # the checkpoint the `trained` fixture trains once, for rows that load a model
@@ -90,14 +89,6 @@ def truncate(relative: str, keep: float = 0.5):
 def claimed(folder: str, command: str = "train dota1.0"):
     """Setup: WS/folder is an output folder an earlier run made."""
     return lambda ws: claim_dir(ws / folder, command)
-
-
-def crafted(relative: str):
-    def setup(ws: Path) -> None:
-        (ws / relative).parent.mkdir(parents=True, exist_ok=True)
-        crafted_pickle(ws / relative, ws / MARKER)
-
-    return setup
 
 
 def last_checkpoint(name: str):

@@ -19,12 +19,11 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from harness import (CASES_RUN, Case, Setup, crafted_pickle, ids, killed_then_rerun, refused, run_cli,
-                     run_subprocess, snapshot, steps, temporaries, write)
+from harness import (CASES_RUN, MARKER, Case, Setup, crafted, ids, killed_then_rerun, refused,
+                     run_cli, run_subprocess, snapshot, steps, temporaries, write)
 from rasterio.crs import CRS
 
 ASSETS: dict[str, Path] = {}  # name -> generated file or folder (see `assets`); cases copy them into `{ws}`
-MARKER = "pwned"  # what a crafted pickle would create in the workspace if it ran
 TRANSFORM = Affine(0.5, 0, 400000, 0, -0.5, 5100000)  # the synthetic scenes' grid (UTM 33N)
 
 
@@ -123,14 +122,6 @@ def manifest_edit(folder: str, change: Callable[[dict], None]) -> Setup:
 
 def record(folder: str, content: dict) -> Setup:
     return write(f"{folder}/.domainmona.json", json.dumps({"producer": "domainmona", **content}))
-
-
-def pickle_bomb(name: str) -> Setup:
-    def setup(ws: Path) -> None:
-        (ws / name).parent.mkdir(parents=True, exist_ok=True)
-        crafted_pickle(ws / name, ws / MARKER)
-
-    return setup
 
 
 def first_chip(folder: str, kind: str) -> Callable[[Path], Path]:
@@ -316,7 +307,7 @@ PREDICT_CASES = [
     Case("predict-checkpoint-truncated", predict_with(checkpoint="{ws}/cut.safetensors"), "cut.safetensors",
          steps(use("scene.tif"), truncated("cut.safetensors", "seg.safetensors", 0.5))),
     Case("predict-checkpoint-crafted-pickle", predict_with(checkpoint="{ws}/evil.pth"), "evil.pth",
-         steps(use("scene.tif"), pickle_bomb("evil.pth"))),
+         steps(use("scene.tif"), crafted("evil.pth"))),
     Case("predict-checkpoint-is-a-state", predict_with(checkpoint="{ws}/run/state.pt"), "state.pt",
          use("scene.tif", "run")),
     Case("predict-checkpoint-other-safetensors", predict_with(checkpoint="{ws}/det.safetensors", out="{ws}/d.gpkg"),
@@ -418,7 +409,7 @@ GEO_SEG_CASES = [
     # pretrained weights
     Case("geo-seg-pretrained-missing", (*GEO_SEG, "--pretrained", "{ws}/none.pth"), "none.pth", CHIPS),
     Case("geo-seg-pretrained-crafted-pickle", (*GEO_SEG, "--pretrained", "{ws}/evil.pth"), "refused",
-         steps(CHIPS, pickle_bomb("evil.pth"))),
+         steps(CHIPS, crafted("evil.pth"))),
     Case("geo-seg-pretrained-garbage", (*GEO_SEG, "--pretrained", "{ws}/w.safetensors"), "w.safetensors",
          steps(CHIPS, write("w.safetensors", b"\x00" * 64))),
     Case("geo-seg-pretrained-other-model", (*GEO_SEG, "--pretrained", "{ws}/seg.safetensors"), "seg.safetensors",
@@ -440,7 +431,7 @@ GEO_SEG_CASES = [
     Case("geo-seg-resume-past-max-iters", (*RESUME, "--max-iters", "1"), "past",
          steps(CHIPS, copy_run, lambda ws: _state_at(ws / "work" / "state.pt", 5))),
     Case("geo-seg-resume-crafted-pickle-state", (*RESUME, "--max-iters", "2"), "refused",
-         steps(CHIPS, copy_run, pickle_bomb("work/state.pt"))),
+         steps(CHIPS, copy_run, crafted("work/state.pt"))),
     Case("geo-seg-resume-state-garbage", (*RESUME, "--max-iters", "2"), "state.pt",
          steps(CHIPS, copy_run, write("work/state.pt", b"PK\x03\x04" + b"\x00" * 50))),
     Case("geo-seg-resume-state-foreign", (*RESUME, "--max-iters", "2"), "not a geo-seg training state",
@@ -474,10 +465,10 @@ GEO_DET_CASES = [
          steps(DET_CHIPS, write("detchips/manifest.json", "\x00\x01"))),
     Case("geo-det-pretrained-missing", (*GEO_DET, "--pretrained", "{ws}/none.pth"), "none.pth", DET_CHIPS),
     Case("geo-det-pretrained-crafted-pickle", (*GEO_DET, "--pretrained", "{ws}/evil.pth"), "refused",
-         steps(DET_CHIPS, pickle_bomb("evil.pth"))),
+         steps(DET_CHIPS, crafted("evil.pth"))),
     Case("geo-det-resume-crafted-pickle", (*GEO_DET, "--resume"), "evil.pth",
          steps(DET_CHIPS, record("work", {"command": "train dota1.0"}), write("work/last_checkpoint", "evil.pth"),
-               pickle_bomb("work/evil.pth"))),
+               crafted("work/evil.pth"))),
     Case("geo-det-pretrained-garbage", (*GEO_DET, "--pretrained", "{ws}/w.safetensors"), "w.safetensors",
          steps(DET_CHIPS, write("w.safetensors", b"{}" * 10))),
 ]

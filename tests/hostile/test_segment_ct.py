@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from harness import (CASES_RUN, Case, assert_one_error_line, crafted_pickle, ids, killed_then_rerun, refused,
-                     run_cli, run_subprocess, steps, temporaries, write)
+from harness import (CASES_RUN, MARKER, Case, assert_one_error_line, crafted, ids, killed_then_rerun,
+                     refused, run_cli, run_subprocess, steps, temporaries, write)
 
 from domainmona.io import claim_dir
 from domainmona.medical import synthetic, transforms
@@ -29,7 +29,6 @@ TINY = {"model": {"feature_size": 12, "adapter_cfg": {"inner_dim": 8}},
         "augment": {"samples_per_volume": 1},
         "train": {"roi": 64, "max_epochs": 1, "val_every": 1, "num_workers": 0, "sw_batch_size": 1, "val_max": 1}}
 SHAPE = (40, 40, 20)
-MARKER = "marker"  # what a crafted pickle would create in the workspace
 LABEL_NAMES = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
 
 
@@ -70,14 +69,6 @@ def _checkpoint(path: Path, **changes) -> Path:
 def _truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[:max(60, int(len(data) * keep))])
-
-
-def _evil(relative: str):
-    """Setup: a crafted pickle at ws/relative that would create ws/marker when unpickled with code execution."""
-    def setup(ws: Path) -> None:
-        (ws / relative).parent.mkdir(parents=True, exist_ok=True)
-        crafted_pickle(ws / relative, ws / MARKER)
-    return setup
 
 
 def _mkdir(relative: str):
@@ -272,7 +263,7 @@ TRAIN_CASES = [
     _train("existing-run-without-resume", [], "already holds a run", _run_with_last()),
     # torch files: resume and pretrained weights
     _train("resume-crafted-pickle", ["--resume"], "refused to load",
-           _run_with_last(_evil("run/checkpoints/last.pt"))),
+           _run_with_last(crafted("run/checkpoints/last.pt"))),
     _train("resume-not-torch", ["--resume"], "last.pt: not a readable PyTorch file",
            _run_with_last(write("run/checkpoints/last.pt", "garbage"))),
     _train("resume-other-format", ["--resume"], "not a segment-ct checkpoint",
@@ -285,7 +276,7 @@ TRAIN_CASES = [
            _run_with_last(lambda ws: _checkpoint(ws / "run" / "checkpoints" / "last.pt",
                                                  settings={**_tiny_model()[0], "train": {"roi": 0}}))),
     _train("pretrained-crafted-pickle", ["--pretrained", "{ws}/evil.pt"], "refused to load",
-           steps(_data, _evil("evil.pt"))),
+           steps(_data, crafted("evil.pt"))),
     _train("pretrained-missing", ["--pretrained", "{ws}/nope.pt"], "no such file"),
     _train("pretrained-not-torch", ["--pretrained", "{ws}/w.pt"], "weights file",
            steps(_data, write("w.pt", "garbage"))),
@@ -323,7 +314,7 @@ PREDICT_CASES = [
     _predict("overlap-nan", ["--overlap", "nan"], "not a finite number"),
     _predict("overlap-inf", ["--overlap", "inf"], "not a finite number"),
     _predict("checkpoint-crafted-pickle", ["--checkpoint", "{ws}/evil.pt"], "refused to load",
-             steps(_scan_and_model, _evil("evil.pt"))),
+             steps(_scan_and_model, crafted("evil.pt"))),
     _predict("checkpoint-missing", ["--checkpoint", "{ws}/nope.pt"], "no such file"),
     _predict("checkpoint-not-torch", ["--checkpoint", "{ws}/scan.nii.gz"], "scan.nii.gz: not a readable PyTorch file"),
     _predict("checkpoint-other-format", ["--checkpoint", "{ws}/other.pt"], "not a segment-ct checkpoint",
@@ -443,7 +434,7 @@ def test_refused(case, tmp_path):
 
 def test_resume_from_a_crafted_last_pt_runs_no_code_in_a_real_process(tmp_path):
     """The issue's headline case, as a user runs it: a separate `domainmona` process, nothing in-process."""
-    _run_with_last(_evil("run/checkpoints/last.pt"))(tmp_path)
+    _run_with_last(crafted("run/checkpoints/last.pt"))(tmp_path)
     result = run_subprocess([a.replace("{ws}", str(tmp_path)) for a in TRAIN] + ["--resume"], tmp_path)
     CASES_RUN["segment-ct train"] += 1
     assert_one_error_line(result.returncode, result.stdout, result.stderr, "refused to load")
