@@ -36,13 +36,19 @@ def _temp_path(final: Path, suffix: str = "") -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. A zombie does not: a killed worker whose parent died stays one until
+    init reaps it, which some container inits never do."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (macOS): trust kill()
+        return True
+    return state not in ("Z", "X")
 
 
 def _remove(path: Path) -> None:

@@ -186,3 +186,21 @@ def test_load_torch_never_runs_pickled_code(tmp_path):
         load_torch(junk)
     with pytest.raises(UserError, match="no such file"):
         load_torch(tmp_path / "missing.pth")
+
+
+def test_a_zombie_writer_counts_as_dead(tmp_path):
+    """A killed worker stays a zombie until reaped (never, under some container inits): its temporaries go."""
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = f"/proc/{child.pid}/stat"
+    deadline = time.monotonic() + 30
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not yet reaped by us
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    stale = tmp_path / f".x.tif.{child.pid}.0badcafe.tmp.tif"
+    stale.write_text("half")
+    try:
+        assert remove_stale_temps(tmp_path / "x.tif") == [stale]
+    finally:
+        child.wait()

@@ -143,6 +143,25 @@ def run_subprocess(argv: list[str], cwd: Path, timeout: float = 600) -> subproce
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _wait_until_gone(session: int, timeout: float = 30) -> None:
+    """Wait until no process of the killed command's session runs any more (its worker processes die with it
+    a moment later), so that the rerun starts after the kill is complete, as a user's would."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == session and fields[0] not in ("Z", "X"):  # fields: state, ppid, pgrp, session
+                running.append(stat.parent.name)
+        if not running:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"processes {running} of a killed command still run after {timeout} s")
+
+
 def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], timeout: float = 600,
                       command: str = "", rerun: list[str] | None = None) -> subprocess.CompletedProcess:
     """Start the command, SIGKILL it once ``ready()`` holds (work under way), then run ``rerun`` (default: the
@@ -151,7 +170,7 @@ def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], tim
     Returns the rerun, which must succeed; the caller checks the outputs and that no temporary is left.
     """
     process = subprocess.Popen([sys.executable, "-m", "domainmona.cli", *argv], cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while not ready():
@@ -160,9 +179,10 @@ def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], tim
             if time.monotonic() > deadline:
                 pytest.fail(f"{' '.join(argv)}: never reached the point to kill it")
             time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(signal.SIGKILL)  # the main process only, as `kill -9 PID` does
     finally:
         process.wait()
+    _wait_until_gone(process.pid)
     CASES_RUN[command or argv[0]] += 1
     result = run_subprocess(rerun or argv, cwd, timeout)
     assert result.returncode == 0, result.stderr

@@ -485,6 +485,11 @@ def test_killed_split_reruns_to_the_same_patches(tmp_path):
             assert killed.read_bytes() == uninterrupted.read_bytes()
 
 
+def _task1_rows(path: Path) -> list:
+    """(image, score, x1, y1, ..., y4) of each line of a Task1 file."""
+    return [(w[0], *map(float, w[1:])) for w in (line.split() for line in path.read_text().splitlines())]
+
+
 def test_killed_test_reruns_to_the_same_submission(tmp_path, trained):
     """`test` killed while splitting or predicting, then rerun: the Task1 files of an uninterrupted run."""
     scenes("scenes", n=2, size=384)(tmp_path)
@@ -496,10 +501,13 @@ def test_killed_test_reruns_to_the_same_submission(tmp_path, trained):
                       ready=lambda: done.is_dir() and any(done.iterdir()), command="test dota")
     assert not temporaries(tmp_path)
     for name in (f"Task1_{c}.txt" for c in SYNTHETIC_CLASSES):
-        killed, uninterrupted = tmp_path / "killed" / "task1" / name, tmp_path / "whole" / "task1" / name
-        assert killed.read_text() == uninterrupted.read_text()
-    assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["mAP"] == \
-        json.loads((tmp_path / "whole" / "metrics.json").read_text())["mAP"]
+        killed, whole = (_task1_rows(tmp_path / run / "task1" / name) for run in ("killed", "whole"))
+        # the first run is in this process, the rerun in a fresh one (other thread count): float noise only
+        assert [row[0] for row in killed] == [row[0] for row in whole]
+        np.testing.assert_allclose([row[1] for row in killed], [row[1] for row in whole], atol=2e-6)
+        np.testing.assert_allclose([row[2:] for row in killed], [row[2:] for row in whole], atol=0.011)
+    assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["mAP"] == pytest.approx(
+        json.loads((tmp_path / "whole" / "metrics.json").read_text())["mAP"], abs=1e-6)
 
 
 @pytest.mark.slow
