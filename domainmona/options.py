@@ -1,4 +1,4 @@
-"""Checks for numeric command-line options, shared by every command.
+"""Checks for numeric command-line options, and options every train command shares.
 
 Integers use typer's own ranges (`min=`); floats also need `finite`, because click's FloatRange lets NaN
 through (every comparison with NaN is false) and has no upper bound by default.
@@ -34,3 +34,9 @@ def finite(low: float | None = None, high: float | None = None, *, low_open: boo
 positive = finite(0.0, low_open=True)  # learning rates, HU spans, ...
 probability = finite(0.0, 1.0)  # score and IoU thresholds
 fraction = finite(0.0, 1.0, high_open=True)  # sliding-window overlaps
+
+
+def amp_option() -> bool:
+    """`--amp/--no-amp` of every train command (the rule: domainmona.devices)."""
+    return typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA: bf16, else fp16 with loss scaling. "
+                                                      "No effect on the CPU.")

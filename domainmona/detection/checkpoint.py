@@ -172,8 +172,16 @@ def _build(cfg):
 
 
 def load_detector(path: Path, dataset: str = 'dota'):
-    """(model in eval mode with its weights, DetectorInfo) from a checkpoint written by `save_detector`,
-    or from an official Mona / STAR-MMRotate Oriented R-CNN `.pth` (`dataset` then picks the classes)."""
+    """(model in eval mode with its weights, on the default device; DetectorInfo) from a checkpoint written by
+    `save_detector`, or from an official Mona / STAR-MMRotate Oriented R-CNN `.pth` (`dataset` then picks the
+    classes). mmdet's data preprocessor moves each batch to the model's device."""
+    from domainmona.devices import default_device
+
+    model, info = _load_detector(path, dataset)
+    return model.to(default_device()), info
+
+
+def _load_detector(path: Path, dataset: str):
     from domainmona.adapters.checkpoint import load_adapter, read_adapter
     from domainmona.detection.rotated_ops import install_rotated_ops
 

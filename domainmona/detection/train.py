@@ -41,6 +41,7 @@ class TrainOptions:
     num_workers: int | None = None
     lr: float | None = None
     seed: int = 0
+    amp: bool = True  # mixed precision on CUDA (domainmona.devices); no effect on the CPU
     adapter_cfg: dict = field(default_factory=dict)
     config_overrides: dict = field(default_factory=dict)  # mmengine dotted keys, applied last
 
@@ -141,6 +142,8 @@ def training_subsets(opts: TrainOptions) -> list[tuple[Path, Path]]:
 
 def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]], resume_from: Path | None = None):
     from domainmona.detection import config as C
+    from domainmona.detection.amp import amp_optim_wrapper
+    from domainmona.devices import default_device
 
     cfg = C.build_config(opts.dataset, opts.backbone, opts.adapter, opts.class_names, None,
                          opts.image_size or opts.patch_size, **opts.adapter_cfg)
@@ -155,6 +158,7 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]], res
         C.set_max_iters(cfg, opts.max_iters)
     if opts.lr is not None:
         cfg.optim_wrapper.optimizer.lr = opts.lr
+    cfg.optim_wrapper = amp_optim_wrapper(cfg.optim_wrapper, default_device(), opts.amp)
     cfg.work_dir = str(opts.work_dir)
     # an explicit local file: mmengine then never reads last_checkpoint (or a URL) itself
     cfg.resume = resume_from is not None
@@ -162,7 +166,7 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]], res
     cfg.randomness = dict(seed=opts.seed, deterministic=False)
     if under_torchrun():
         cfg.launcher = 'pytorch'
-        cfg.env_cfg.dist_cfg = dict(backend='nccl' if _cuda() else 'gloo')
+        cfg.env_cfg.dist_cfg = dict(backend='nccl' if default_device().type == 'cuda' else 'gloo')
     cfg.merge_from_dict(opts.config_overrides)
     return cfg
 
@@ -186,19 +190,15 @@ def random_backbone(cfg, path: Path, seed: int) -> Path:
     return path
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def train_runner(opts: TrainOptions):
     """Split, subset, configure and train; returns mmengine's Runner after training."""
     from mmengine.runner import Runner
 
+    from domainmona.detection.amp import keep_box_work_in_float32
     from domainmona.detection.checkpoint import install_safe_checkpoint_loader
     from domainmona.detection.fewshot import select_shots
     from domainmona.detection.rotated_ops import install_rotated_ops
+    from domainmona.devices import default_device, describe
 
     resume_from = prepare(opts)
     subsets = training_subsets(opts)
@@ -207,7 +207,12 @@ def train_runner(opts: TrainOptions):
         err_console.print(f"{opts.shots}-shot subset: " + ', '.join(f'{c} {n}' for c, n in sorted(counts.items())))
     install_safe_checkpoint_loader()
     install_rotated_ops()
-    runner = Runner.from_cfg(build_train_config(opts, subsets, resume_from))
+    cfg = build_train_config(opts, subsets, resume_from)
+    runner = Runner.from_cfg(cfg)
+    dtype = cfg.optim_wrapper.get('dtype')
+    if dtype is not None:
+        keep_box_work_in_float32(runner.model.module if hasattr(runner.model, 'module') else runner.model)
+    err_console.print(f"training on {default_device()} in {describe(dtype)}")
     runner.train()
     return runner
 

@@ -18,7 +18,7 @@ from domainmona.io import write_json
 
 def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, backbone: str = "swin-t",
                     adapter: str = "mona", pretrained: Path | None = None, seed: int = 0,
-                    resume: bool = False) -> Path:
+                    resume: bool = False, amp: bool = True) -> Path:
     """Train (``resume``: continue the run in ``work_dir``) and return the final checkpoint. The numbers, the
     weights files and the work dir are checked by `domainmona.detection.train` before it writes anything."""
     from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train
@@ -33,7 +33,7 @@ def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, b
     opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=work_dir, backbone=backbone, adapter=adapter,
                         pretrained=pretrained, max_iters=max_iters, resume=resume,
                         classes=tuple(manifest["classes"]), patch_size=manifest["size"],
-                        patch_gap=manifest["overlap"], seed=seed)
+                        patch_gap=manifest["overlap"], seed=seed, amp=amp)
     final = train(opts)
     uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
     write_json(geo_sidecar(final), {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],

@@ -21,13 +21,16 @@ from domainmona.io import claim_file
 
 
 def segment_infer(model, stats: list[dict]) -> SegmentInfer:
-    """Normalise like training (nodata pixels 0 after normalisation), softmax over classes."""
+    """Normalise like training (nodata pixels 0 after normalisation), softmax over classes, on the model's
+    device."""
     import torch
+
+    device = next(model.parameters()).device
 
     def infer(batch: list[Tile]) -> np.ndarray:
         images = np.stack([normalise(t.pixels, stats) * t.valid for t in batch])
         with torch.inference_mode():
-            return torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
+            return torch.softmax(model(torch.from_numpy(images).to(device)), dim=1).cpu().numpy()
 
     return infer
 

@@ -40,6 +40,8 @@ def load_settings(**overrides: Any) -> dict[str, Any]:
             raise UserError(f"{key} must be a finite number {'>= 0' if zero_allowed else '> 0'}, got {value!r}")
     if not _is_number(settings["seed"], int):
         raise UserError(f"seed must be a whole number, got {settings['seed']!r}")
+    if not isinstance(settings["amp"], bool):
+        raise UserError(f"amp must be true or false, got {settings['amp']!r}")
     return settings
 
 
@@ -117,8 +119,10 @@ def read_spec(path: Path) -> dict[str, Any] | None:
 
 
 def load_segmenter(path: Path, size: int | None = None):
-    """(fused model in eval mode, spec) from a geo-seg checkpoint; ``size`` rebuilds it for other tiles."""
+    """(fused model in eval mode on the default device, spec) from a geo-seg checkpoint; ``size`` rebuilds it
+    for other tiles."""
     from domainmona.adapters import fuse
+    from domainmona.devices import default_device
 
     spec = read_spec(path)
     if spec is None:
@@ -131,4 +135,4 @@ def load_segmenter(path: Path, size: int | None = None):
         raise UserError(f"{path}: weights do not fit the model they describe ({len(mismatched)} keys, "
                         f"e.g. '{mismatched[0]}')")
     model.load_state_dict(state)
-    return fuse(model.eval()), spec
+    return fuse(model.eval()).to(default_device()), spec

@@ -1,7 +1,8 @@
 """`domainmona train geo-seg`: fine-tune the adapter and decoder on segmentation chips from `domainmona tile`.
 
-Every `save_every` iterations the whole training state (weights, AdamW moments, both random generators,
-the iteration) goes to WORK_DIR/state.pt, tensors and plain containers only, read back with
+Trains on the CUDA device when one is visible, in mixed precision there (domainmona.devices). Every
+`save_every` iterations the whole training state (weights, AdamW moments, the loss scale, both random
+generators, the iteration) goes to WORK_DIR/state.pt, tensors and plain containers only, read back with
 `weights_only=True`. `--resume` continues from it and, the learning rate being constant, ends with the
 weights an uninterrupted run reaches (bit for bit on the same machine and thread count).
 """
@@ -28,8 +29,9 @@ STATE = "state.pt"
 CHECKPOINT = "geo-seg.safetensors"
 ADAPTER = "adapter.safetensors"
 STATE_FORMAT = "domainmona.geo-seg-state/1"
-# Settings a resumed run may change: the iteration count (to extend a run) and how often it reports or saves.
-RESCHEDULABLE = ("max_iters", "log_every", "save_every")
+# Settings a resumed run may change: the iteration count (to extend a run), how often it reports or saves,
+# and the precision (a run may continue on another GPU, or with --no-amp).
+RESCHEDULABLE = ("max_iters", "log_every", "save_every", "amp")
 
 
 @dataclass
@@ -119,22 +121,25 @@ def _read_state(path: Path, identity: dict[str, Any], max_iters: int) -> dict[st
     return state
 
 
-def _save_state(path: Path, step: int, identity: dict[str, Any], model, optimizer, generator) -> None:
+def _save_state(path: Path, step: int, identity: dict[str, Any], model, optimizer, scaler, generator) -> None:
     import torch
 
     state = {"format": STATE_FORMAT, "step": step, "identity": json.dumps(identity), "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(),
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
              "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()}}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _restore(state: dict[str, Any], path: Path, model, optimizer, generator) -> int:
+def _restore(state: dict[str, Any], path: Path, model, optimizer, scaler, generator) -> int:
     import torch
+
+    from domainmona.devices import load_scaler_state
 
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        load_scaler_state(scaler, state.get("scaler"))
         generator.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -164,6 +169,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     import torch
 
     from domainmona.adapters.checkpoint import save_adapter
+    from domainmona.devices import amp_dtype, autocast, default_device, describe, grad_scaler
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
 
     settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
@@ -181,36 +187,43 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     if opts.resume and state is None:  # killed before its first save: rerunning with --resume just starts
         console.print(f"no {state_path} yet: training from the start")
     torch.manual_seed(settings["seed"])
+    device = default_device()
     model = build_model(spec)
     if state is None:
         _load_encoder_weights(model, opts.pretrained)
+    model.to(device)
     images, masks = (torch.from_numpy(a) for a in load_chips(opts.chips, manifest))
     claim_dir(work_dir, "train geo-seg")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    dtype = amp_dtype(device, settings["amp"])
+    scaler = grad_scaler(device, dtype)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=IGNORE)
-    generator = torch.Generator().manual_seed(settings["seed"])
-    start = 0 if state is None else _restore(state, state_path, model, optimizer, generator)
-    if start:
-        console.print(f"resuming at iteration {start} of {settings['max_iters']}")
+    generator = torch.Generator().manual_seed(settings["seed"])  # on the CPU: the same samples on every device
+    start = 0 if state is None else _restore(state, state_path, model, optimizer, scaler, generator)
+    console.print(f"training on {device} in {describe(dtype)}" +
+                  (f", resuming at iteration {start} of {settings['max_iters']}" if start else ""), highlight=False)
     model.train()
     with progress() as bar:
         task = bar.add_task("training geo-seg", total=settings["max_iters"], completed=start)
         for step in range(start + 1, settings["max_iters"] + 1):
             index = torch.randint(len(images), (min(settings["batch_size"], len(images)),), generator=generator)
-            batch, target = _augment(images[index], masks[index], generator)
-            loss = loss_fn(model(batch), target)
+            batch, target = (t.to(device) for t in _augment(images[index], masks[index], generator))
+            with autocast(device, dtype):
+                loss = loss_fn(model(batch), target)
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at iteration {step}; try a lower lr")
             optimizer.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             bar.advance(task)
             if step % settings["log_every"] == 0 or step == settings["max_iters"]:
                 bar.console.print(f"iter {step}/{settings['max_iters']}  loss {loss.item():.4f}")
             if step % settings["save_every"] == 0 and step < settings["max_iters"]:
-                _save_state(state_path, step, identity, model, optimizer, generator)
-    _save_state(state_path, settings["max_iters"], identity, model, optimizer, generator)  # --resume may extend
+                _save_state(state_path, step, identity, model, optimizer, scaler, generator)
+    _save_state(state_path, settings["max_iters"], identity, model, optimizer, scaler, generator)  # may extend
     save_adapter(model, work_dir / ADAPTER)
     return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT)

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.options import fraction
+from domainmona.options import amp_option, fraction
 
 
 def register(groups: CommandGroups) -> None:
@@ -38,6 +38,7 @@ def register(groups: CommandGroups) -> None:
         hu_min: Optional[float] = typer.Option(None, "--hu-min", help="HU window low end (-175)."),
         hu_max: Optional[float] = typer.Option(None, "--hu-max", help="HU window high end (250)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml."),
+        amp: bool = amp_option(),
     ) -> None:
         """Fine-tune SwinUNETR + Mona-3D on CT; the last line printed is the checkpoint to pass to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
@@ -46,7 +47,8 @@ def register(groups: CommandGroups) -> None:
 
         settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
                                  model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
-                                            merging=merging), train=dict(roi=roi, max_epochs=max_epochs))
+                                            merging=merging),
+                                 train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False))
         split = load_split(data, shots, settings["train"]["val_max"])  # bad data: one line, before any relaunch
         if gpus > 1 and not under_torchrun():
             relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint

@@ -23,6 +23,7 @@ from monai.metrics import compute_dice
 from monai.utils import set_determinism
 
 from domainmona.console import console, progress
+from domainmona.devices import amp_dtype, autocast, describe, grad_scaler, load_scaler_state
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir, remove_stale_temps
 from domainmona.launch import under_torchrun
@@ -77,14 +78,14 @@ def set_cosine_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], epoch
 
 
 def _train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler, grad_clip: float, amp: bool, device: torch.device):
+                 scaler: torch.amp.GradScaler, grad_clip: float, dtype: torch.dtype | None, device: torch.device):
     """One pass over the patches with DiceCE; yields each step's loss."""
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     trainable = [p for p in net.parameters() if p.requires_grad]
     net.train()
     for batch in loader:
         image, label = batch[transforms.IMAGE].to(device), batch[transforms.LABEL].to(device)
-        with torch.autocast(device.type, enabled=amp):
+        with autocast(device, dtype):
             loss = loss_fn(net(image), label)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -169,11 +170,12 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]),
                                   weight_decay=cfg["weight_decay"])
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    amp = bool(cfg["amp"]) and rt.device.type == "cuda"
-    scaler = torch.amp.GradScaler(enabled=amp)
+    dtype = amp_dtype(rt.device, cfg["amp"])
+    scaler = grad_scaler(rt.device, dtype)
     start_epoch, best_dice, history = 0, -1.0, []
     if state is not None:
-        load_state(last_path, state, model=model, optimizer=optimizer, scaler=scaler)
+        load_state(last_path, state, model=model, optimizer=optimizer)
+        load_scaler_state(scaler, state["scaler"])
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
     if rt.main:
         claim_dir(work_dir, COMMAND)
@@ -183,6 +185,7 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
             console.print(f"resuming {last_path} at epoch {start_epoch} of {cfg['max_epochs']}" if state else
                           f"nothing to resume in {work_dir} yet: starting the run", highlight=False)
         print_report(model, settings["model"])
+        console.print(f"training on {rt.device} in {describe(dtype)}", highlight=False)
     net = model
     if rt.world > 1:
         on_gpu = rt.device.type == "cuda"
@@ -197,7 +200,7 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
             set_cosine_lr(optimizer, base_lrs, epoch, cfg["max_epochs"])
             started = time.perf_counter()
             losses = []
-            for loss in _train_epoch(net, train_loader, optimizer, scaler, cfg["grad_clip"], amp, rt.device):
+            for loss in _train_epoch(net, train_loader, optimizer, scaler, cfg["grad_clip"], dtype, rt.device):
                 losses.append(loss)
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{cfg['max_epochs']} loss {loss:.3f}")
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started}
