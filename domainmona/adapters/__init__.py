@@ -19,6 +19,8 @@ _EXPORTS = {
     "apply_freeze": "inject", "inject": "inject", "METHODS": "methods", "Mona": "modules.mona",
     "Mona3d": "modules.mona", "load_official_mona": "official", "load_pretrained": "pretrained",
     "TrainableReport": "report", "trainable_report": "report", "LoadReport": "weights",
+    "set_adapter_recompute": "memory", "set_block_checkpointing": "memory", "block_checkpointing": "memory",
+    "saved_tensor_bytes": "memory",
 }
 
 __all__ = sorted([*_EXPORTS, "METHOD_NAMES"])

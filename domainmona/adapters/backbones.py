@@ -8,12 +8,14 @@ from torch import nn
 
 from domainmona.errors import UserError
 
-# name -> (embed dims, depths, heads) of the Swin sizes in the Mona paper (OpenMMLab/mmdet SwinTransformer)
+# name -> (embed dims, depths, heads) of the Swin sizes in the Mona paper, and domainmona's micro Swin
+# (OpenMMLab/mmdet SwinTransformer)
 SWIN_SIZES = {
     "swin-t": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
     "swin-s": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
     "swin-b": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
     "swin-l": (192, (2, 2, 18, 2), (6, 12, 24, 48)),
+    "micro": (32, (1, 1, 2, 1), (1, 2, 4, 8)),  # the detection pipeline's CPU-sized Swin
 }
 
 

@@ -13,6 +13,7 @@ from domainmona import __version__
 from domainmona.adapters.families import find_backbone, find_sites, rewire
 from domainmona.adapters.families.host import SLOTS
 from domainmona.adapters.methods import get_method
+from domainmona.adapters.modules.recompute import configure_recompute
 from domainmona.errors import UserError
 
 STATE_ATTR = "domainmona_adapter"
@@ -26,12 +27,14 @@ class AdapterState:
     config: dict[str, Any]
     family: str
     version: str = __version__
+    recompute: bool = True  # adapters recompute their internals in backward (not part of adapter files)
 
 
-def inject(model: nn.Module, method: str, **config: Any) -> nn.Module:
+def inject(model: nn.Module, method: str, recompute_adapters: bool = True, **config: Any) -> nn.Module:
     """Add `method`'s adapters to every block of the backbone in `model` (the model itself when it is a
     backbone) and freeze that backbone except what the method trains; modules outside it (necks, heads,
-    decoders) are left trainable. Returns `model`."""
+    decoders) are left trainable. With `recompute_adapters` (the default) adapters keep only their input for
+    backward in training (see `set_adapter_recompute`). Returns `model`."""
     meth = get_method(method)
     cfg = meth.make_config(**config)
     _, root, family = find_backbone(model)
@@ -44,7 +47,10 @@ def inject(model: nn.Module, method: str, **config: Any) -> nn.Module:
         meth.attach(site, cfg)
         _match_block_placement(site.block)
     family.prepare(root, sites)
-    setattr(root, STATE_ATTR, AdapterState(meth.name, dataclasses.asdict(cfg), family.name))
+    setattr(root, STATE_ATTR, AdapterState(meth.name, dataclasses.asdict(cfg), family.name,
+                                           recompute=bool(recompute_adapters)))
+    block_checkpointed = family.checkpointing(root, None) if family.checkpointing else False
+    configure_recompute(root, recompute=bool(recompute_adapters), inside_checkpoint=block_checkpointed)
     if any(isinstance(m, _BatchNorm) for m in root.modules()):
         root.register_forward_pre_hook(_keep_frozen_batchnorm_eval)
     apply_freeze(model)

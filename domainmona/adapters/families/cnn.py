@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family
+from domainmona.adapters.families.spec import Family, timm_checkpointing
 
 _RESNET_MODULES = ("timm.models.resnet", "torchvision.models.resnet", "mmdet.models.backbones.resnet")
 
@@ -33,4 +33,5 @@ FAMILY = Family(
     forward=CNNBlockForward,
     dim=_out_channels,
     transformer=False,
+    checkpointing=timm_checkpointing,  # timm ResNet/ConvNeXt; refused for torchvision and mmdet ResNets
 )

@@ -9,6 +9,7 @@ from torch import nn
 
 from domainmona.adapters.families.host import (ATTN_BRANCH, MLP_BRANCH, MLP_PARALLEL, POST_ATTN, POST_BLOCK,
                                                POST_MLP)
+from domainmona.errors import UserError
 
 ClassRef = tuple[str, str]  # (module, qualname): matched without importing the library
 
@@ -26,6 +27,9 @@ class Family:
     spatial_dims: Callable[[nn.Module], int] = lambda block: 2
     transformer: bool = True  # False: CNN blocks with a single output slot
     prepare: Callable[[nn.Module, list["Site"]], None] = lambda root, sites: None  # after rewiring
+    # The family's own block checkpointing: called with (root, True/False) it switches it, with (root, None) it
+    # only reads it; returns whether it is on. None: the family has no such mechanism.
+    checkpointing: Callable[[nn.Module, bool | None], bool] | None = None
 
     def slots(self, placement: str) -> tuple[str, ...]:
         """Slot names for a placement ('post', 'branch', 'parallel'); empty when the family has none."""
@@ -55,3 +59,29 @@ class Site:
 def matches(module: nn.Module, refs: tuple[ClassRef, ...]) -> bool:
     """True when the module's class, or a base class, is one of `refs`."""
     return any((cls.__module__, cls.__qualname__) in refs for cls in type(module).__mro__)
+
+
+def flag_checkpointing(attribute: str, owners: tuple[ClassRef, ...]) -> Callable[[nn.Module, bool | None], bool]:
+    """Block checkpointing switched by a boolean attribute of the modules of the `owners` classes (mmdet's
+    `with_cp`, MONAI's `use_checkpoint`)."""
+
+    def switch(root: nn.Module, enabled: bool | None) -> bool:
+        modules = [m for m in root.modules() if matches(m, owners) and hasattr(m, attribute)]
+        for module in modules if enabled is not None else ():
+            setattr(module, attribute, enabled)
+        return any(getattr(m, attribute) for m in modules)
+
+    return switch
+
+
+def timm_checkpointing(root: nn.Module, enabled: bool | None) -> bool:
+    """timm's `grad_checkpointing` flags inside `root`: those of models and Swin stages (one checkpoint per
+    block, adapters included); a `features_only` wrapper's own flag only when nothing inside it has one (it
+    checkpoints whole stages except its first and last)."""
+    flagged = [m for m in root.modules() if type(m).__module__.startswith("timm.") and hasattr(m, "grad_checkpointing")]
+    modules = [m for m in flagged if not type(m).__module__.startswith("timm.models._features")] or flagged
+    if enabled and not modules:
+        raise UserError(f"{type(root).__name__} has no block checkpointing domainmona can switch (timm models do)")
+    for module in modules if enabled is not None else ():
+        module.grad_checkpointing = enabled
+    return any(m.grad_checkpointing for m in modules)

@@ -6,7 +6,7 @@ import torch
 from torch.utils import checkpoint
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family
+from domainmona.adapters.families.spec import Family, flag_checkpointing
 
 
 class MMDetSwinBlockForward(AdapterHost):
@@ -23,11 +23,13 @@ class MMDetSwinBlockForward(AdapterHost):
         return inner(x)
 
 
+_BLOCKS = (("mmdet.models.backbones.swin", "SwinBlock"),)
 FAMILY = Family(
     name="mmdet-swin",
-    blocks=(("mmdet.models.backbones.swin", "SwinBlock"),),
+    blocks=_BLOCKS,
     roots=(("mmdet.models.backbones.swin", "SwinTransformer"),),
     forward=MMDetSwinBlockForward,
     dim=lambda block: block.norm1.normalized_shape[0],
     qkv=lambda block: block.attn.w_msa.qkv,
+    checkpointing=flag_checkpointing("with_cp", _BLOCKS),
 )

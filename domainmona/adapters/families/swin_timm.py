@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family
+from domainmona.adapters.families.spec import Family, timm_checkpointing
 
 
 class TimmSwinBlockForward(AdapterHost):
@@ -23,4 +23,5 @@ FAMILY = Family(
     forward=TimmSwinBlockForward,
     dim=lambda block: block.dim,
     qkv=lambda block: block.attn.qkv,
+    checkpointing=timm_checkpointing,
 )

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, Site, matches
+from domainmona.adapters.families.spec import Family, Site, matches, timm_checkpointing
 
 _VIT = (("timm.models.vision_transformer", "VisionTransformer"),)
 _PATCH_EMBED = (("timm.layers.patch_embed", "PatchEmbed"),)
@@ -60,4 +60,5 @@ FAMILY = Family(
     dim=lambda block: block.norm1.normalized_shape[0],
     qkv=_qkv,
     prepare=_track_grid,
+    checkpointing=timm_checkpointing,
 )

@@ -1,6 +1,7 @@
 """Bottleneck adapters of the Mona paper's comparison set: Houlsby Adapter, AdaptFormer, LoRand.
 
-All take tokens (B, N, C) plus the spatial shape, which they ignore (only Mona looks at the map).
+All take tokens (B, N, C) plus the spatial shape, which they ignore (only Mona looks at the map), and in
+training keep only their input for backward (see `Recomputable`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainmona.adapters.modules.recompute import Recomputable
 
-class BottleneckAdapter(nn.Module):
+
+class BottleneckAdapter(Recomputable, nn.Module):
     """Houlsby et al. 2019: x + up(dropout(GELU(down(x)))); `up` starts at zero so injection is an identity."""
 
     def __init__(self, dim: int, inner_dim: int = 64, dropout: float = 0.1):
@@ -24,10 +27,13 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.project2.bias)
 
     def forward(self, x: torch.Tensor, shape=None, num_prefix_tokens: int = 0) -> torch.Tensor:
+        return self.recomputed(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.project2(self.dropout(F.gelu(self.project1(x))))
 
 
-class AdaptFormer(nn.Module):
+class AdaptFormer(Recomputable, nn.Module):
     """Chen et al. 2022: a scaled ReLU bottleneck run beside the MLP; returns only its (scaled) branch."""
 
     def __init__(self, dim: int, inner_dim: int = 64, scale: float = 0.1, dropout: float = 0.1):
@@ -42,6 +48,9 @@ class AdaptFormer(nn.Module):
         nn.init.zeros_(self.up_proj.bias)
 
     def forward(self, x: torch.Tensor, shape=None, num_prefix_tokens: int = 0) -> torch.Tensor:
+        return self.recomputed(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.up_proj(self.dropout(F.relu(self.down_proj(x))))
 
 
@@ -66,7 +75,7 @@ class LoRandLinear(nn.Module):
         return F.linear(x, self.weight(), self.bias)
 
 
-class LoRand(nn.Module):
+class LoRand(Recomputable, nn.Module):
     """Bottleneck adapter whose two projections are `LoRandLinear`: x + up(GELU(down(x)))."""
 
     def __init__(self, dim: int, factor: int = 2, branches: int = 4, kernel_dim: int = 8):
@@ -75,4 +84,7 @@ class LoRand(nn.Module):
         self.project2 = LoRandLinear(dim // factor, dim, branches, kernel_dim)
 
     def forward(self, x: torch.Tensor, shape=None, num_prefix_tokens: int = 0) -> torch.Tensor:
+        return self.recomputed(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.project2(F.gelu(self.project1(x)))

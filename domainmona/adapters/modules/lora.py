@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainmona.adapters.modules.recompute import Recomputable
 
-class LoRAQKVLinear(nn.Linear):
-    """qkv Linear (C -> 3C) plus scale * up @ down on q and v; k and the base weight are left alone."""
+
+class LoRAQKVLinear(Recomputable, nn.Linear):
+    """qkv Linear (C -> 3C) plus scale * up @ down on q and v; k and the base weight are left alone. In training
+    the low-rank path recomputes its rank-r activations in backward (its input is saved by the base Linear
+    anyway), see `Recomputable`."""
 
     lora_scale: float
 
@@ -35,6 +39,9 @@ class LoRAQKVLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = F.linear(x, self.weight, self.bias).chunk(3, dim=-1)
-        q = q + self.lora_scale * F.linear(F.linear(x, self.lora_q_down), self.lora_q_up)
-        v = v + self.lora_scale * F.linear(F.linear(x, self.lora_v_down), self.lora_v_up)
-        return torch.cat((q, k, v), dim=-1)
+        dq, dv = self.recomputed(self._low_rank, x)
+        return torch.cat((q + dq, k, v + dv), dim=-1)
+
+    def _low_rank(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.lora_scale * F.linear(F.linear(x, self.lora_q_down), self.lora_q_up),
+                self.lora_scale * F.linear(F.linear(x, self.lora_v_down), self.lora_v_up))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainmona.adapters.modules.recompute import Recomputable
+
 _CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_FNS = {2: F.conv2d, 3: F.conv3d}
 
@@ -76,8 +78,9 @@ class FusedMonaConv(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class Mona(nn.Module):
-    """2D Mona on tokens (B, N, C) with N = H*W; leading prefix tokens (CLS, registers) skip the conv path."""
+class Mona(Recomputable, nn.Module):
+    """2D Mona on tokens (B, N, C) with N = H*W; leading prefix tokens (CLS, registers) skip the conv path.
+    In training it keeps only its input for backward (see `Recomputable`)."""
 
     spatial_dims = 2
 
@@ -97,6 +100,9 @@ class Mona(nn.Module):
             nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, hw_shape, num_prefix_tokens: int = 0) -> torch.Tensor:
+        return self.recomputed(self._forward, x, hw_shape, num_prefix_tokens)
+
+    def _forward(self, x: torch.Tensor, hw_shape, num_prefix_tokens: int) -> torch.Tensor:
         identity = x
         # LN(x) * gamma as one LayerNorm with affine (weight * gamma, bias * gamma): the same values, and
         # autograd keeps no normalised copy of x for gamma's gradient.
