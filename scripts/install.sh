@@ -3,8 +3,8 @@
 #
 # The one non-obvious step is onedl-mmcv. It is installed from its sdist with the compiled ops
 # (MMCV_WITH_OPS=1), and its setup.py hard-codes `-std=c++14/17` for the extension, while torch >= 2.13
-# headers need C++20 (upstream mmcv issue #3341). We patch exactly those flags to `-std=c++20` in a copy
-# of the sdist kept at a stable path under the user cache. pip keys its wheel cache by that path, so
+# headers need C++20 (upstream mmcv issue #3341). scripts/patched_mmcv_sdist.sh patches exactly those flags
+# to `-std=c++20` in a copy of the sdist kept at a stable path under the user cache. pip keys its wheel cache by that path, so
 # the ~20-minute CPU build happens once per machine; later installs (CI, fresh clones) reuse the wheel.
 # With a visible GPU and nvcc (or FORCE_CUDA=1) the same steps build the CUDA ops, cached separately.
 #
@@ -77,20 +77,9 @@ torch_version="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.sp
 if "$VENV/bin/python" -c 'import mmcv, mmcv.ops; from mmcv.ops import nms_rotated' 2>/dev/null; then
     log "onedl-mmcv with compiled ops already installed"
 else
-    sdist_dir="$CACHE/mmcv-src/torch$torch_version-$variant"
-    sdist="$sdist_dir/onedl_mmcv-$MMCV_VERSION.tar.gz"
-    if [[ ! -f "$sdist" ]]; then
-        log "patching onedl-mmcv $MMCV_VERSION sdist for C++20 -> $sdist"
-        work="$(mktemp -d)"
-        pip download -q --no-deps --no-binary :all: "onedl-mmcv==$MMCV_VERSION" -d "$work"
-        tar -xzf "$work/onedl_mmcv-$MMCV_VERSION.tar.gz" -C "$work"
-        sed -i -E "s/-std=c\+\+1[47]/-std=c++20/g" "$work/onedl_mmcv-$MMCV_VERSION/setup.py"
-        grep -q -- "-std=c++20" "$work/onedl_mmcv-$MMCV_VERSION/setup.py"
-        mkdir -p "$sdist_dir"
-        tar -czf "$work/patched.tar.gz" -C "$work" "onedl_mmcv-$MMCV_VERSION"
-        mv "$work/patched.tar.gz" "$sdist"
-        rm -rf "$work"
-    fi
+    log "patching onedl-mmcv $MMCV_VERSION sdist for C++20 (scripts/patched_mmcv_sdist.sh)"
+    sdist="$(PYTHON_FOR_PIP="$VENV/bin/python" bash "$ROOT/scripts/patched_mmcv_sdist.sh" \
+        "$CACHE/mmcv-src/torch$torch_version-$variant")"
     log "building onedl-mmcv ops ($variant; ~20 min on 2 CPU cores the first time, cached after)"
     # A *named* requirement: pip consults its wheel cache only for requirements whose name it knows.
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" pinned --no-build-isolation \
