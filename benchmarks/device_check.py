@@ -3,7 +3,7 @@
 Checks, in order: `domainmona doctor`; the detection demo recipe trained (AMP) and tested; one Mona, fused vs
 the official formulation, at each Swin-B stage shape of a 1024² image; Mona-Swin-B vs plain Swin-B forward
 (latency and counted FLOPs); one training step of Swin-B, Mona vs full fine-tuning, with and without AMP (time
-and `torch.cuda.max_memory_allocated`); the CT demo recipe for a few epochs; the geo segmentation demo
+and `torch.cuda.max_memory_allocated`); the CT demo recipe; the geo segmentation demo
 (geo-seg training + segmentation tile-predict). After each check OUT/device_check.json and .md are
 rewritten, so a run cut off by the command's time limit still brings back what it measured; results
 accumulate in WORK/../device_check.json across the device commands (`--checks run`, then `--checks geo`).
@@ -106,8 +106,10 @@ def check_forward(device: torch.device, smoke: bool) -> dict:
 
     side = 256 if smoke else 1024
     torch.manual_seed(0)
-    plain = build_backbone("swin-t" if smoke else "swin-b").to(device).eval()
-    mona = fuse(inject(copy.deepcopy(plain), "mona")).eval()
+    plain = build_backbone("swin-t" if smoke else "swin-b").to(device)
+    plain.eval()  # (mmdet's SwinTransformer.train returns None: no chaining)
+    mona = fuse(inject(copy.deepcopy(plain), "mona"))
+    mona.eval()
     x = torch.randn(1, 3, side, side, device=device)
     with torch.no_grad():
         times = {name: timed(lambda m=m: m(x), 3 if smoke else 30) for name, m in (("plain", plain), ("mona", mona))}
@@ -135,7 +137,8 @@ def check_training_step(device: torch.device, smoke: bool) -> list[dict]:
             if amp and dtype is None:
                 continue  # no mixed precision off CUDA
             torch.manual_seed(0)
-            model = inject(build_backbone("swin-t" if smoke else "swin-b").to(device), method).train()
+            model = inject(build_backbone("swin-t" if smoke else "swin-b").to(device), method)
+            model.train()
             trainable = [p for p in model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05)
             scaler = grad_scaler(device, dtype)
@@ -162,8 +165,8 @@ def check_training_step(device: torch.device, smoke: bool) -> list[dict]:
 
 
 def check_ct_demo(work: Path, smoke: bool) -> dict:
-    result = cli(["segment-ct", "demo", "--out", str(work / "ct-demo"), "--max-epochs", "2" if smoke else "10"],
-                 work, "ct-demo")
+    epochs = ["--max-epochs", "2"] if smoke else []  # the recipe's 40 epochs: well under a minute on a GPU
+    result = cli(["segment-ct", "demo", "--out", str(work / "ct-demo"), *epochs], work, "ct-demo")
     evaluation = work / "ct-demo" / "evaluation.json"
     if evaluation.is_file():
         result["mean_dice"] = json.loads(evaluation.read_text())["mean_dice"]
