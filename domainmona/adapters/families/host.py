@@ -37,6 +37,16 @@ class AdapterHost:
             x = x + parallel(stream, shape, num_prefix_tokens=prefix)
         return self._through_slot(POST_MLP, x, shape, prefix)
 
+    def mlp_adds_its_residual(self, stream: torch.Tensor, shape, prefix: int = 0) -> torch.Tensor:
+        """For an MLP whose output already includes the residual (mmcv's FFN with `identity`): only the
+        post-MLP adapter remains, one pass over the stream fewer than `join_mlp` on a bare branch."""
+        return self._through_slot(POST_MLP, stream, shape, prefix)
+
+    @property
+    def wants_bare_mlp_branch(self) -> bool:
+        """An adapter sits on the MLP branch or beside the MLP, so the branch must come without the residual."""
+        return self._modules.get(MLP_BRANCH) is not None or self._modules.get(MLP_PARALLEL) is not None
+
     def join_map(self, join, stream: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         """`join` for channels-last maps (B, *spatial, C): joined as tokens, returned as a map."""
         batch, channels = stream.shape[0], stream.shape[-1]

@@ -15,6 +15,8 @@ class MMDetSwinBlockForward(AdapterHost):
     def forward(self, x: torch.Tensor, hw_shape):
         def inner(x):
             x = self.join_attention(x, self.attn(self.norm1(x), hw_shape), hw_shape)
+            if not self.wants_bare_mlp_branch:
+                return self.mlp_adds_its_residual(self.ffn(self.norm2(x), identity=x), hw_shape)
             # mmcv's FFN adds its identity itself; identity=0.0 returns the bare branch for the joins.
             return self.join_mlp(x, self.ffn(self.norm2(x), identity=0.0), hw_shape)
 
