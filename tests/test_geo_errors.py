@@ -69,8 +69,8 @@ def test_corrupt_and_missing_files(scene, tmp_path):
 
 
 def test_unsupported_dtype_and_band(scene, tmp_path):
-    assert "unsupported dtype float32" in _tile_error([_raster(tmp_path / "f.tif", "float32")], scene.labels,
-                                                      tmp_path / "out")
+    assert "unsupported dtype complex64" in _tile_error([_raster(tmp_path / "c.tif", "complex64")], scene.labels,
+                                                        tmp_path / "out")
     assert "band 4 requested" in _tile_error([scene.raster], scene.labels, tmp_path / "out", bands=(1, 2, 4),
                                              task="segmentation")
 

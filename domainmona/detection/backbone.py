@@ -20,7 +20,8 @@ class MonaSwinTransformer(SwinTransformer):
     `weights` is a local ImageNet-pretrained Swin file (official Microsoft, timm or OpenMMLab format),
     loaded in `init_weights` (which mmengine's Runner calls after building the model). Only the
     parameters the adapter method leaves trainable train; the neck and heads are outside this module
-    and train fully.
+    and train fully. With other than 3 input bands the RGB patch embedding is inflated
+    (domainmona.geo.bands) and trains.
     """
 
     def __init__(self, adapter: dict | None = None, weights: str | None = None, **kwargs) -> None:
@@ -31,14 +32,19 @@ class MonaSwinTransformer(SwinTransformer):
         base_names = {name for name, _ in self.named_parameters()}
         inject(self, self.adapter_method, **adapter_cfg)
         self._adapter_names = {name for name, _ in self.named_parameters()} - base_names
+        self._train_patch_embedding_for_other_bands()  # before mmengine builds the optimizer from requires_grad
 
     def init_weights(self) -> None:
         logger = MMLogger.get_current_instance()
         if self.weights:
             from domainmona.adapters.pretrained import load_pretrained
+            from domainmona.geo.bands import inflate_patch_embedding
 
             report = load_pretrained(self, self.weights)
             logger.info(f'MonaSwinTransformer: {report}')
+            if inflate_patch_embedding(self.patch_embed.projection, self.weights):
+                logger.info(f'MonaSwinTransformer: RGB patch embedding inflated to '
+                            f'{self.patch_embed.projection.in_channels} bands')
         else:
             # Swin's from-scratch init would also redraw the adapters' own (often zero) init: keep those.
             adapter_state = {n: p.detach().clone() for n, p in self.named_parameters() if n in self._adapter_names}
@@ -47,6 +53,11 @@ class MonaSwinTransformer(SwinTransformer):
             for name, value in adapter_state.items():
                 params[name].data.copy_(value)
         apply_freeze(self)  # weight loading must not leave the backbone unfrozen
+        self._train_patch_embedding_for_other_bands()
+
+    def _train_patch_embedding_for_other_bands(self) -> None:
+        if self.patch_embed.projection.in_channels != 3:  # no pretrained filter fits other bands
+            self.patch_embed.requires_grad_(True)
 
     def base_state(self) -> dict:
         """The backbone's own weights without adapters (OpenMMLab Swin layout), e.g. to save as a weights file."""

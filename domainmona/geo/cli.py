@@ -13,6 +13,8 @@ from domainmona.console import console
 from domainmona.options import amp_option, positive, probability
 
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
+NODATA_HELP = ("Pixel value that marks nodata, replacing the raster's own (nan for float rasters; NaN and "
+               "infinite float pixels are always nodata).")
 
 
 class Task(str, Enum):
@@ -40,12 +42,14 @@ def register(groups: CommandGroups) -> None:
              shots: Optional[int] = typer.Option(None, "--shots", min=1,
                                                  help="Keep a K-shot subset (K objects per class)."),
              seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the K-shot subset."),
-             allow_no_crs: bool = typer.Option(False, "--allow-no-crs", help="Accept rasters without a CRS.")) -> None:
+             allow_no_crs: bool = typer.Option(False, "--allow-no-crs", help="Accept rasters without a CRS."),
+             nodata: Optional[float] = typer.Option(None, "--nodata", help=NODATA_HELP)) -> None:
         """Cut scenes and their vector labels into training chips: DOTA-format boxes or class masks."""
         from domainmona.geo.raster import parse_bands
         from domainmona.geo.tiling import TileOptions, tile_scenes
 
-        opts = TileOptions(size, overlap, parse_bands(bands), task.value, class_field, shots, seed, allow_no_crs)
+        opts = TileOptions(size, overlap, parse_bands(bands), task.value, class_field, shots, seed, allow_no_crs,
+                           nodata)
         manifest = tile_scenes(rasters, labels, out, opts)
         console.print(f"{len(manifest['chips'])} chips ({manifest['skipped_nodata_chips']} all-nodata skipped), "
                       f"classes: {', '.join(manifest['classes'])}")
@@ -66,12 +70,13 @@ def register(groups: CommandGroups) -> None:
                      iou_thr: float = typer.Option(0.1, "--iou-thr", callback=probability,
                                                    help="Rotated NMS IoU across tile overlaps, 0..1."),
                      cog: bool = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF."),
-                     allow_no_crs: bool = typer.Option(False, "--allow-no-crs")) -> None:
+                     allow_no_crs: bool = typer.Option(False, "--allow-no-crs"),
+                     nodata: Optional[float] = typer.Option(None, "--nodata", help=NODATA_HELP)) -> None:
         """Predict a whole scene tile by tile into a GeoTIFF class map or a polygon layer."""
         from domainmona.geo.models import tile_predict as run
 
         console.print(str(run(raster, checkpoint, out, size, overlap, batch_size, score_thr, iou_thr, cog,
-                              allow_no_crs)), soft_wrap=True)
+                              allow_no_crs, nodata)), soft_wrap=True)
 
     @groups.train.command("geo-seg")
     def train_geo_seg(chips: Path = typer.Option(..., "--chips", help="Segmentation chips from 'tile'."),

@@ -111,13 +111,13 @@ def _preview(scene, prediction: Path, png: Path) -> Path:
     import matplotlib.pyplot as plt
     import pyogrio
 
-    from domainmona.geo.stats import band_histograms, stretch_to_uint8, summarise
+    from domainmona.geo.stats import scene_stats, stretch_to_uint8
 
     with rasterio.open(scene.raster) as src:
         scale = max(1.0, max(src.width, src.height) / PREVIEW_PIXELS)
         shape = (round(src.height / scale), round(src.width / scale))
         bands = [1, 2, 3][:src.count]
-        rgb = stretch_to_uint8(src.read(bands, out_shape=(len(bands), *shape)), summarise(band_histograms(src, bands)))
+        rgb = stretch_to_uint8(src.read(bands, out_shape=(len(bands), *shape)), scene_stats(src, bands))
         transform = src.transform
     fig, ax = plt.subplots(figsize=(8, 8 * shape[0] / shape[1]))
     ax.imshow(rgb.transpose(1, 2, 0))

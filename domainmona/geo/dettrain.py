@@ -1,9 +1,11 @@
 """`domainmona train geo-det`: the detection pipeline's training on chips from `domainmona tile`.
 
 Detection chips already use the split-patch layout (`images/` + `annfiles/`), so the chip folder is
-handed to `domainmona.detection.train` as is, with the chips' classes and grid. The bands, the training
-scenes' band counts and dtypes and the chips' normalisation go in a sidecar beside the checkpoint, for
-`tile-predict`.
+handed to `domainmona.detection.train` as is, with the chips' classes and grid. N-band GeoTIFF chips (other
+than 1 or 3 bands) change the config: the Swin takes N input channels (its patch embedding inflated from
+the RGB weights and trained, domainmona.geo.bands), and the pipelines load chips with `LoadGeoChip` and
+normalise them with `NormaliseBands` (the preprocessor then neither swaps nor normalises). The bands, the training scenes' band counts and dtypes and
+the chips' normalisation go in a sidecar beside the checkpoint, for `tile-predict`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from domainmona.errors import UserError
 from domainmona.geo.models import geo_sidecar
-from domainmona.geo.tiling import read_manifest, scene_record
+from domainmona.geo.tiling import detection_chip_suffix, read_manifest, scene_record
 from domainmona.io import write_json
 
 
@@ -33,9 +35,32 @@ def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, b
     opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=work_dir, backbone=backbone, adapter=adapter,
                         pretrained=pretrained, max_iters=max_iters, resume=resume,
                         classes=tuple(manifest["classes"]), patch_size=manifest["size"],
-                        patch_gap=manifest["overlap"], seed=seed, amp=amp)
+                        patch_gap=manifest["overlap"], seed=seed, amp=amp,
+                        config_overrides=band_overrides(len(manifest["rasters"][0]["bands"]), backbone))
     final = train(opts)
     uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
     write_json(geo_sidecar(final), {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],
                                     "classes": manifest["classes"]})
     return final
+
+
+def band_overrides(bands: int, backbone: str) -> dict:
+    """mmengine config changes for N-band GeoTIFF chips (none for RGB PNG chips)."""
+    if detection_chip_suffix(bands) == "png":
+        return {}
+    from mmengine.config import Config
+
+    import domainmona.geo.chipload  # noqa: F401  (registers LoadGeoChip for the Runner's pipelines)
+    from domainmona.detection.config import config_path
+    from domainmona.geo.bands import band_normalisation
+
+    cfg = Config.fromfile(str(config_path("dota1.0", backbone)))
+    mean, std = band_normalisation(cfg.model.data_preprocessor.mean, cfg.model.data_preprocessor.std, bands)
+    overrides = {"model.backbone.in_channels": bands, "model.data_preprocessor.mean": None,
+                 "model.data_preprocessor.std": None, "model.data_preprocessor.bgr_to_rgb": False}
+    for loader in ("train_dataloader", "test_dataloader"):
+        pipeline = cfg[loader].dataset.pipeline
+        overrides[f"{loader}.dataset.pipeline"] = [dict(type="LoadGeoChip"),
+                                                   dict(type="NormaliseBands", mean=mean, std=std), *pipeline[1:]]
+        overrides[f"{loader}.dataset.img_suffix"] = "tif"
+    return overrides

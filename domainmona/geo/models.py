@@ -15,8 +15,8 @@ import numpy as np
 from domainmona.errors import UserError
 from domainmona.geo.predict import (GEOTIFF_SUFFIXES, DetectInfer, SegmentInfer, StreamOptions, Tile, check_numbers,
                                     check_stream_options, detect_scene, geotiff_is_ours, segment_scene)
-from domainmona.geo.raster import open_raster
-from domainmona.geo.stats import band_histograms, normalise, stretch_to_uint8, summarise
+from domainmona.geo.raster import open_raster, warn_nodata
+from domainmona.geo.stats import normalise, scene_stats, stretch_to_uint8
 from domainmona.io import claim_file
 
 
@@ -38,9 +38,9 @@ def segment_infer(model, stats: list[dict]) -> SegmentInfer:
 def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
     """mmdet's test pipeline on in-memory tiles, batched through `model.test_step`.
 
-    Tiles become the uint8 BGR images the detector was trained on (chips are RGB PNGs that mmcv reads as
-    BGR); uint16 scenes are stretched with the chips' statistics. ``cfg`` is the detector's mmengine Config
-    (from a checkpoint: `DetectorInfo.config`, which reads it as data, never as code).
+    Tiles become the uint8 images the detector was trained on (domainmona.geo.chipload.detector_image);
+    scenes other than uint8 are stretched with the chips' statistics. ``cfg`` is the detector's mmengine
+    Config (from a checkpoint: `DetectorInfo.config`, which reads it as data, never as code).
     """
     import torch
     from mmcv.transforms import Compose
@@ -48,6 +48,7 @@ def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
     from mmengine.registry import init_default_scope
 
     from domainmona.detection.dota.merge import Detections
+    from domainmona.geo.chipload import detector_image
 
     init_default_scope("mmrotate")
     steps = [s for s in cfg.test_dataloader.dataset.pipeline if "LoadAnnotations" not in s["type"]]
@@ -56,10 +57,9 @@ def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
     def infer(batch: list[Tile]) -> list:
         samples = []
         for i, tile in enumerate(batch):
-            rgb = stretch_to_uint8(tile.pixels, stats) if stats else tile.pixels.astype(np.uint8)
-            rgb = np.repeat(rgb, 3, axis=0) if len(rgb) == 1 else rgb
-            bgr = np.ascontiguousarray((rgb * tile.valid).transpose(1, 2, 0)[:, :, ::-1])
-            samples.append(pipeline(dict(img=bgr, img_id=str(i), img_path=None)))
+            image = stretch_to_uint8(tile.pixels, stats) if stats else tile.pixels.astype(np.uint8)
+            image = detector_image(image * tile.valid.astype(np.uint8))
+            samples.append(pipeline(dict(img=image, img_id=str(i), img_path=None)))
         with torch.inference_mode():
             outputs = model.test_step(pseudo_collate(samples))
         results = []
@@ -86,11 +86,11 @@ def prediction_is_ours(path: Path) -> bool:
 
 def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, overlap: int | None,
                  batch_size: int, score_thr: float, iou_thr: float = 0.1, cog: bool = False,
-                 allow_no_crs: bool = False) -> Path:
+                 allow_no_crs: bool = False, nodata: float | None = None) -> Path:
     """Predict ``raster`` with a geo-seg or detector checkpoint into ``out``; ``size``/``overlap`` None take
-    the training grid. Everything is checked before the model is built: the numbers, that ``out`` may be
-    written (not an input, not a file domainmona did not write) and that the scene is like the training
-    scenes (band count, dtype)."""
+    the training grid; ``nodata`` replaces the raster's own nodata value. Everything is checked before the
+    model is built: the numbers, that ``out`` may be written (not an input, not a file domainmona did not
+    write) and that the scene is like the training scenes (band count, dtype) with a usable nodata value."""
     from domainmona.adapters import fuse
     from domainmona.geo.segmodel import load_segmenter, read_spec
     from domainmona.geo.vectors import DRIVERS
@@ -112,9 +112,9 @@ def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, ov
         if size % 32:
             raise UserError(f"--size {size}: segmentation tiles must be a multiple of 32")
         opts = StreamOptions(size, spec["overlap"] if overlap is None else overlap, batch_size,
-                             tuple(spec["bands"]), allow_no_crs)
+                             tuple(spec["bands"]), allow_no_crs, nodata)
         check_stream_options(opts, half_overlap=True)
-        check_scene(raster, spec, checkpoint, allow_no_crs)
+        check_scene(raster, spec, checkpoint, allow_no_crs, nodata)
         model, spec = load_segmenter(checkpoint, size)
         return segment_scene(raster, out, segment_infer(model, spec["stats"]), spec["classes"], opts, cog)
 
@@ -123,12 +123,12 @@ def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, ov
     if out.suffix.lower() in GEOTIFF_SUFFIXES:
         raise UserError(f"{out}: a detector checkpoint writes polygons (.gpkg or .geojson)")
     geo = read_sidecar(checkpoint)
-    check_scene(raster, geo, checkpoint, allow_no_crs)
+    check_scene(raster, geo, checkpoint, allow_no_crs, nodata)
     model, info = load_detector(checkpoint)
     fuse(model)
-    bands, stats = _detection_inputs(raster, geo, allow_no_crs)
+    bands, stats = _detection_inputs(raster, geo, allow_no_crs, nodata)
     opts = StreamOptions(info.patch_size if size is None else size, info.patch_gap if overlap is None else overlap,
-                         batch_size, bands, allow_no_crs)
+                         batch_size, bands, allow_no_crs, nodata)
     infer = detect_infer(model, info.config(checkpoint), stats)
     return detect_scene(raster, out, infer, list(info.classes), opts, score_thr, iou_thr)
 
@@ -147,12 +147,14 @@ def read_sidecar(checkpoint: Path) -> dict:
     return geo
 
 
-def check_scene(raster: Path, trained: dict, checkpoint: Path, allow_no_crs: bool) -> None:
+def check_scene(raster: Path, trained: dict, checkpoint: Path, allow_no_crs: bool,
+                nodata: float | None = None) -> None:
     """Refuse a scene unlike the training scenes: other band count or dtype (a model fed other bands or
-    another radiometric range predicts garbage without a word). Checkpoints from before these were recorded
-    are checked for the bands they use only."""
+    another radiometric range predicts garbage without a word), or a ``nodata`` its pixels cannot hold.
+    Checkpoints from before these were recorded are checked for the bands they use only."""
     bands = tuple(trained["bands"]) if trained.get("bands") else None
-    with open_raster(raster, bands, allow_no_crs) as src:
+    with open_raster(raster, bands, allow_no_crs, nodata) as src:
+        warn_nodata(src)
         counts, dtypes = trained.get("scene_bands"), trained.get("dtypes")
         if counts and src.count not in counts:
             raise UserError(f"{raster}: {src.count} band(s), but {checkpoint} was trained on scenes with "
@@ -162,13 +164,14 @@ def check_scene(raster: Path, trained: dict, checkpoint: Path, allow_no_crs: boo
                             f"{' or '.join(dtypes)} scenes")
 
 
-def _detection_inputs(raster: Path, geo: dict, allow_no_crs: bool) -> tuple[tuple[int, ...], list | None]:
+def _detection_inputs(raster: Path, geo: dict, allow_no_crs: bool,
+                      nodata: float | None) -> tuple[tuple[int, ...], list | None]:
     """Bands and uint8 stretch of the chips the detector saw (sidecar); without one, the first three bands
-    and, for uint16 scenes, the scene's own statistics."""
+    and, for scenes other than uint8, the scene's own statistics."""
     bands = tuple(geo["bands"]) if geo.get("bands") else None
-    with open_raster(raster, bands, allow_no_crs) as src:
+    with open_raster(raster, bands, allow_no_crs, nodata) as src:
         bands = bands or tuple(range(1, min(src.count, 3) + 1))
         stats = geo.get("stats")
         if stats is None and src.dtypes[0] != "uint8":
-            stats = summarise(band_histograms(src, bands))
+            stats = scene_stats(src, bands)
     return bands, stats

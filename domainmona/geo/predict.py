@@ -37,6 +37,7 @@ class StreamOptions:
     batch_size: int = 4
     bands: tuple[int, ...] | None = None
     allow_no_crs: bool = False
+    nodata: float | None = None  # replaces the raster's own nodata value
 
 
 @dataclass
@@ -139,8 +140,8 @@ def segment_scene(raster: Path, out: Path, infer: SegmentInfer, classes: list[st
                   cog: bool = False) -> Path:
     """Write the blended class map (0 background, i + 1 for classes[i], 255 nodata) as a tiled GeoTIFF."""
     check_stream_options(opts, half_overlap=True)
-    with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs) as src, atomic_path(out) as tmp, \
-            scratch_dir(out) as scratch:
+    with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs, opts.nodata) as src, \
+            atomic_path(out) as tmp, scratch_dir(out) as scratch:
         bands = opts.bands or tuple(range(1, src.count + 1))
         tiled = scratch / "tiled.tif" if cog else tmp
         profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
@@ -186,7 +187,8 @@ def detect_scene(raster: Path, out: Path, infer: DetectInfer, classes: list[str]
     check_numbers(score_thr=score_thr, iou_thr=iou_thr)
     vector_driver(out)
     per_tile: dict[str, Detections] = {}
-    with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs) as src, progress() as bar:
+    with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs, opts.nodata) as src, \
+            progress() as bar:
         bands = opts.bands or tuple(range(1, src.count + 1))
         task = bar.add_task("tile-predict", total=tile_count(src, opts.size, opts.overlap))
         tiles = iter_tiles(src, bands, opts.size, opts.overlap, lambda: bar.advance(task))

@@ -3,22 +3,30 @@
 GDAL decodes whole blocks: a window that cuts blocks costs the same I/O as the blocks it touches, so each
 tile read is widened to the block grid and cropped in numpy. Reads stay inside the raster (boundless
 reads are slow) and the outside is padded here.
+
+Nodata: GDAL keeps one nodata value per file, so a band may hold that value as a real measurement where
+the other bands are valid. A band value is invalid where GDAL's mask says so (the file's nodata value, a
+mask band or alpha), where it equals `--nodata` (which replaces the file's value), or, for floats, where
+it is NaN or infinite; a *pixel* is nodata only when every band is invalid there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from domainmona.console import console
 from domainmona.errors import UserError
 
-SUPPORTED_DTYPES = ("uint8", "uint16")
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 # GDAL's block cache defaults to 5% of RAM and keeps decoded blocks of a big scene until it is full, so
 # streaming jobs cap it: a few full-width block rows, enough for the overlap between tile rows to hit it.
 STREAM_CACHE_BYTES = 64 * 2**20
@@ -42,10 +50,42 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return bands
 
 
+def check_nodata(value: float, dtype: str, path: str | Path) -> None:
+    """Refuse a `--nodata` the raster's pixels cannot hold: it would silently mark nothing."""
+    kind = np.dtype(dtype)
+    if kind.kind == "f":
+        if not (math.isnan(value) or math.isinf(value) or abs(value) <= float(np.finfo(kind).max)):
+            raise UserError(f"--nodata {value}: beyond the range of {dtype}, the pixel type of {path}")
+        return
+    if not math.isfinite(value) or value != int(value):
+        raise UserError(f"--nodata {value}: {path} holds {dtype} pixels, which are whole numbers")
+    info = np.iinfo(kind)
+    if not info.min <= value <= info.max:
+        raise UserError(f"--nodata {value}: outside {info.min}..{info.max}, the range of {dtype} ({path})")
+
+
+def nodata_warning(src: rasterio.DatasetReader) -> str | None:
+    """The one-line warning for a float raster that declares no nodata (and no --nodata was given): NaN and
+    infinite pixels are nodata anyway, and refusing would block the many float products that use only NaN."""
+    if src.override_nodata is None and src.nodata is None and np.dtype(src.dtypes[0]).kind == "f":
+        return (f"{src.name}: {src.dtypes[0]} raster declares no nodata value: only NaN and infinite pixels are "
+                "nodata (pass --nodata to name another value)")
+    return None
+
+
+def warn_nodata(src: rasterio.DatasetReader) -> None:
+    message = nodata_warning(src)
+    if message:
+        console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+
+
 @contextlib.contextmanager
-def open_raster(path: str | Path, bands: Sequence[int] | None = None,
-                allow_no_crs: bool = False) -> Iterator[rasterio.DatasetReader]:
-    """Open a raster for reading, refusing what the tiler cannot use with a one-line reason."""
+def open_raster(path: str | Path, bands: Sequence[int] | None = None, allow_no_crs: bool = False,
+                nodata: float | None = None) -> Iterator[rasterio.DatasetReader]:
+    """Open a raster for reading, refusing what the tiler cannot use with a one-line reason.
+
+    ``nodata`` (`--nodata`) replaces the file's nodata value; it travels with the dataset as
+    ``override_nodata`` so that every read through this module applies it."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: a folder, not a raster file")
@@ -65,6 +105,9 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
                 raise UserError(f"{path}: band {band} requested but the raster has {src.count} band(s)")
         if src.crs is None and not allow_no_crs:
             raise UserError(f"{path}: raster has no CRS (pass --allow-no-crs to use pixel coordinates)")
+        if nodata is not None:
+            check_nodata(nodata, src.dtypes[0], path)
+        src.override_nodata = nodata
         yield src
 
 
@@ -75,13 +118,24 @@ def gdal_reason(exc: BaseException) -> str:
 
 
 def read_window(src: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels, masks) of ``bands`` in ``window``. GDAL finds a truncated or corrupt file only when it decodes
-    the damaged blocks, long after opening it: that becomes a one-line error naming the file."""
+    """(pixels, per-band bool validity) of ``bands`` in ``window`` under the module's nodata rule. GDAL finds a
+    truncated or corrupt file only when it decodes the damaged blocks, long after opening it: that becomes a
+    one-line error naming the file."""
+    override = getattr(src, "override_nodata", None)
     try:
-        return src.read(list(bands), window=window), src.read_masks(list(bands), window=window)
+        pixels = src.read(list(bands), window=window)
+        # --nodata replaces masks made from the file's nodata value, not a mask band or alpha
+        derived = {MaskFlags.nodata, MaskFlags.all_valid}
+        file_masks = override is None or any(not derived & set(src.mask_flag_enums[b - 1]) for b in bands)
+        valid = src.read_masks(list(bands), window=window) > 0 if file_masks else np.ones(pixels.shape, bool)
     except RasterioIOError as exc:
         raise UserError(f"{src.name}: unreadable pixels near column {window.col_off}, row {window.row_off} "
                         f"(truncated or corrupt file? {gdal_reason(exc)})") from None
+    if override is not None:
+        valid &= ~np.isnan(pixels) if math.isnan(override) else pixels != np.array(override).astype(pixels.dtype)
+    if pixels.dtype.kind == "f":
+        valid &= np.isfinite(pixels)
+    return pixels, valid
 
 
 def selected_bands(src: rasterio.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
@@ -136,7 +190,7 @@ def read_tile(src: rasterio.DatasetReader, bands: Sequence[int], col: int, row: 
     crop = np.s_[r0 - window.row_off:r1 - window.row_off, c0 - window.col_off:c1 - window.col_off]
     place = np.s_[r0 - row:r1 - row, c0 - col:c1 - col]
     data[(slice(None), *place)] = pixels[(slice(None), *crop)]
-    valid[place] = (masks[(slice(None), *crop)] > 0).any(axis=0)
+    valid[place] = masks[(slice(None), *crop)].any(axis=0)
     return data, valid
 
 

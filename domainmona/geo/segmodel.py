@@ -54,8 +54,8 @@ def build_model(spec: dict[str, Any]):
     adapter_cfg).
 
     Output channels: background + one per class. The adapter goes into the encoder only, so the decoder
-    stays fully trainable. With other than 3 bands the patch embedding cannot come from RGB weights and
-    is left trainable.
+    stays fully trainable. With other than 3 bands the patch embedding trains (pretrained RGB filters are
+    only its starting point, domainmona.geo.bands).
     """
     import segmentation_models_pytorch as smp
 

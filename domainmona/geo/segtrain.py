@@ -148,7 +148,11 @@ def _restore(state: dict[str, Any], path: Path, model, optimizer, scaler, genera
 
 
 def _load_encoder_weights(model, pretrained: Path | None) -> None:
+    """Pretrained encoder weights; with other than 3 bands the RGB patch embedding is inflated
+    (domainmona.geo.bands)."""
     from domainmona.adapters.pretrained import load_pretrained
+    from domainmona.geo.bands import inflate_patch_embedding
+    from domainmona.geo.segmodel import patch_embedding
 
     if pretrained is None:
         console.print("[yellow]warning:[/] no --pretrained encoder weights: the adapter adapts a random encoder")
@@ -160,6 +164,9 @@ def _load_encoder_weights(model, pretrained: Path | None) -> None:
     if len(report.missing) > report.loaded:  # a different architecture or an unconverted layout
         raise UserError(f"--pretrained {pretrained} fits only {report.loaded} of the encoder's "
                         f"{report.loaded + len(report.missing)} tensors ({report.layout} layout)")
+    conv = patch_embedding(model).proj
+    if inflate_patch_embedding(conv, pretrained):
+        console.print(f"RGB patch embedding inflated to {conv.in_channels} bands")
 
 
 def train_segmentation(opts: SegTrainOptions) -> Path:

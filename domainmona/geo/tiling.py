@@ -1,12 +1,16 @@
 """`domainmona tile`: scenes + vector labels → training chips (DOTA detection or segmentation masks).
 
-Two passes per raster, both streamed through block-aligned windows: band histograms (scene statistics),
+Two passes per raster, both streamed through block-aligned windows: band statistics (domainmona.geo.stats),
 then the chips that hold labels, read one at a time. Chips that are all nodata are skipped.
+
+Detection chips are 8-bit images stretched with the scene statistics: RGB PNGs for 1 or 3 bands (what
+`split dota` writes), N-band GeoTIFFs otherwise (read by domainmona.geo.chipload), bands in `--bands` order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +27,9 @@ from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad, w
 from domainmona.detection.dota.patch_labels import ScaledObjects, objects_in_window, scale_objects
 from domainmona.errors import UserError
 from domainmona.geo.labels import PixelIndex, read_labels, reproject
-from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands, streaming_env
+from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands, streaming_env, warn_nodata
 from domainmona.geo.shots import select_shots
-from domainmona.geo.stats import band_histograms, stretch_to_uint8, summarise
+from domainmona.geo.stats import BandValues, band_values, stretch_to_uint8, summarise
 from domainmona.io import atomic_dir, check_parent, check_replaceable
 
 # The splitter's rule for cut objects (domainmona split's defaults): at least VISIBLE_NORMAL of the area
@@ -35,6 +39,7 @@ SLIVER = 0.1
 IGNORE = 255  # mask value of nodata pixels
 MANIFEST = "manifest.json"
 LAYOUT = {"detection": ("images", "annfiles"), "segmentation": ("images", "masks")}  # detection: as split writes
+PNG_BANDS = (1, 3)  # detection chips with these band counts are RGB PNGs, others N-band GeoTIFFs
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TileOptions:
     shots: int | None = None
     seed: int = 0
     allow_no_crs: bool = False
+    nodata: float | None = None  # replaces the rasters' own nodata value (NaN allowed for float rasters)
 
 
 @dataclass
@@ -64,6 +70,15 @@ def chip_name(stem: str, size: int, col: int, row: int) -> str:
     return f"{stem}__{size}__{col}___{row}"
 
 
+def detection_chip_suffix(bands: int) -> str:
+    return "png" if bands in PNG_BANDS else "tif"
+
+
+def json_nodata(value: float | None) -> float | str | None:
+    """A nodata value as strict JSON (which has no NaN)."""
+    return "nan" if value is not None and math.isnan(value) else value
+
+
 def _check_options(opts: TileOptions) -> None:
     if opts.task not in LAYOUT:
         raise UserError(f"--task must be detection or segmentation, got '{opts.task}'")
@@ -73,8 +88,6 @@ def _check_options(opts: TileOptions) -> None:
         raise UserError(f"--shots must be >= 1, got {opts.shots}")
     if not 0 <= opts.seed < 2**32:  # numpy's seeds
         raise UserError(f"--seed must be between 0 and 2**32 - 1, got {opts.seed}")
-    if opts.task == "detection" and opts.bands and len(opts.bands) not in (1, 3):
-        raise UserError(f"detection chips are RGB images: --bands must name 1 or 3 bands, got {len(opts.bands)}")
 
 
 def _chip_objects(pixel_labels: PixelIndex, scaled: ScaledObjects | None, col: int, row: int,
@@ -119,18 +132,24 @@ def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, 
                 opts: TileOptions, classes: list[str], stats: list[dict]) -> Affine:
     image_dir, label_dir = LAYOUT[opts.task]
     chip_transform = src.transform @ Affine.translation(plan.col, plan.row)
+    profile = dict(driver="GTiff", width=opts.size, height=opts.size, crs=src.crs, transform=chip_transform,
+                   tiled=True, blockxsize=min(256, opts.size // 16 * 16), blockysize=min(256, opts.size // 16 * 16),
+                   compress="deflate")
     if opts.task == "detection":
-        rgb = stretch_to_uint8(data, stats)
-        rgb = np.repeat(rgb, 3, axis=0) if len(rgb) == 1 else rgb
-        rgb[:, ~valid] = 0
-        Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(out / image_dir / f"{plan.name}.png")
+        image = stretch_to_uint8(data, stats)
+        image[:, ~valid] = 0
+        if detection_chip_suffix(len(image)) == "png":
+            rgb = np.repeat(image, 3, axis=0) if len(image) == 1 else image
+            Image.fromarray(np.ascontiguousarray(rgb.transpose(1, 2, 0))).save(out / image_dir / f"{plan.name}.png")
+        else:
+            with rasterio.open(out / image_dir / f"{plan.name}.tif", "w", count=len(image), dtype="uint8",
+                               **profile) as dst:
+                dst.write(image)
         write_dota_labels(out / label_dir / f"{plan.name}.txt", plan.objects)
     else:
-        profile = dict(driver="GTiff", width=opts.size, height=opts.size, crs=src.crs, transform=chip_transform,
-                       tiled=True, blockxsize=min(256, opts.size // 16 * 16), blockysize=min(256, opts.size // 16 * 16),
-                       compress="deflate")
+        nodata = src.nodata if opts.nodata is None else opts.nodata
         with rasterio.open(out / image_dir / f"{plan.name}.tif", "w", count=len(data), dtype=data.dtype,
-                           nodata=src.nodata, **profile) as dst:
+                           nodata=nodata, **profile) as dst:
             dst.write(data)
         with rasterio.open(out / label_dir / f"{plan.name}.tif", "w", count=1, dtype="uint8", nodata=IGNORE,
                            **profile) as dst:
@@ -153,12 +172,14 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
     classes = labels.class_names
     scenes, plans = [], []
     for index, path in enumerate(rasters):
-        with open_raster(path, opts.bands, opts.allow_no_crs) as src:
+        with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:
+            warn_nodata(src)
             local = reproject(labels, src.crs, str(labels_path))
             pixel_labels = PixelIndex(local, src.transform)
+            nodata = src.nodata if opts.nodata is None else opts.nodata
             scenes.append({"path": str(Path(path).resolve()), "crs": src.crs.to_wkt() if src.crs else None,
                            "transform": list(src.transform)[:6], "width": src.width, "height": src.height,
-                           "dtype": src.dtypes[0], "nodata": src.nodata, "count": src.count,
+                           "dtype": src.dtypes[0], "nodata": json_nodata(nodata), "count": src.count,
                            "bands": list(selected_bands(src, opts.bands)),
                            "labels": len(pixel_labels.query(0, 0, src.width, src.height))})
             plans += _plan_raster(index, Path(path), pixel_labels, opts, src.width, src.height)
@@ -182,19 +203,18 @@ def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: l
     with streaming_env(), atomic_dir(out, "tile", inputs) as tmp, progress() as bar:
         for sub in LAYOUT[opts.task]:
             (tmp / sub).mkdir()
-        histograms = []
+        per_raster = []
         for index, path in enumerate(rasters):
-            with open_raster(path, opts.bands, opts.allow_no_crs) as src:
-                bands = scenes[index]["bands"]
+            with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:
                 task = bar.add_task(f"statistics {Path(path).name}", total=None)
-                histograms.append(band_histograms(src, bands))
+                per_raster.append(band_values(src, scenes[index]["bands"]))
                 bar.remove_task(task)
-        stats = summarise(np.sum(histograms, axis=0))
-        for scene, hist in zip(scenes, histograms):
-            scene["stats"] = summarise(hist)
+        stats = summarise([BandValues.pooled(parts) for parts in zip(*per_raster)])
+        for scene, values in zip(scenes, per_raster):
+            scene["stats"] = summarise(values)
         task = bar.add_task("chips", total=len(plans))
         for index, path in enumerate(rasters):
-            with open_raster(path, opts.bands, opts.allow_no_crs) as src:
+            with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:
                 for plan in (p for p in plans if p.raster == index):
                     data, valid = read_tile(src, scenes[index]["bands"], plan.col, plan.row, opts.size)
                     bar.advance(task)
