@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 from domainmona.commands import CommandGroups
@@ -46,3 +48,43 @@ def register(groups: CommandGroups) -> None:
             table.add_row(name, f"{counts.backbone_params:,}", f"{counts.trainable_backbone_params:,}",
                           f"{counts.percent_of_backbone:.2f}%", f"{counts.percent_of_model:.2f}%")
         console.print(table)
+
+    @groups.adapters.command("probe")
+    def probe(
+        backbone: str = typer.Option("swin-t", "--backbone", "-b", help="swin-t|swin-s|swin-b|swin-l|micro|swinunetr"),
+        size: Optional[int] = typer.Option(None, "--size", help="input side in pixels/voxels, a multiple of 32 "
+                                                                 "[default: 256; swinunetr 96]"),
+        batch: int = typer.Option(1, "--batch", help="images (volumes) per step"),
+        method: str = typer.Option("mona,lora,full", "--method", "-m",
+                                   help="comma-separated adapter methods, or 'all'"),
+        no_recompute: bool = typer.Option(False, "--no-recompute", help="adapters store their internals"),
+        compare_recompute: bool = typer.Option(False, "--compare-recompute",
+                                               help="rows with and without adapter recomputation"),
+        checkpoint_blocks: bool = typer.Option(False, "--checkpoint-blocks",
+                                               help="add rows with the backbone's block checkpointing"),
+        memory_budget: Optional[str] = typer.Option(None, "--memory-budget",
+                                                    help="e.g. 8GB: say which settings fit (binary units)"),
+        steps: int = typer.Option(2, "--steps", help="timed steps per row after the measured first step"),
+    ) -> None:
+        """Measure one real training step per method and setting on this device (CPU, or CUDA when visible, with
+        AMP rows): peak memory, step time, trainable parameters, adapter file size; which settings fit a budget."""
+        from domainmona.adapters import probe as p
+        from domainmona.adapters.methods import METHODS
+        from domainmona.console import console
+        from domainmona.errors import UserError
+
+        if no_recompute and compare_recompute:
+            raise UserError("--no-recompute and --compare-recompute exclude each other")
+        names = list(METHODS) if method.strip() == "all" else [m.strip() for m in method.split(",") if m.strip()]
+        size = size if size is not None else (96 if backbone in p.VOLUME_NAMES else 256)
+        p.check_request(backbone, size, batch, names, steps)
+        budget = p.parse_budget(memory_budget) if memory_budget is not None else None
+        import torch
+
+        recompute = "compare" if compare_recompute else "off" if no_recompute else "on"
+        rows = p.probe(p.settings(backbone, size, batch, names, recompute, checkpoint_blocks,
+                                  amp=torch.cuda.is_available(), steps=steps))
+        console.print(p.table(rows, budget))
+        if budget is not None:
+            fitting = [r for r in rows if r.fits(budget)]
+            console.print(f"fit in {memory_budget}: " + (", ".join(p.describe(r.setting) for r in fitting) or "none"))

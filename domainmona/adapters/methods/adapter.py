@@ -16,6 +16,7 @@ class Adapter(Method):
     name = "adapter"
     summary = "Houlsby bottleneck on both branches"
     Config = AdapterConfig
+    recomputes = True
 
     def attach(self, site, config) -> None:
         self.fill_slots(site, "branch", lambda: BottleneckAdapter(site.dim, config.inner_dim, config.dropout))

@@ -17,6 +17,7 @@ class AdaptFormer(Method):
     name = "adaptformer"
     summary = "scaled bottleneck parallel to the MLP"
     Config = AdaptFormerConfig
+    recomputes = True
 
     def attach(self, site, config) -> None:
         self.fill_slots(site, "parallel",

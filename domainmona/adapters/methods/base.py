@@ -25,6 +25,7 @@ class Method:
     name: ClassVar[str]
     summary: ClassVar[str]
     Config: ClassVar[type] = NoConfig
+    recomputes: ClassVar[bool] = False  # its modules can recompute their internals in backward (Recomputable)
 
     def make_config(self, **options: Any):
         """Validated config from keyword options (strings from a CLI are converted to the field's type)."""

@@ -17,6 +17,7 @@ class LoRA(Method):
     name = "lora"
     summary = "low-rank updates of q and v"
     Config = LoRAConfig
+    recomputes = True
 
     def attach(self, site, config) -> None:
         qkv = site.family.qkv(site.block)

@@ -17,6 +17,7 @@ class LoRand(Method):
     name = "lorand"
     summary = "low-rank multi-branch adapters on both branches"
     Config = LoRandConfig
+    recomputes = True
 
     def attach(self, site, config) -> None:
         self.fill_slots(site, "branch",

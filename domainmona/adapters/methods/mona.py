@@ -18,6 +18,7 @@ class Mona(Method):
     name = "mona"
     summary = "multi-cognitive visual adapter after each residual add"
     Config = MonaConfig
+    recomputes = True
 
     def attach(self, site, config) -> None:
         if config.inner_dim < 1 or not 0 <= config.dropout < 1:
