@@ -6,10 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from domainmona.adapters import METHODS, apply_freeze, inject, trainable_report
+from domainmona.adapters import METHODS, adapter_parameter_names, apply_freeze, inject, trainable_report
 from domainmona.adapters.backbones import build_backbone
 from domainmona.adapters.families.host import SLOTS
-from domainmona.adapters.inject import is_adapter_parameter
 from domainmona.errors import UserError
 
 swin = pytest.importorskip("mmdet.models.backbones.swin")
@@ -25,9 +24,10 @@ def tiny_swin(**kwargs) -> nn.Module:
 def perturb_adapters(model: nn.Module) -> None:
     """Adapters start as identities (zero up-projections): give them weights so every one gets a gradient."""
     gen = torch.Generator().manual_seed(3)
+    adapters = adapter_parameter_names(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if is_adapter_parameter(name):
+            if name in adapters:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
@@ -50,15 +50,16 @@ def test_mona_parameter_counts_match_the_paper(name, expected, percent):
 def _expected_trainable(method: str, model: nn.Module) -> set[str]:
     names = [n for n, _ in model.named_parameters()]
     owners = {n: model.get_submodule(n.rpartition(".")[0]) for n in names}
+    adapters = adapter_parameter_names(model)
     rules = {
         "full": lambda n: True,
         "fixed": lambda n: False,
         "bitfit": lambda n: n.endswith(".bias"),
-        "normtuning": lambda n: isinstance(owners[n], nn.LayerNorm) and not is_adapter_parameter(n),
+        "normtuning": lambda n: isinstance(owners[n], nn.LayerNorm) and n not in adapters,
         "partial-1": lambda n: n.startswith("stages.3.blocks.0."),
     }
     rule = rules.get(method, lambda n: False)
-    return {n for n in names if rule(n) or is_adapter_parameter(n)}
+    return {n for n in names if rule(n) or n in adapters}
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -11,7 +11,7 @@ from types import ModuleType
 # The adapter methods' registry names (`METHODS`' keys, in its order), for command-line choices without torch;
 # tests/test_cli.py checks that they match.
 METHOD_NAMES = ("full", "fixed", "bitfit", "normtuning", "partial-1", "adapter", "lora", "adaptformer", "lorand",
-                "mona")
+                "mona", "ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation")
 
 # exported name -> the submodule that defines it
 _EXPORTS = {
@@ -20,7 +20,8 @@ _EXPORTS = {
     "Mona3d": "modules.mona", "load_official_mona": "official", "load_pretrained": "pretrained",
     "TrainableReport": "report", "trainable_report": "report", "LoadReport": "weights",
     "set_adapter_recompute": "memory", "set_block_checkpointing": "memory", "block_checkpointing": "memory",
-    "saved_tensor_bytes": "memory",
+    "saved_tensor_bytes": "memory", "merge": "merge", "prepare_for_inference": "merge",
+    "adapter_parameter_names": "inject",
 }
 
 __all__ = sorted([*_EXPORTS, "METHOD_NAMES"])

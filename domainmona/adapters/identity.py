@@ -7,12 +7,13 @@ import hashlib
 import torch
 from torch import nn
 
-from domainmona.adapters.inject import STATE_ATTR, is_adapter_parameter
+from domainmona.adapters.inject import STATE_ATTR, adapter_parameter_names
 
 
 def base_parameters(root: nn.Module) -> dict[str, nn.Parameter]:
     """The backbone's own parameters (everything injection did not add)."""
-    return {n: p for n, p in root.named_parameters() if not is_adapter_parameter(n)}
+    added = adapter_parameter_names(root)
+    return {n: p for n, p in root.named_parameters() if n not in added}
 
 
 def backbone_id(root: nn.Module) -> str:

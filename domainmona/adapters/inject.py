@@ -28,6 +28,7 @@ class AdapterState:
     family: str
     version: str = __version__
     recompute: bool = True  # adapters recompute their internals in backward (not part of adapter files)
+    parameters: tuple[str, ...] = ()  # what injection added, relative to the backbone (adapter_parameter_names)
 
 
 def inject(model: nn.Module, method: str, recompute_adapters: bool = True, **config: Any) -> nn.Module:
@@ -42,13 +43,16 @@ def inject(model: nn.Module, method: str, recompute_adapters: bool = True, **con
         raise UserError(f"{type(root).__name__} already has '{getattr(root, STATE_ATTR).method}' adapters; "
                         f"build a fresh model to inject another method")
     sites = find_sites(root, family)
+    base = {id(p) for p in root.parameters()}
     for site in sites:
         rewire(site)
         meth.attach(site, cfg)
         _match_block_placement(site.block)
+    meth.attach_model(root, sites, cfg)
     family.prepare(root, sites)
+    added = tuple(n for n, p in root.named_parameters() if id(p) not in base)
     setattr(root, STATE_ATTR, AdapterState(meth.name, dataclasses.asdict(cfg), family.name,
-                                           recompute=bool(recompute_adapters)))
+                                           recompute=bool(recompute_adapters), parameters=added))
     block_checkpointed = family.checkpointing(root, None) if family.checkpointing else False
     configure_recompute(root, recompute=bool(recompute_adapters), inside_checkpoint=block_checkpointed)
     if any(isinstance(m, _BatchNorm) for m in root.modules()):
@@ -73,8 +77,14 @@ def adapted_backbones(model: nn.Module) -> list[tuple[str, nn.Module, AdapterSta
     return [(n, m, getattr(m, STATE_ATTR)) for n, m in model.named_modules() if getattr(m, STATE_ATTR, None)]
 
 
+def adapter_parameter_names(model: nn.Module) -> set[str]:
+    """Paths in `model` of every tensor that injection added to its adapted backbones (recorded by `inject`)."""
+    return {f"{prefix}.{n}" if prefix else n for prefix, _, state in adapted_backbones(model) for n in state.parameters}
+
+
 def is_adapter_parameter(path: str) -> bool:
-    """Parameters that injection added (adapter slots, LoRA factors), judged by name."""
+    """Parameters of adapter slots and LoRA factors, judged by name; `adapter_parameter_names` has every
+    method's, as recorded at injection."""
     parts = path.split(".")
     return any(p in SLOTS for p in parts) or parts[-1].startswith("lora_")
 
@@ -87,15 +97,17 @@ def apply_freeze(model: nn.Module) -> None:
         cfg = meth.Config(**state.config)
         _, _, family = find_backbone(root)
         sites = find_sites(root, family)
+        added = set(state.parameters)
         for owner_name, owner in root.named_modules():
             for name, param in owner.named_parameters(recurse=False):
                 path = f"{owner_name}.{name}" if owner_name else name
-                param.requires_grad_(is_adapter_parameter(path) or meth.trains_base(path, owner, sites, cfg))
+                param.requires_grad_(path in added or meth.trains_base(path, owner, sites, cfg))
 
 
 def _keep_frozen_batchnorm_eval(root: nn.Module, args) -> None:
     """Frozen BatchNorms keep their running statistics: `model.train()` must not start updating them."""
-    if getattr(root, STATE_ATTR).method == "full":
+    state = getattr(root, STATE_ATTR, None)
+    if state is None or state.method == "full":  # merged back into a plain backbone, or training everything
         return
     for module in root.modules():
         if isinstance(module, _BatchNorm) and module.training and not any(p.requires_grad

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from domainmona.adapters.families import find_backbone
-from domainmona.adapters.inject import STATE_ATTR, is_adapter_parameter
+from domainmona.adapters.inject import STATE_ATTR, adapter_parameter_names
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,12 @@ def trainable_report(model: nn.Module, backbone: nn.Module | None = None) -> Tra
     """Parameter counts of `model` and of its backbone (found automatically unless given)."""
     root = backbone if backbone is not None else find_backbone(model)[1]
     named = list(root.named_parameters())
+    added = adapter_parameter_names(root)
     state = getattr(root, STATE_ATTR, None)
     return TrainableReport(
         method=state.method if state else "none",
-        backbone_params=sum(p.numel() for n, p in named if not is_adapter_parameter(n)),
-        adapter_params=sum(p.numel() for n, p in named if is_adapter_parameter(n)),
+        backbone_params=sum(p.numel() for n, p in named if n not in added),
+        adapter_params=sum(p.numel() for n, p in named if n in added),
         trainable_backbone_params=sum(p.numel() for _, p in named if p.requires_grad),
         model_params=sum(p.numel() for p in model.parameters()),
         trainable_model_params=sum(p.numel() for p in model.parameters() if p.requires_grad),

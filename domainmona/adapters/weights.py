@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from domainmona.adapters.identity import persistent_buffers
-from domainmona.adapters.inject import is_adapter_parameter
+from domainmona.adapters.inject import adapter_parameter_names
 from domainmona.errors import UserError
 from domainmona.io import load_safetensors, load_torch
 
@@ -81,5 +81,6 @@ def load_matching(module: nn.Module, tensors: dict[str, torch.Tensor], report: L
             targets[target].copy_(tensor)
             used.add(target)
     report.loaded += len(used)
-    report.missing += sorted(k for k in targets if k not in used and (expect_adapters or not is_adapter_parameter(k)))
+    added = set() if expect_adapters else adapter_parameter_names(module)
+    report.missing += sorted(k for k in targets if k not in used and k not in added)
     return report

@@ -20,7 +20,16 @@ class NoConfig:
 
 
 class Method:
-    """Base class; subclasses set `name`, `summary`, `Config` and override `attach` / `trains_base`."""
+    """Base class; subclasses set `name`, `summary`, `Config` and override the hooks they need:
+
+    - `attach(site, config)`: add modules to one block (slots via `fill_slots`, or swap a layer's class);
+    - `attach_model(root, sites, config)`: after every block, what the whole backbone holds (tensors shared
+      by blocks, under `modules.delta.share`; layers outside the blocks);
+    - `trains_base(path, owner, sites, config)`: which of the backbone's own weights train.
+
+    Whatever injection adds is recorded as the backbone's adapter tensors (`inject.adapter_parameter_names`).
+    Layers swapped to a `modules.delta.Mergeable` fold into the frozen weights with `merge`.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -47,6 +56,9 @@ class Method:
 
     def attach(self, site: Site, config) -> None:
         """Add this method's modules to one block (default: none)."""
+
+    def attach_model(self, root: nn.Module, sites: list[Site], config) -> None:
+        """Add this method's backbone-level modules, once, after `attach` on every site (default: none)."""
 
     def trains_base(self, path: str, owner: nn.Module, sites: list[Site], config) -> bool:
         """Whether the backbone's own parameter at `path` (owned by module `owner`) trains (default: no)."""
