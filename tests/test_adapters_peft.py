@@ -135,3 +135,25 @@ def test_shared_factors_are_owned_once_and_travel_in_adapter_files(method, tmp_p
         expected = run(model, forward)
         assert not torch.allclose(expected[0], run(twin, forward)[0])
         torch.testing.assert_close(run(restored, forward)[0], expected[0], rtol=0, atol=0)
+
+
+def test_kronecker_updates_follow_their_formulas():
+    """KronA: s (A kron B); KAdaptation: s sum_i A_i kron (u_i v_i^T), A_i shared; q and v rows only."""
+    krona = inject(micro_swin(), "krona", factor=4, scale=0.5)
+    kadapt = inject(micro_swin(), "kadaptation", n=4, scale=0.5)
+    for model in (krona, kadapt):
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+    qkv, shared = kadapt.stages[1].blocks[0].attn.w_msa.qkv, kadapt.stages[0].blocks[0].adapter_shared.a
+    dim = qkv.in_features
+    expected = {part: 0.5 * sum(torch.kron(shared[i], torch.outer(getattr(qkv, f"kadapt_{part}_u")[i],
+                                                                   getattr(qkv, f"kadapt_{part}_v")[i]))
+                                for i in range(4)) for part in "qv"}
+    kron_qkv = krona.stages[1].blocks[0].attn.w_msa.qkv
+    for part in "qv":
+        expected_krona = 0.5 * torch.kron(getattr(kron_qkv, f"krona_{part}_a"), getattr(kron_qkv, f"krona_{part}_b"))
+        torch.testing.assert_close(kron_qkv.part_delta(part), expected_krona)
+        torch.testing.assert_close(qkv.part_delta(part), expected[part])
+    assert not qkv.delta_weight()[dim:2 * dim].any()
