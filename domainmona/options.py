@@ -36,6 +36,20 @@ probability = finite(0.0, 1.0)  # score and IoU thresholds
 fraction = finite(0.0, 1.0, high_open=True)  # sliding-window overlaps
 
 
+def recompute_option() -> bool:
+    """`--adapter-recompute/--no-adapter-recompute` of every train command (domainmona.adapters.memory)."""
+    return typer.Option(True, "--adapter-recompute/--no-adapter-recompute",
+                        help="Adapters keep only their input for backward and recompute the rest (less memory, "
+                             "a little more time).")
+
+
+def checkpoint_blocks_option() -> bool:
+    """`--checkpoint-blocks` of every train command (domainmona.adapters.memory.set_block_checkpointing)."""
+    return typer.Option(False, "--checkpoint-blocks",
+                        help="Recompute the frozen backbone's blocks in backward (its own checkpointing, adapters "
+                             "inside): least memory, about a third more time.")
+
+
 def amp_option() -> bool:
     """`--amp/--no-amp` of every train command (the rule: domainmona.devices)."""
     return typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA: bf16, else fp16 with loss scaling. "

@@ -11,7 +11,7 @@ import typer
 from domainmona.adapters import METHOD_NAMES
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
-from domainmona.options import amp_option, probability
+from domainmona.options import amp_option, checkpoint_blocks_option, probability, recompute_option
 
 Backbone = Enum('Backbone', {b: b for b in ('swin-t', 'swin-b', 'micro')}, type=str)
 Method = Enum('Method', {m: m for m in METHOD_NAMES}, type=str)
@@ -20,7 +20,8 @@ Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter: Method,
            pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: int,
-           resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: bool) -> None:
+           resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: bool, adapter_recompute: bool,
+           checkpoint_blocks: bool) -> None:
     from domainmona.console import console
     from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, prepare, train, training_subsets
     from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
@@ -32,7 +33,8 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
     opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
                         adapter=adapter.value, pretrained=pretrained, shots=shots, max_iters=max_iters,
                         gpus=gpus, resume=resume, patch_size=patch_size or split['size'],
-                        patch_gap=split['gap'] if patch_gap is None else patch_gap, amp=amp)
+                        patch_gap=split['gap'] if patch_gap is None else patch_gap, amp=amp,
+                        adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks)
     if gpus > 1 and not under_torchrun():
         prepare(opts)  # check inputs and split once here, not in every process
         training_subsets(opts)
@@ -83,20 +85,23 @@ def register(groups: CommandGroups) -> None:
                    pretrained: Optional[Path] = pretrained_opt, shots: Optional[int] = shots_opt,
                    max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt, resume: bool = resume_opt,
                    patch_size: Optional[int] = size_opt, patch_gap: Optional[int] = gap_opt,
-                   amp: bool = amp_option()) -> None:
+                   amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
+                   checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
         """Oriented R-CNN with a Mona-Swin backbone on DOTA; prints the final checkpoint last."""
         _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume,
-               patch_size, patch_gap, amp)
+               patch_size, patch_gap, amp, adapter_recompute, checkpoint_blocks)
 
     @groups.train.command("star")
     def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: Backbone = backbone_opt,
                    adapter: Method = adapter_opt, pretrained: Optional[Path] = pretrained_opt,
                    shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt,
                    resume: bool = resume_opt, patch_size: Optional[int] = size_opt,
-                   patch_gap: Optional[int] = gap_opt, amp: bool = amp_option()) -> None:
+                   patch_gap: Optional[int] = gap_opt, amp: bool = amp_option(),
+                   adapter_recompute: bool = recompute_option(),
+                   checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
         """Oriented R-CNN with a Mona-Swin backbone on STAR; prints the final checkpoint last."""
         _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume, patch_size,
-               patch_gap, amp)
+               patch_gap, amp, adapter_recompute, checkpoint_blocks)
 
     for dataset in ("dota", "star"):
         groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint on full scenes: patches, merge, "

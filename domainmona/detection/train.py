@@ -42,6 +42,8 @@ class TrainOptions:
     lr: float | None = None
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA (domainmona.devices); no effect on the CPU
+    adapter_recompute: bool = True  # adapters keep only their input for backward (domainmona.adapters.memory)
+    checkpoint_blocks: bool = False  # mmdet Swin's with_cp on every block, adapters inside
     adapter_cfg: dict = field(default_factory=dict)
     config_overrides: dict = field(default_factory=dict)  # mmengine dotted keys, applied last
 
@@ -153,6 +155,8 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]], res
                           "randomly initialised backbone")
         weights = random_backbone(cfg, opts.work_dir / 'random_backbone.safetensors', opts.seed)
     cfg.model.backbone.weights = str(weights) if weights else None
+    cfg.model.backbone.adapter.recompute_adapters = opts.adapter_recompute
+    cfg.model.backbone.with_cp = opts.checkpoint_blocks
     C.set_train_data(cfg, subsets, opts.batch_size, opts.num_workers)
     if opts.max_iters is not None:
         C.set_max_iters(cfg, opts.max_iters)

@@ -10,7 +10,7 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.console import console
-from domainmona.options import amp_option, positive, probability
+from domainmona.options import amp_option, checkpoint_blocks_option, positive, probability, recompute_option
 
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
 NODATA_HELP = ("Pixel value that marks nodata, replacing the raster's own (nan for float rasters; NaN and "
@@ -94,12 +94,14 @@ def register(groups: CommandGroups) -> None:
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from WORK_DIR/state.pt (same chips and flags; "
                                                        "a larger --max-iters extends the run)."),
-                      amp: bool = amp_option()) -> None:
+                      amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
+                      checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
         """Fine-tune a Mona-Swin segmentation model (smp) on chips; prints the checkpoint path last."""
         from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
 
         opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed,
-                               overrides={"save_every": save_every, "amp": amp}, resume=resume)
+                               overrides={"save_every": save_every, "amp": amp, "adapter_recompute": adapter_recompute,
+                                          "checkpoint_blocks": checkpoint_blocks}, resume=resume)
         console.print(str(train_segmentation(opts)), soft_wrap=True)
 
     @groups.train.command("geo-det")
@@ -112,12 +114,13 @@ def register(groups: CommandGroups) -> None:
                       seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from the last checkpoint in --work-dir."),
-                      amp: bool = amp_option()) -> None:
+                      amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
+                      checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
         """Fine-tune the Mona-Swin Oriented R-CNN on detection chips; prints the checkpoint path last."""
         from domainmona.geo.dettrain import train_detection
 
         console.print(str(train_detection(chips, work_dir, max_iters, backbone.value, adapter, pretrained, seed,
-                                          resume, amp)), soft_wrap=True)
+                                          resume, amp, adapter_recompute, checkpoint_blocks)), soft_wrap=True)
 
     @groups.root.command("geo-demo")
     def geo_demo(out: Path = typer.Option(Path("domainmona-geo-demo"), "--out"),

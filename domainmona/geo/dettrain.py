@@ -20,7 +20,8 @@ from domainmona.io import write_json
 
 def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, backbone: str = "swin-t",
                     adapter: str = "mona", pretrained: Path | None = None, seed: int = 0,
-                    resume: bool = False, amp: bool = True) -> Path:
+                    resume: bool = False, amp: bool = True, adapter_recompute: bool = True,
+                    checkpoint_blocks: bool = False) -> Path:
     """Train (``resume``: continue the run in ``work_dir``) and return the final checkpoint. The numbers, the
     weights files and the work dir are checked by `domainmona.detection.train` before it writes anything."""
     from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train
@@ -36,7 +37,9 @@ def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, b
                         pretrained=pretrained, max_iters=max_iters, resume=resume,
                         classes=tuple(manifest["classes"]), patch_size=manifest["size"],
                         patch_gap=manifest["overlap"], seed=seed, amp=amp,
-                        config_overrides=band_overrides(len(manifest["rasters"][0]["bands"]), backbone))
+                        adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks,
+                        config_overrides=band_overrides(len(manifest["rasters"][0]["bands"]), backbone,
+                                                        manifest["size"]))
     final = train(opts)
     uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
     write_json(geo_sidecar(final), {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],
@@ -44,17 +47,18 @@ def train_detection(chips: Path, work_dir: Path, max_iters: int | None = None, b
     return final
 
 
-def band_overrides(bands: int, backbone: str) -> dict:
-    """mmengine config changes for N-band GeoTIFF chips (none for RGB PNG chips)."""
+def band_overrides(bands: int, backbone: str, size: int) -> dict:
+    """mmengine config changes for N-band GeoTIFF chips of ``size`` pixels (none for RGB PNG chips)."""
     if detection_chip_suffix(bands) == "png":
         return {}
     from mmengine.config import Config
 
     import domainmona.geo.chipload  # noqa: F401  (registers LoadGeoChip for the Runner's pipelines)
-    from domainmona.detection.config import config_path
+    from domainmona.detection.config import config_path, set_image_size
     from domainmona.geo.bands import band_normalisation
 
     cfg = Config.fromfile(str(config_path("dota1.0", backbone)))
+    set_image_size(cfg, size)  # as the training config does: the pipelines below replace its own
     mean, std = band_normalisation(cfg.model.data_preprocessor.mean, cfg.model.data_preprocessor.std, bands)
     overrides = {"model.backbone.in_channels": bands, "model.data_preprocessor.mean": None,
                  "model.data_preprocessor.std": None, "model.data_preprocessor.bgr_to_rgb": False}

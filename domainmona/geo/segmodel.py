@@ -40,8 +40,9 @@ def load_settings(**overrides: Any) -> dict[str, Any]:
             raise UserError(f"{key} must be a finite number {'>= 0' if zero_allowed else '> 0'}, got {value!r}")
     if not _is_number(settings["seed"], int):
         raise UserError(f"seed must be a whole number, got {settings['seed']!r}")
-    if not isinstance(settings["amp"], bool):
-        raise UserError(f"amp must be true or false, got {settings['amp']!r}")
+    for key in ("amp", "adapter_recompute", "checkpoint_blocks"):
+        if not isinstance(settings[key], bool):
+            raise UserError(f"{key} must be true or false, got {settings[key]!r}")
     return settings
 
 

@@ -30,8 +30,8 @@ CHECKPOINT = "geo-seg.safetensors"
 ADAPTER = "adapter.safetensors"
 STATE_FORMAT = "domainmona.geo-seg-state/1"
 # Settings a resumed run may change: the iteration count (to extend a run), how often it reports or saves,
-# and the precision (a run may continue on another GPU, or with --no-amp).
-RESCHEDULABLE = ("max_iters", "log_every", "save_every", "amp")
+# and the precision and memory switches (a run may continue on another GPU, or with --no-amp).
+RESCHEDULABLE = ("max_iters", "log_every", "save_every", "amp", "adapter_recompute", "checkpoint_blocks")
 
 
 @dataclass
@@ -175,6 +175,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     Inputs, settings and the work dir are all checked before the work dir is written to."""
     import torch
 
+    from domainmona.adapters import set_adapter_recompute, set_block_checkpointing
     from domainmona.adapters.checkpoint import save_adapter
     from domainmona.devices import amp_dtype, autocast, default_device, describe, grad_scaler
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
@@ -199,6 +200,8 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     if state is None:
         _load_encoder_weights(model, opts.pretrained)
     model.to(device)
+    set_adapter_recompute(model, settings["adapter_recompute"])
+    set_block_checkpointing(model, settings["checkpoint_blocks"])
     images, masks = (torch.from_numpy(a) for a in load_chips(opts.chips, manifest))
     claim_dir(work_dir, "train geo-seg")
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.options import amp_option, fraction
+from domainmona.options import amp_option, checkpoint_blocks_option, fraction, recompute_option
 
 
 def register(groups: CommandGroups) -> None:
@@ -39,6 +39,8 @@ def register(groups: CommandGroups) -> None:
         hu_max: Optional[float] = typer.Option(None, "--hu-max", help="HU window high end (250)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml."),
         amp: bool = amp_option(),
+        adapter_recompute: bool = recompute_option(),
+        checkpoint_blocks: bool = checkpoint_blocks_option(),
     ) -> None:
         """Fine-tune SwinUNETR + Mona-3D on CT; the last line printed is the checkpoint to pass to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
@@ -47,8 +49,9 @@ def register(groups: CommandGroups) -> None:
 
         settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
                                  model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
-                                            merging=merging),
-                                 train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False))
+                                            merging=merging, use_checkpoint=checkpoint_blocks or None),
+                                 train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False,
+                                            adapter_recompute=None if adapter_recompute else False))
         split = load_split(data, shots, settings["train"]["val_max"])  # bad data: one line, before any relaunch
         if gpus > 1 and not under_torchrun():
             relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint

@@ -56,7 +56,7 @@ NUMBERS: dict[tuple[str, str], tuple[type, Callable]] = {
     ("train", "overlap"): (float, fraction),
     ("train", "seed"): (int, finite(0, 2**32 - 1)),  # numpy's seed range
 }
-SWITCHES = (("model", "use_checkpoint"), ("train", "amp"))
+SWITCHES = (("model", "use_checkpoint"), ("train", "amp"), ("train", "adapter_recompute"))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import compute_dice
 from monai.utils import set_determinism
 
+from domainmona.adapters import adapted_backbones, set_adapter_recompute
 from domainmona.console import console, progress
 from domainmona.devices import amp_dtype, autocast, describe, grad_scaler, load_scaler_state
 from domainmona.errors import UserError
@@ -167,6 +168,8 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
         _check_resumable(state, settings, split, last_path)
     model = assemble(settings["model"], split.num_classes, pretrained=None if state else pretrained,
                      verbose=rt.main, device=rt.device)
+    if adapted_backbones(model):
+        set_adapter_recompute(model, cfg["adapter_recompute"])
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]),
                                   weight_decay=cfg["weight_decay"])
     base_lrs = [group["lr"] for group in optimizer.param_groups]

@@ -1,6 +1,7 @@
-"""Mixed precision: the one rule (domainmona.devices), what it makes of each train command's settings, and the
-detector's float32 box work under autocast (run here with the CPU's bf16 autocast; CUDA is not needed to
-exercise the dtype paths)."""
+"""Every train command's precision and memory switches: the mixed-precision rule (domainmona.devices) and what it
+makes of each command's settings; the detector's float32 box work under autocast (run with the CPU's bf16
+autocast: CUDA is not needed to exercise the dtype paths); adapter recompute and block checkpointing reaching
+the models."""
 
 import pytest
 import torch
@@ -77,12 +78,13 @@ def test_geo_seg_and_ct_settings_carry_amp():
 
 @pytest.mark.parametrize("command", [["train", "dota"], ["train", "star"], ["train", "geo-det"],
                                      ["train", "geo-seg"], ["segment-ct", "train"]])
-def test_every_train_command_has_no_amp(command, capsys, monkeypatch):
+def test_every_train_command_has_the_precision_and_memory_switches(command, capsys, monkeypatch):
     from domainmona.cli import run
 
     monkeypatch.setenv("COLUMNS", "200")
     assert run([*command, "--help"]) == 0
-    assert "--no-amp" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--no-amp", "--no-adapter-recompute", "--checkpoint-blocks"))
 
 
 def _micro_detector_batch():
@@ -135,3 +137,39 @@ def test_detector_trains_under_half_precision_autocast_with_float32_box_work():
     assert adapter_grads and all(g is not None and torch.isfinite(g).all() for g in adapter_grads)
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
 
+
+
+def test_detection_memory_switches_reach_the_backbone(tmp_path):
+    from mmrotate.registry import MODELS
+    from mmrotate.utils import register_all_modules
+
+    import domainmona.detection.backbone  # noqa: F401
+    from domainmona.adapters import adapted_backbones, block_checkpointing
+    from domainmona.detection.synthetic import SYNTHETIC_CLASSES
+    from domainmona.detection.train import TrainOptions, build_train_config
+
+    register_all_modules()
+    subsets = [(tmp_path / "images", tmp_path / "annfiles")]
+    opts = dict(dataset="synthetic", data=tmp_path, work_dir=tmp_path / "work", backbone="micro",
+                classes=SYNTHETIC_CLASSES, patch_size=256, patch_gap=64, adapter="full")
+    for recompute, blocks in ((True, False), (False, True)):
+        cfg = build_train_config(TrainOptions(**opts, adapter_recompute=recompute, checkpoint_blocks=blocks), subsets)
+        backbone = MODELS.build(cfg.model.backbone)
+        assert block_checkpointing(backbone) is blocks
+        assert [state.recompute for _, _, state in adapted_backbones(backbone)] == [recompute]
+
+
+def test_geo_seg_and_ct_memory_switches():
+    from domainmona.adapters import block_checkpointing
+    from domainmona.errors import UserError
+    from domainmona.geo.segmodel import load_settings
+    from domainmona.medical.model import assemble
+    from domainmona.medical.settings import load_settings as ct_settings
+
+    settings = load_settings(adapter_recompute=False, checkpoint_blocks=True)
+    assert (settings["adapter_recompute"], settings["checkpoint_blocks"]) == (False, True)
+    with pytest.raises(UserError, match="checkpoint_blocks must be true or false"):
+        load_settings(checkpoint_blocks=1)
+    ct = ct_settings(model=dict(use_checkpoint=True, feature_size=12), train=dict(adapter_recompute=False))
+    assert ct["train"]["adapter_recompute"] is False
+    assert block_checkpointing(assemble(ct["model"], 2))
