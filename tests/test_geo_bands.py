@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -113,6 +114,13 @@ def test_four_band_scene_trains_geo_det_and_predicts_polygons(tmp_path):
                  "--overlap", "64")
     checkpoint = _cli("train", "geo-det", "--chips", chips, "--work-dir", tmp_path / "work", "--max-iters", "2",
                       "--backbone", "micro")
+    from domainmona.detection.checkpoint import DetectorInfo
+
+    with safe_open(checkpoint, "pt") as f:
+        info = DetectorInfo.from_metadata(f.metadata(), Path(checkpoint))
+    pipeline = info.config(Path(checkpoint)).train_dataloader.dataset.pipeline
+    assert [s["type"] for s in pipeline[:2]] == ["LoadGeoChip", "NormaliseBands"]
+    assert [tuple(s["scale"]) for s in pipeline if s["type"] == "mmdet.Resize"] == [(256, 256)]  # the chip size
     tensors = load_file(checkpoint)
     trained = tensors["backbone.patch_embed.projection.weight"]  # saved: it trains with 4 bands
     start = inflate_rgb_filters(load_file(str(MICRO_WEIGHTS))["patch_embed.projection.weight"], 4)
