@@ -1,58 +1,63 @@
-"""Adapter-core benchmarks, every comparison measured side by side (interleaved) in one run on the CPU.
+"""Adapter-core benchmarks on the CPU, every comparison side by side in one run.
 
 1. One Mona at Swin-T stage-1 shapes (512^2 input: 128x128 tokens, C=96): the official formulation vs
-   our training form vs the fused form. Goal: fused >= 1.6x the official formulation.
-2. Swin-T forward at 512^2: plain vs Mona (fused), same base weights. Goal <= +8% latency.
-3. One training step of Swin-T at 512^2 (batch 1, AdamW): Mona vs full fine-tuning vs LoRA (rank 64).
-   Step time interleaved in this process; peak memory of a step in a fresh process per method (peak RSS
-   during the first step minus RSS before it: activations, gradients, optimizer state). Goals vs full:
-   memory <= 0.7x, time <= 0.9x.
+   our training form vs the fused form.
+2. Forward of the backbone plain vs with fused Monas, against the counted FLOP overhead: Swin-T at 512^2
+   and SwinUNETR's Swin encoder on a 96^3 CT patch (Mona3d). Goal: latency overhead within 1 point of the
+   FLOP overhead.
+3. One training step (batch 1, AdamW) of Swin-T at 512^2 and of SwinUNETR on a 96^3 patch: full fine-tuning,
+   LoRA and Mona with and without adapter recomputation, Mona and full with block checkpointing. Each row is
+   `domainmona adapters probe`'s measurement in a fresh process: peak memory (anonymous RSS rise over the
+   first step, weights included) and the CPU time of a step. Goals: Mona's peak <= LoRA's, Mona's step time
+   <= 0.95x full fine-tuning.
 
-The median over rounds of each round's ratio is reported, so load from other processes hits both sides of
-a ratio alike. One thread by default: on a CPU shared with other jobs, OpenMP threads stall at every
-barrier when a sibling is descheduled, which inflates many-small-op models (Mona) far more than others.
-Writes benchmarks/results/adapters.md and adapters.json.
+Times are CPU time of this single-threaded process (`time.process_time`), forward comparisons interleaved
+with the median of per-round ratios: on a CPU shared with other jobs, wall time charges their time slices to
+whichever side happened to run. Writes benchmarks/results/adapters.md and adapters.json.
 
-    .venv/bin/python benchmarks/bench_adapters.py [--threads 1] [--module-rounds 30] [--forward-rounds 5]
-                                                  [--train-rounds 2]
+    .venv/bin/python benchmarks/bench_adapters.py [--module-rounds 30] [--forward-rounds 5] [--steps 2]
+                                                  [--ct-steps 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import machine, write_markdown
 from torch.utils.flop_counter import FlopCounterMode
 
-from domainmona.adapters import Mona, fuse, inject, trainable_report
+from domainmona.adapters import Mona, fuse, inject, saved_tensor_bytes
 from domainmona.adapters.backbones import build_backbone
+from domainmona.adapters.probe import Setting, build, probe
 from domainmona.io import atomic_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SIDE = 512
-TRAIN_METHODS = ("full", "lora", "mona")
+SIDE, CT_SIDE = 512, 96
+# (method, adapter recompute, block checkpointing) of each training row
+TRAIN_ROWS = (("full", False, False), ("full", False, True), ("lora", False, False), ("lora", True, False),
+              ("mona", False, False), ("mona", True, False), ("mona", False, True))
 
 
 def interleaved(runs: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner, alternating runners within every round (one warm-up call each)."""
+    """CPU seconds per call of each runner, alternating runners within every round (one warm-up call each)."""
     for run in runs.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            start = time.perf_counter()
+            start = time.process_time()
             run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return times
 
 
@@ -76,139 +81,136 @@ def bench_module(rounds: int) -> dict:
             "max_abs_diff": max_diff}
 
 
-def bench_forward(rounds: int) -> dict:
+def _encoder(name: str) -> tuple[torch.nn.Module, torch.Tensor, Callable]:
+    """The backbone whose blocks get Monas, an input, and how to run the encoder alone."""
     torch.manual_seed(0)
-    plain = build_backbone("swin-t")
+    model = build_backbone(name)
+    if name == "swinunetr":
+        return model, torch.randn(1, 1, CT_SIDE, CT_SIDE, CT_SIDE), lambda m, x: m.swinViT(x)
+    return model, torch.randn(1, 3, SIDE, SIDE), lambda m, x: m(x)
+
+
+def bench_forward(name: str, rounds: int) -> dict:
+    """Plain encoder vs the same weights with fused Monas: latency and counted FLOPs."""
+    plain, x, run = _encoder(name)
     plain.eval()
-    mona = inject(copy.deepcopy(plain), "mona")
-    fuse(mona)
+    mona = fuse(inject(copy.deepcopy(plain), "mona"))
     mona.eval()
-    x = torch.randn(1, 3, SIDE, SIDE)
+    models = {"plain": plain, "mona_fused": mona}
     with torch.no_grad():
-        times = interleaved({"plain": lambda: plain(x), "mona_fused": lambda: mona(x)}, rounds)
+        times = interleaved({n: (lambda m=m: run(m, x)) for n, m in models.items()}, rounds)
         flops = {}
-        for name, model in (("plain", plain), ("mona_fused", mona)):
+        for n, model in models.items():
             with FlopCounterMode(display=False) as counter:
-                model(x)
-            flops[name] = counter.get_total_flops()
+                run(model, x)
+            flops[n] = counter.get_total_flops()
     return {"plain_ms": 1e3 * statistics.median(times["plain"]),
             "mona_fused_ms": 1e3 * statistics.median(times["mona_fused"]),
             "overhead_pct": 100 * (ratio(times, "mona_fused", "plain") - 1),
-            "plain_gflops": flops["plain"] / 1e9, "flops_overhead_pct": 100 * (flops["mona_fused"] / flops["plain"] - 1)}
+            "plain_gflops": flops["plain"] / 1e9,
+            "flops_overhead_pct": 100 * (flops["mona_fused"] / flops["plain"] - 1)}
 
 
-def training_step(method: str) -> tuple[Callable[[], None], torch.nn.Module]:
-    """One AdamW step of Swin-T with `method` on a 512^2 image; the loss touches every output level."""
-    torch.manual_seed(0)
-    model = inject(build_backbone("swin-t"), method)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
-    image = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        sum(f.square().mean() for f in model(image)).backward()
-        optimizer.step()
-
-    return step, model
+def kept_for_backward(setting: Setting) -> int:
+    """Bytes autograd keeps for backward over one forward of the row's model (deterministic, unlike RSS)."""
+    model, _, image = build(setting, torch.device("cpu"))
+    return saved_tensor_bytes(lambda: model(image), model)
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def bench_training(name: str, side: int, steps: int) -> list[dict]:
+    """Every training row measured by the probe (a fresh process each); ratios against full fine-tuning."""
+    settings = [Setting(name, side, 1, method, recompute, blocks, False, steps) for method, recompute, blocks in
+                TRAIN_ROWS]
+    out = []
+    for row in probe(settings):
+        if row.failure:
+            raise RuntimeError(f"{row.setting}: {row.failure}")
+        out.append({**dataclasses.asdict(row.setting), "peak_mb": row.peak_bytes / 2**20,
+                    "kept_for_backward_mb": kept_for_backward(row.setting) / 2**20,
+                    "step_cpu_s": row.step_cpu_s, "step_wall_s": row.step_s,
+                    "trainable_params": row.trainable_params, "adapter_file_mb": row.adapter_file_bytes / 2**20})
+    full = next(r for r in out if r["method"] == "full" and not r["checkpoint_blocks"])
+    for r in out:
+        r["memory_vs_full"], r["time_vs_full"] = r["peak_mb"] / full["peak_mb"], r["step_cpu_s"] / full["step_cpu_s"]
+    return out
 
 
-def memory_probe(method: str) -> dict:
-    """Run in a fresh process: peak RSS during the first training step (optimizer state is created there)
-    minus the RSS before it, in MB."""
-    step, model = training_step(method)
-    before = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
-    step()
-    return {"method": method, "step_peak_mb": (_status_kb("VmHWM") - before) / 1024,
-            "trainable_params": trainable_report(model).trainable_backbone_params}
+def _label(r: dict) -> str:
+    recompute = f", recompute {'on' if r['recompute'] else 'off'}" if r["method"] != "full" else ""
+    return r["method"] + recompute + (" + block checkpointing" if r["checkpoint_blocks"] else "")
 
 
-def bench_training(rounds: int) -> dict:
-    steps = {method: training_step(method)[0] for method in TRAIN_METHODS}
-    times = interleaved(steps, rounds)
-    memory = {}
-    for method in TRAIN_METHODS:
-        out = subprocess.run([sys.executable, __file__, "--memory-probe", method,
-                              "--threads", str(torch.get_num_threads())], check=True, capture_output=True, text=True)
-        memory[method] = json.loads(out.stdout.strip().splitlines()[-1])
-    return {method: {"step_s": statistics.median(times[method]),
-                     "time_vs_full": ratio(times, method, "full"),
-                     "step_peak_mb": memory[method]["step_peak_mb"],
-                     "memory_vs_full": memory[method]["step_peak_mb"] / memory["full"]["step_peak_mb"],
-                     "trainable_params": memory[method]["trainable_params"]} for method in TRAIN_METHODS}
-
-
-def markdown(results: dict) -> str:
-    m, f, t = results["module"], results["forward"], results["training"]
+def markdown(results: dict) -> list[str]:
+    m = results["module"]
     lines = [
         "# Adapter core benchmarks",
         "",
-        f"CPU: {results['machine']}, torch {results['torch']}, {results['threads']} threads, "
-        f"load average at start {results['load']}. Ratios are medians of per-round ratios (interleaved runs).",
+        f"{results['date']}, {results['machine']}, torch {results['torch']}, 1 thread, load average at start "
+        f"{results['load']} (a shared, busy machine). Times are CPU time of the single-threaded process; "
+        "forward ratios are medians of per-round ratios (interleaved runs).",
         "",
         "## One Mona, Swin-T stage 1 at 512^2 (128x128 tokens, C=96, inner 64), forward",
         "",
         "| official formulation | training form (combined weights per call) | fused | "
-        "fused speed-up vs official (goal >= 1.6x) | max abs difference |",
+        "fused speed-up vs official | max abs difference |",
         "|---|---|---|---|---|",
         f"| {m['official_ms']:.1f} ms | {m['training_ms']:.1f} ms ({m['training_speedup']:.2f}x) | "
         f"{m['fused_ms']:.1f} ms | {m['speedup']:.2f}x | {m['max_abs_diff']:.1e} |",
         "",
-        f"## Swin-T forward at {SIDE}^2, batch 1",
+        "## Forward: latency overhead of fused Monas vs their counted FLOP overhead (goal: within 1 point)",
         "",
-        "| plain Swin-T | Mona-Swin-T (fused) | latency overhead (goal <= +8%) | FLOP overhead (counted) |",
-        "|---|---|---|---|",
-        f"| {f['plain_ms']:.0f} ms ({f['plain_gflops']:.0f} GFLOP) | {f['mona_fused_ms']:.0f} ms | "
-        f"{f['overhead_pct']:+.1f}% | {f['flops_overhead_pct']:+.1f}% |",
-        "",
-        "FLOPs from torch's FlopCounterMode (matmuls and convs). Mona's width is a constant 64, so its share is",
-        "largest where tokens are many and channels few: Swin's first stage.",
-        "",
-        f"## One training step, Swin-T at {SIDE}^2, batch 1, AdamW",
-        "",
-        "| method | trainable params | step time | vs full (goal <= 0.9x) | step peak memory | vs full (goal <= 0.7x) |",
-        "|---|---|---|---|---|---|",
+        "| encoder, input | plain | with fused Monas | latency overhead | FLOP overhead (counted) |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {name} | {r['trainable_params']:,} | {r['step_s']:.2f} s | {r['time_vs_full']:.2f}x | "
-              f"{r['step_peak_mb']:.0f} MB | {r['memory_vs_full']:.2f}x |" for name, r in t.items()]
-    lines += ["", "Step peak memory: peak RSS during the first step minus RSS before it, each method in a fresh "
-                  "process (activations, gradients, optimizer state; the model itself excluded)."]
-    return "\n".join(lines) + "\n"
+    for key, what in (("forward_2d", f"Swin-T, {SIDE}^2"), ("forward_3d", f"SwinUNETR Swin encoder, {CT_SIDE}^3")):
+        f = results[key]
+        lines.append(f"| {what} | {f['plain_ms']:.0f} ms ({f['plain_gflops']:.0f} GFLOP) | {f['mona_fused_ms']:.0f} ms "
+                     f"| {f['overhead_pct']:+.1f}% | {f['flops_overhead_pct']:+.1f}% |")
+    lines += ["", "FLOPs from torch's FlopCounterMode (matmuls and convs; LayerNorm, GELU and adds are not counted, "
+                  "and they are a larger share of a Mona's work than of a Swin block's).", ""]
+    for key, what in (("training_2d", f"Swin-T at {SIDE}^2"),
+                      ("training_3d", f"SwinUNETR on a {CT_SIDE}^3 CT patch")):
+        lines += [f"## One training step, {what}, batch 1, AdamW", "",
+                  "| setting | trainable params | peak memory | vs full | kept for backward | step (CPU time) "
+                  "| vs full | adapter file |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {_label(r)} | {r['trainable_params']:,} | {r['peak_mb']:,.0f} MB | {r['memory_vs_full']:.2f}x | "
+                  f"{r['kept_for_backward_mb']:,.0f} MB | {r['step_cpu_s']:.2f} s | {r['time_vs_full']:.2f}x | "
+                  f"{r['adapter_file_mb']:.1f} MB |"
+                  for r in sorted(results[key], key=lambda r: r["peak_mb"])]
+        lines.append("")
+    lines += ["Peak memory: `domainmona adapters probe`'s measure, each row in a fresh process: the peak rise of "
+              "anonymous resident memory from before the model is built to the end of the first step (weights, "
+              "activations, gradients, AdamW state). Kept for backward: bytes of the tensors autograd saves over a "
+              "forward (saved-tensor hooks; parameters excluded): deterministic. Adapter recompute: each adapter "
+              "keeps only its input for backward. Block checkpointing: the backbone's own (mmdet `with_cp`, MONAI "
+              "`use_checkpoint`), adapters inside."]
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--module-rounds", type=int, default=30)
     parser.add_argument("--forward-rounds", type=int, default=5)
-    parser.add_argument("--train-rounds", type=int, default=2)
-    parser.add_argument("--memory-probe", choices=TRAIN_METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--forward-3d-rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per Swin-T row")
+    parser.add_argument("--ct-steps", type=int, default=1, help="timed training steps per SwinUNETR row")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe)))
-        return
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "load": round(os.getloadavg()[0], 1)}
-    for name, bench, rounds in (("module", bench_module, args.module_rounds),
-                                ("forward", bench_forward, args.forward_rounds),
-                                ("training", bench_training, args.train_rounds)):
+    os.environ["OMP_NUM_THREADS"] = "1"  # the probe's worker processes too
+    torch.set_num_threads(1)
+    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "torch": torch.__version__,
+               "load": round(os.getloadavg()[0], 1)}
+    for name, bench in (("module", lambda: bench_module(args.module_rounds)),
+                        ("forward_2d", lambda: bench_forward("swin-t", args.forward_rounds)),
+                        ("forward_3d", lambda: bench_forward("swinunetr", args.forward_3d_rounds)),
+                        ("training_2d", lambda: bench_training("swin-t", SIDE, args.steps)),
+                        ("training_3d", lambda: bench_training("swinunetr", CT_SIDE, args.ct_steps))):
         start = time.perf_counter()
-        results[name] = bench(rounds)
+        results[name] = bench()
         print(f"{name}: {json.dumps(results[name])} ({time.perf_counter() - start:.0f} s)", flush=True)
     with atomic_path(RESULTS / "adapters.json") as tmp:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
-    with atomic_path(RESULTS / "adapters.md") as tmp:
-        tmp.write_text(markdown(results))
-    print(markdown(results))
+    write_markdown(RESULTS / "adapters.md", markdown(results))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ def test_method_flags_match_the_modules_they_attach():
     for name, method in METHODS.items():
         model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=4,
                                   embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
-        inject(model, name)
+        try:
+            inject(model, name)
+        except UserError:  # a method this family cannot host
+            continue
         assert any(isinstance(m, Recomputable) for m in model.modules()) == method.recomputes, name
 
 
@@ -72,7 +75,7 @@ def test_probe_measures_real_steps_in_fresh_processes():
     assert rows["mona"].trainable_params == expected > 0 and rows["fixed"].trainable_params == 0
     assert rows["mona"].adapter_file_bytes > 4 * expected and rows["fixed"].adapter_file_bytes < 1024  # metadata
     for row in rows.values():
-        assert row.device == "cpu" and row.step_s > 0 and row.peak_bytes > 0
+        assert row.device == "cpu" and row.step_s > 0 and row.step_cpu_s > 0 and row.peak_bytes > 0
     # the micro Swin's 0.4M frozen weights are part of a row's peak: at least their bytes
     assert rows["fixed"].peak_bytes >= 4 * sum(p.numel() for p in build_backbone("micro").parameters())
 
@@ -84,7 +87,7 @@ def test_command_prints_the_table_sorted_by_memory_and_what_fits(monkeypatch):
     def fake_probe(requested):
         asked.extend(requested)
         peaks = {("mona", True): 300 * MIB, ("mona", False): 500 * MIB, ("full", False): 900 * MIB}
-        return [probe.Row(s, "cpu", peaks[s.method, s.recompute], 1.0, 10, 40, "") for s in requested]
+        return [probe.Row(s, "cpu", peaks[s.method, s.recompute], 1.0, 1.0, 10, 40, "") for s in requested]
 
     monkeypatch.setattr(probe, "probe", fake_probe)
     result = CliRunner().invoke(app, ["adapters", "probe", "-b", "micro", "--size", "64", "-m", "full,mona",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -57,6 +58,7 @@ class Row:
     device: str
     peak_bytes: int | None  # None when the step ran out of memory
     step_s: float | None
+    step_cpu_s: float | None  # CPU time of this process per step: robust to other jobs on a shared machine
     trainable_params: int
     adapter_file_bytes: int
     failure: str = ""
@@ -141,7 +143,7 @@ class AnonymousPeak:
         self.peak = max(self.peak, self.now())
 
 
-def _build(setting: Setting, device):
+def build(setting: Setting, device):
     """The backbone with the method injected, its optimizer and a seeded input on `device`."""
     import torch
 
@@ -177,14 +179,12 @@ def measure(setting: Setting) -> Row:
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     # Libraries load before the baseline: their import-time allocations are no part of a training step.
-    import domainmona.adapters.inject  # noqa: F401
-    if setting.backbone in VOLUME_NAMES:
-        import monai.networks.nets  # noqa: F401
-    else:
-        import mmdet.models.backbones.swin  # noqa: F401
+    for library in ("domainmona.adapters.inject",
+                    "monai.networks.nets" if setting.backbone in VOLUME_NAMES else "mmdet.models.backbones.swin"):
+        importlib.import_module(library)
     before = AnonymousPeak.now()
     with contextlib.nullcontext() if cuda else AnonymousPeak() as sampler:
-        model, optimizer, image = _build(setting, device)
+        model, optimizer, image = build(setting, device)
         scaler = torch.amp.GradScaler("cuda", enabled=setting.amp and dtype == torch.float16)
 
         def step() -> None:
@@ -204,21 +204,23 @@ def measure(setting: Setting) -> Row:
         except torch.OutOfMemoryError:
             step = None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    peak, step_s = None, None
+    peak, step_s, step_cpu_s = None, None, None
     if step is not None:
         peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak - before
-        times = []
+        times, cpu_times = [], []
         for _ in range(setting.steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - start)
-        step_s = statistics.median(times)
+            cpu_times.append(time.process_time() - cpu_start)
+        step_s, step_cpu_s = statistics.median(times), statistics.median(cpu_times)
     with tempfile.TemporaryDirectory() as tmp:  # after the step: serialising must not raise its peak
         try:
             adapter_bytes = save_adapter(model, Path(tmp) / "adapter.safetensors").stat().st_size
         except UserError:  # nothing trains
             adapter_bytes = 0
-    return Row(setting, device.type, peak, step_s, trainable, adapter_bytes, "" if step else "out of memory")
+    return Row(setting, device.type, peak, step_s, step_cpu_s, trainable, adapter_bytes,
+               "" if step else "out of memory")
 
 
 def probe(requested: list[Setting], timeout: float | None = None) -> list[Row]:
@@ -230,13 +232,13 @@ def probe(requested: list[Setting], timeout: float | None = None) -> list[Row]:
                                    json.dumps(dataclasses.asdict(setting))],
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            rows.append(Row(setting, "", None, None, 0, 0, f"took over {timeout:.0f} s"))
+            rows.append(Row(setting, "", None, None, None, 0, 0, f"took over {timeout:.0f} s"))
             continue
         lines = done.stdout.strip().splitlines()
         if done.returncode or not lines:
             reason = "killed (out of memory?)" if done.returncode < 0 else \
                 (done.stderr.strip().splitlines() or ["failed"])[-1][:120]
-            rows.append(Row(setting, "", None, None, 0, 0, reason))
+            rows.append(Row(setting, "", None, None, None, 0, 0, reason))
             continue
         data = json.loads(lines[-1])
         rows.append(Row(**{**data, "setting": Setting(**data["setting"])}))
