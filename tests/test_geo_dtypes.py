@@ -3,6 +3,7 @@ robust statistics that follow the data's units, so that every type normalises to
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -196,3 +197,32 @@ def test_large_float_scenes_are_sampled_with_accurate_percentiles(tmp_path):
     assert abs(stats["p_low"] - np.percentile(exact, 2)) < 0.01 * spread
     assert abs(stats["p_high"] - np.percentile(exact, 98)) < 0.01 * spread
     assert stats["count"] == pytest.approx(side * side, rel=0.01)
+
+
+@pytest.mark.slow
+def test_float32_nan_scene_tiles_trains_and_predicts(base, tmp_path):
+    """`tile` → `train geo-seg` → `tile-predict` on float32 reflectance with NaN nodata: the class map is
+    nodata exactly where the scene is NaN, and the checkpoint carries the chips' statistics."""
+    from typer.testing import CliRunner
+
+    from domainmona.cli import app
+    from domainmona.geo.segmodel import read_spec
+
+    def cli(*args):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+        return result.output.strip().splitlines()[-1]
+
+    scene = base[0]
+    raster = _retyped(scene, tmp_path / "refl.tif", "float32", 1 / 255, 0.0, math.nan, math.nan)
+    chips = cli("tile", raster, "--labels", scene.labels, "--out", tmp_path / "chips", "--size", "128",
+                "--overlap", "32", "--task", "segmentation")
+    checkpoint = cli("train", "geo-seg", "--chips", chips, "--work-dir", tmp_path / "work", "--max-iters", "2",
+                     "--encoder", "micro", "--arch", "FPN", "--batch-size", "2")
+    manifest = json.loads((tmp_path / "chips" / "manifest.json").read_text())
+    assert read_spec(checkpoint)["stats"] == manifest["stats"] and read_spec(checkpoint)["dtypes"] == ["float32"]
+    out = cli("tile-predict", raster, "--checkpoint", checkpoint, "--out", tmp_path / "pred.tif")
+    with rasterio.open(raster) as src, rasterio.open(out) as dst:
+        nan = np.isnan(src.read()).all(axis=0)
+        predicted = dst.read(1)
+    assert nan.any() and (predicted[nan] == LABEL_NODATA).all() and (predicted[~nan] != LABEL_NODATA).all()
