@@ -4,11 +4,12 @@ import itertools
 
 import pytest
 
+from domainmona.adapters import METHOD_NAMES
 from domainmona.detection import config as C
 from domainmona.detection.classes import DATASETS
 from domainmona.errors import UserError
 
-COMBOS = list(itertools.product(DATASETS, C.BACKBONES, C.METHODS))
+COMBOS = list(itertools.product(DATASETS, C.BACKBONES, METHOD_NAMES))
 
 
 @pytest.mark.parametrize("dataset,backbone,method", COMBOS)
@@ -80,7 +81,7 @@ def test_unknown_choices_are_one_line_errors():
         C.config_path('dior', 'swin-t')
 
 
-@pytest.mark.parametrize("method", C.METHODS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_swin_t_detector_builds_with_every_method(method):
     """Real mmrotate model, no weights and no forward: the method decides what trains in the backbone,
     while the neck and heads always train."""

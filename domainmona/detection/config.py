@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from domainmona.adapters import METHOD_NAMES
 from domainmona.errors import UserError
 from domainmona.recipes import CONFIGS_DIR
 
 BACKBONES = ('swin-t', 'swin-b', 'micro')
-METHODS = ('mona', 'full', 'fixed', 'bitfit', 'normtuning', 'partial-1', 'adapter', 'lora', 'adaptformer', 'lorand')
 # dataset key (as in domainmona.detection.classes.DATASETS) -> config suffix
 DATASET_CONFIGS = {'dota1.0': 'dota', 'dota1.5': 'dotav15', 'dota2.0': 'dotav2', 'star': 'star'}
 MICRO_CONFIG = 'oriented-rcnn-le90_mona-swin-micro_fpn_synthetic.py'
@@ -55,8 +55,8 @@ def set_classes(cfg, classes: tuple[str, ...]) -> None:
 
 
 def set_adapter(cfg, method: str, weights: str | None = None, **adapter_cfg) -> None:
-    if method not in METHODS:
-        raise UserError(f"unknown adapter method '{method}' (choose from {', '.join(METHODS)})")
+    if method not in METHOD_NAMES:
+        raise UserError(f"unknown adapter method '{method}' (choose from {', '.join(METHOD_NAMES)})")
     cfg.model.backbone.adapter = dict(type=method, **adapter_cfg)
     cfg.model.backbone.weights = weights
 

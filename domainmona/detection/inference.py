@@ -1,4 +1,4 @@
-"""`domainmona test dota|star`: full scenes -> patches -> fused-Mona inference -> merged Task1 files -> mAP."""
+"""`domainmona test dota|star`: full scenes -> patches -> merged/fused-adapter inference -> merged Task1 files -> mAP."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, data
     `out` receives `patches/`, `task1/`, `task1.zip` and `metrics.json`; all of it is checked before the
     model runs: no input inside it, nothing there that domainmona did not write.
     """
-    from domainmona.adapters import fuse
+    from domainmona.adapters import prepare_for_inference
     from domainmona.detection.checkpoint import load_detector
     from domainmona.detection.dota.merge import (TASK1_WRITER, is_task1_zip, merge_patch_detections, write_task1,
                                                  zip_task1)
@@ -47,7 +47,7 @@ def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, data
         claim_file(metrics, what='--out')
     model, info = load_detector(checkpoint, dataset)
     read_split_inputs(scenes, info.classes, patches)  # bad labels or images: refused before anything is written
-    fuse(model)
+    prepare_for_inference(model)  # mergeable updates folded, Mona fused: the plain detector's cost
     cfg = info.config(checkpoint)
     claim_dir(out, 'test')
     split_dataset(scenes, patches, size=info.patch_size, gap=info.patch_gap, rates=(1.0,), classes=info.classes)

@@ -2,7 +2,7 @@
 
 geo-seg checkpoints (domainmona.geo.segmodel) give blended class maps; detector checkpoints from any
 `domainmona train` detection command (domainmona.detection.checkpoint) give rotated-box polygons.
-Mona is fused for inference in both.
+Adapters are merged into the frozen weights (Mona fused) for inference in both.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, ov
     the training grid; ``nodata`` replaces the raster's own nodata value. Everything is checked before the
     model is built: the numbers, that ``out`` may be written (not an input, not a file domainmona did not
     write) and that the scene is like the training scenes (band count, dtype) with a usable nodata value."""
-    from domainmona.adapters import fuse
+    from domainmona.adapters import prepare_for_inference
     from domainmona.geo.segmodel import load_segmenter, read_spec
     from domainmona.geo.vectors import DRIVERS
 
@@ -125,7 +125,7 @@ def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, ov
     geo = read_sidecar(checkpoint)
     check_scene(raster, geo, checkpoint, allow_no_crs, nodata)
     model, info = load_detector(checkpoint)
-    fuse(model)
+    prepare_for_inference(model)
     bands, stats = _detection_inputs(raster, geo, allow_no_crs, nodata)
     opts = StreamOptions(info.patch_size if size is None else size, info.patch_gap if overlap is None else overlap,
                          batch_size, bands, allow_no_crs, nodata)

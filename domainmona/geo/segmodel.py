@@ -120,9 +120,9 @@ def read_spec(path: Path) -> dict[str, Any] | None:
 
 
 def load_segmenter(path: Path, size: int | None = None):
-    """(fused model in eval mode on the default device, spec) from a geo-seg checkpoint; ``size`` rebuilds it
+    """(merged/fused model in eval mode on the default device, spec) from a geo-seg checkpoint; ``size`` rebuilds it
     for other tiles."""
-    from domainmona.adapters import fuse
+    from domainmona.adapters import prepare_for_inference
     from domainmona.devices import default_device
 
     spec = read_spec(path)
@@ -136,4 +136,4 @@ def load_segmenter(path: Path, size: int | None = None):
         raise UserError(f"{path}: weights do not fit the model they describe ({len(mismatched)} keys, "
                         f"e.g. '{mismatched[0]}')")
     model.load_state_dict(state)
-    return fuse(model.eval()).to(default_device()), spec
+    return prepare_for_inference(model.eval()).to(default_device()), spec

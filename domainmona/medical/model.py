@@ -83,11 +83,12 @@ def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | Non
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Parameters split into the Swin encoder, the adapters injected into it, and the CNN decoder (the rest)."""
-    from domainmona.adapters.inject import is_adapter_parameter
+    from domainmona.adapters import adapter_parameter_names
 
+    adapters = adapter_parameter_names(model)
     groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "decoder": []}
     for name, param in model.named_parameters():
-        group = "adapter" if is_adapter_parameter(name) else "encoder" if name.startswith("swinViT.") else "decoder"
+        group = "adapter" if name in adapters else "encoder" if name.startswith("swinViT.") else "decoder"
         groups[group].append(param)
     return groups
 

@@ -1,4 +1,4 @@
-"""Sliding-window CT segmentation with fused Mona, written back in each input's original scanner geometry.
+"""Sliding-window CT segmentation with the adapters merged (Mona fused), written back in each input's original scanner geometry.
 
 Outputs carry a domainmona mark (the NIfTI `descrip` field, the PNG `Software` text), so a rerun into the
 same `--out` replaces its own files and refuses to overwrite anything else, an input above all.
@@ -35,12 +35,13 @@ def segment(model: torch.nn.Module, image: torch.Tensor, roi: int, sw_batch_size
 
 def model_from_checkpoint(checkpoint: dict, device: torch.device,
                           path: str | Path = "checkpoint") -> torch.nn.Module:
-    """The trained model in eval mode with Mona fused (same outputs, fewer convs)."""
-    from domainmona.adapters import fuse
+    """The trained model in eval mode, adapters merged into the frozen weights and Mona fused (same outputs,
+    fewer ops)."""
+    from domainmona.adapters import prepare_for_inference
 
     model = assemble(checkpoint["settings"]["model"], checkpoint["num_classes"], device=device)
     load_state(path, checkpoint, model=model)
-    return fuse(model).eval()
+    return prepare_for_inference(model).eval()
 
 
 def _output_name(path: Path) -> str:
