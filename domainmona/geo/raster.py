@@ -64,19 +64,13 @@ def check_nodata(value: float, dtype: str, path: str | Path) -> None:
         raise UserError(f"--nodata {value}: outside {info.min}..{info.max}, the range of {dtype} ({path})")
 
 
-def nodata_warning(src: rasterio.DatasetReader) -> str | None:
-    """The one-line warning for a float raster that declares no nodata (and no --nodata was given): NaN and
+def warn_nodata(src: rasterio.DatasetReader) -> None:
+    """One warning line for a float raster that declares no nodata (and no --nodata was given): NaN and
     infinite pixels are nodata anyway, and refusing would block the many float products that use only NaN."""
     if src.override_nodata is None and src.nodata is None and np.dtype(src.dtypes[0]).kind == "f":
-        return (f"{src.name}: {src.dtypes[0]} raster declares no nodata value: only NaN and infinite pixels are "
-                "nodata (pass --nodata to name another value)")
-    return None
-
-
-def warn_nodata(src: rasterio.DatasetReader) -> None:
-    message = nodata_warning(src)
-    if message:
-        console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+        console.print(f"[yellow]warning:[/] {src.name}: {src.dtypes[0]} raster declares no nodata value: only NaN "
+                      "and infinite pixels are nodata (pass --nodata to name another value)",
+                      soft_wrap=True, highlight=False)
 
 
 @contextlib.contextmanager
