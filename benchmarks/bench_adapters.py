@@ -8,7 +8,9 @@
 3. One training step (batch 1, AdamW) of Swin-T at 512^2 and of SwinUNETR on a 96^3 patch: full fine-tuning,
    LoRA and Mona with and without adapter recomputation, Mona and full with block checkpointing. Each row is
    `domainmona adapters probe`'s measurement in a fresh process: peak memory (anonymous RSS rise over the
-   first step, weights included) and the CPU time of a step. Goals: Mona's peak <= LoRA's, Mona's step time
+   first step, weights included) and the CPU time of a step; bytes kept for backward (saved-tensor hooks);
+   Swin-T's time ratios from steps interleaved in one process (SwinUNETR's steps take a minute each on
+   this CPU: its ratios come from the separate rows). Goals: Mona's peak <= LoRA's, Mona's step time
    <= 0.95x full fine-tuning.
 
 Times are CPU time of this single-threaded process (`time.process_time`), forward comparisons interleaved
@@ -113,14 +115,24 @@ def bench_forward(name: str, rounds: int) -> dict:
 
 def kept_for_backward(setting: Setting) -> int:
     """Bytes autograd keeps for backward over one forward of the row's model (deterministic, unlike RSS)."""
-    model, _, image = build(setting, torch.device("cpu"))
+    model, image, _ = build(setting, torch.device("cpu"))
     return saved_tensor_bytes(lambda: model(image), model)
 
 
-def bench_training(name: str, side: int, steps: int) -> list[dict]:
-    """Every training row measured by the probe (a fresh process each); ratios against full fine-tuning."""
+def interleaved_steps(settings: list[Setting], rounds: int) -> dict[Setting, float]:
+    """Step time of each setting relative to the first (full fine-tuning): all models in this process, steps
+    interleaved, median of per-round ratios."""
+    steps = {s: build(s, torch.device("cpu"))[2] for s in settings}
+    times = interleaved(steps, rounds)
+    return {s: ratio(times, s, settings[0]) for s in settings}
+
+
+def bench_training(name: str, side: int, steps: int, time_rounds: int) -> list[dict]:
+    """Every training row measured by the probe (a fresh process each); ratios against full fine-tuning, the
+    time ratio from interleaved steps when `time_rounds` > 0 (else from the probe's separate rows)."""
     settings = [Setting(name, side, 1, method, recompute, blocks, False, steps) for method, recompute, blocks in
                 TRAIN_ROWS]
+    relative = interleaved_steps(settings, time_rounds) if time_rounds else None
     out = []
     for row in probe(settings):
         if row.failure:
@@ -130,13 +142,16 @@ def bench_training(name: str, side: int, steps: int) -> list[dict]:
                     "step_cpu_s": row.step_cpu_s, "step_wall_s": row.step_s,
                     "trainable_params": row.trainable_params, "adapter_file_mb": row.adapter_file_bytes / 2**20})
     full = next(r for r in out if r["method"] == "full" and not r["checkpoint_blocks"])
-    for r in out:
-        r["memory_vs_full"], r["time_vs_full"] = r["peak_mb"] / full["peak_mb"], r["step_cpu_s"] / full["step_cpu_s"]
+    for r, setting in zip(out, settings):
+        r["memory_vs_full"] = r["peak_mb"] / full["peak_mb"]
+        r["time_vs_full"] = relative[setting] if relative else r["step_cpu_s"] / full["step_cpu_s"]
+        r["time_ratio_from"] = "interleaved steps" if relative else "separate processes"
     return out
 
 
 def _label(r: dict) -> str:
-    recompute = f", recompute {'on' if r['recompute'] else 'off'}" if r["method"] != "full" else ""
+    recompute = f", recompute {'on' if r['recompute'] else 'off'}" if r["method"] != "full" and \
+        not r["checkpoint_blocks"] else ""  # inside checkpointed blocks adapters do not recompute again
     return r["method"] + recompute + (" + block checkpointing" if r["checkpoint_blocks"] else "")
 
 
@@ -170,7 +185,11 @@ def markdown(results: dict) -> list[str]:
                   "and they are a larger share of a Mona's work than of a Swin block's).", ""]
     for key, what in (("training_2d", f"Swin-T at {SIDE}^2"),
                       ("training_3d", f"SwinUNETR on a {CT_SIDE}^3 CT patch")):
+        source = results[key][0]["time_ratio_from"]
         lines += [f"## One training step, {what}, batch 1, AdamW", "",
+                  "Step time vs full: " + ("median of per-round ratios, all models stepping interleaved in one "
+                                           "process." if source == "interleaved steps" else
+                                           "one step per row, each in its own process (noisier)."), "",
                   "| setting | trainable params | peak memory | vs full | kept for backward | step (CPU time) "
                   "| vs full | adapter file |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -195,6 +214,7 @@ def main() -> None:
     parser.add_argument("--forward-3d-rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per Swin-T row")
     parser.add_argument("--ct-steps", type=int, default=1, help="timed training steps per SwinUNETR row")
+    parser.add_argument("--time-rounds", type=int, default=3, help="interleaved Swin-T step rounds (time ratios)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # the probe's worker processes too
     torch.set_num_threads(1)
@@ -203,8 +223,8 @@ def main() -> None:
     for name, bench in (("module", lambda: bench_module(args.module_rounds)),
                         ("forward_2d", lambda: bench_forward("swin-t", args.forward_rounds)),
                         ("forward_3d", lambda: bench_forward("swinunetr", args.forward_3d_rounds)),
-                        ("training_2d", lambda: bench_training("swin-t", SIDE, args.steps)),
-                        ("training_3d", lambda: bench_training("swinunetr", CT_SIDE, args.ct_steps))):
+                        ("training_2d", lambda: bench_training("swin-t", SIDE, args.steps, args.time_rounds)),
+                        ("training_3d", lambda: bench_training("swinunetr", CT_SIDE, args.ct_steps, 0))):
         start = time.perf_counter()
         results[name] = bench()
         print(f"{name}: {json.dumps(results[name])} ({time.perf_counter() - start:.0f} s)", flush=True)

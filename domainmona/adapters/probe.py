@@ -144,7 +144,8 @@ class AnonymousPeak:
 
 
 def build(setting: Setting, device):
-    """The backbone with the method injected, its optimizer and a seeded input on `device`."""
+    """The backbone with the method injected, its optimizer and a seeded input on `device`; and `step()`, one
+    training step (forward, backward, AdamW; forward only when nothing trains)."""
     import torch
 
     from domainmona.adapters import inject, set_block_checkpointing
@@ -162,7 +163,23 @@ def build(setting: Setting, device):
     shape = (setting.batch, 1, *(setting.size,) * 3) if setting.backbone in VOLUME_NAMES else \
         (setting.batch, 3, setting.size, setting.size)
     image = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
-    return model, optimizer, image
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=setting.amp and cuda and dtype == torch.float16)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=setting.amp), \
+                torch.set_grad_enabled(optimizer is not None):
+            loss = sum(f.float().square().mean() for f in _outputs(model(image)))
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if cuda:
+            torch.cuda.synchronize()
+
+    return model, image, step
 
 
 def _outputs(out) -> list:
@@ -177,28 +194,13 @@ def measure(setting: Setting) -> Row:
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     # Libraries load before the baseline: their import-time allocations are no part of a training step.
     for library in ("domainmona.adapters.inject",
                     "monai.networks.nets" if setting.backbone in VOLUME_NAMES else "mmdet.models.backbones.swin"):
         importlib.import_module(library)
     before = AnonymousPeak.now()
     with contextlib.nullcontext() if cuda else AnonymousPeak() as sampler:
-        model, optimizer, image = build(setting, device)
-        scaler = torch.amp.GradScaler("cuda", enabled=setting.amp and dtype == torch.float16)
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=dtype, enabled=setting.amp), \
-                    torch.set_grad_enabled(optimizer is not None):
-                loss = sum(f.float().square().mean() for f in _outputs(model(image)))
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            if cuda:
-                torch.cuda.synchronize()
-
+        model, _, step = build(setting, device)
         try:
             step()
         except torch.OutOfMemoryError:
