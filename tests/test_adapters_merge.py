@@ -8,7 +8,7 @@ import torch
 from test_adapters_families import run
 from test_adapters_peft import CASES, FAMILIES, SMALL_OPTIONS
 
-from domainmona.adapters import Mona, inject, merge, prepare_for_inference, save_adapter
+from domainmona.adapters import Mona, adapter_parameter_names, inject, merge, prepare_for_inference, save_adapter
 from domainmona.adapters.inject import STATE_ATTR
 from domainmona.errors import UserError
 
@@ -72,3 +72,17 @@ def test_frozen_batchnorms_of_a_merged_cnn_still_run():
     model.train()
     run(model, forward)
     assert getattr(model, STATE_ATTR, None) is None
+
+
+@pytest.mark.parametrize("method", ["vpt-deep", "convpass", "conv-adapter"])
+def test_methods_that_do_not_fold_keep_their_tensors_and_record(method):
+    """Prompts and conv bypasses have no slot-free form: merging leaves them, and the adapter record, in place."""
+    _, model = _perturbed("timm-swin", method)
+    forward = CASES["timm-swin"][1]
+    names = adapter_parameter_names(model)
+    with torch.no_grad():
+        before = run(model, forward)
+        after = run(prepare_for_inference(model), forward)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    assert getattr(model, STATE_ATTR).method == method
+    assert names and adapter_parameter_names(model) == names <= {n for n, _ in model.named_parameters()}

@@ -1,5 +1,5 @@
-"""The methods put beside Mona (SSF, parallel adapter, FacT-TT/TK, KronA, KAdaptation): counts, identity at
-init, what trains, shared factors, refusals."""
+"""The methods put beside Mona (SSF, parallel adapter, FacT-TT/TK, KronA, KAdaptation, VPT, Convpass,
+Conv-Adapter): counts, identity at init, what trains, shared factors, refusals."""
 
 import copy
 
@@ -11,9 +11,12 @@ from domainmona.adapters import adapter_parameter_names, inject, load_adapter, s
 from domainmona.adapters.backbones import build_backbone
 from domainmona.errors import UserError
 
-NEW_METHODS = ("ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation")
+NEW_METHODS = ("ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation", "vpt-deep", "convpass",
+               "conv-adapter")
+# SSF starts near, not at, an identity; VPT's prompts and Conv-Adapter's alpha = 1 change outputs from the start.
+IDENTITY_AT_INIT = ("parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation", "convpass")
 # The small test backbones are 12 (SwinUNETR feature_size 12) or 16 channels wide at their first stage.
-SMALL_OPTIONS = {"krona": {"factor": 4}, "kadaptation": {"n": 4}}
+SMALL_OPTIONS = {"krona": {"factor": 4}, "kadaptation": {"n": 4}, "conv-adapter": {"reduction": 4}}
 FAMILIES = ("mmdet-swin", "timm-swin", "monai-swin", "timm-vit")
 
 
@@ -43,6 +46,12 @@ SWIN_T = {
     "krona": sum(2 * (16 * 16 + (c // 16) ** 2) for c in WIDTHS),
     # A_i shared (16 matrices 16 x 16), rank-one B_i: u, v of C/16 for 16 i, for q and v (4C a block)
     "kadaptation": 16 ** 3 + 4 * SUM_C,
+    # p = 10 prompts of width C a block: the notes' 44,160
+    "vpt-deep": 10 * SUM_C,
+    # two bypasses a block: W_down (C x 8 + 8), 3x3 conv (8 x 8 x 9 + 8), W_up (8 x C + C): the notes' 164,352
+    "convpass": sum(2 * (2 * c * 8 + c + 9 * 8 * 8 + 2 * 8) for c in WIDTHS),
+    # grouped 7x7 conv C -> C/8 (C/8 groups: C k^2 + C/8), 1x1 back (C^2/8 + C), alpha (C): the notes' 495,336
+    "conv-adapter": sum(c * 49 + c // 8 + c * c // 8 + 2 * c for c in WIDTHS),
 }
 
 
@@ -52,7 +61,8 @@ def test_swin_t_trainable_count_is_the_formula(method):
     report = trainable_report(model)
     assert report.adapter_params == report.trainable_backbone_params == SWIN_T[method]
     assert report.backbone_params == 27_519_354  # mmdet Swin-T with one output norm; adapters not counted
-    assert SWIN_T["ssf"] == 104_448 and SWIN_T["fact-tt"] == 82_944
+    assert (SWIN_T["ssf"], SWIN_T["fact-tt"], SWIN_T["vpt-deep"], SWIN_T["convpass"], SWIN_T["conv-adapter"]) == (
+        104_448, 82_944, 44_160, 164_352, 495_336)
 
 
 def test_ssf_scales_every_output_norm_of_the_detection_swin():
@@ -61,7 +71,7 @@ def test_ssf_scales_every_output_norm_of_the_detection_swin():
     assert report.adapter_params == SWIN_T["ssf"] + 2 * (96 + 192 + 384)
 
 
-@pytest.mark.parametrize("method", [m for m in NEW_METHODS if m != "ssf"])  # SSF starts near, not at, identity
+@pytest.mark.parametrize("method", IDENTITY_AT_INIT)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fresh_injection_computes_the_plain_backbone(method, family):
     build, forward = CASES[family]
@@ -92,7 +102,7 @@ def test_training_changes_exactly_the_methods_tensors(method):
     assert changed == adapter_parameter_names(model) == {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("method", NEW_METHODS)
+@pytest.mark.parametrize("method", [m for m in NEW_METHODS if m != "conv-adapter"])
 def test_cnns_are_refused_in_one_line(method):
     build, _ = CASES["resnet"]
     with pytest.raises(UserError, match=f"method '{method}'.*cnn") as error:

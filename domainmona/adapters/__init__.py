@@ -11,7 +11,8 @@ from types import ModuleType
 # The adapter methods' registry names (`METHODS`' keys, in its order), for command-line choices without torch;
 # tests/test_cli.py checks that they match.
 METHOD_NAMES = ("full", "fixed", "bitfit", "normtuning", "partial-1", "adapter", "lora", "adaptformer", "lorand",
-                "mona", "ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation")
+                "mona", "ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation", "vpt-deep", "vpt-shallow",
+                "convpass", "conv-adapter")
 
 # exported name -> the submodule that defines it
 _EXPORTS = {

@@ -11,12 +11,13 @@ import torch
 
 # Slot names are part of the checkpoint key layout: changing them breaks saved adapters.
 ATTN_BRANCH = "attn_branch"  # on the attention branch, before its residual add (Houlsby adapter, LoRand)
+ATTN_PARALLEL = "attn_parallel"  # beside the attention, fed the pre-norm stream (Convpass, Conv-Adapter)
 POST_ATTN = "post_attn"  # after the attention residual add (Mona 1)
 MLP_BRANCH = "mlp_branch"  # on the MLP branch, before its residual add
 MLP_PARALLEL = "mlp_parallel"  # beside the MLP, fed the pre-norm stream (AdaptFormer)
 POST_MLP = "post_mlp"  # after the MLP residual add (Mona 2)
 POST_BLOCK = "post_block"  # after a CNN block's output
-SLOTS = (ATTN_BRANCH, POST_ATTN, MLP_BRANCH, MLP_PARALLEL, POST_MLP, POST_BLOCK)
+SLOTS = (ATTN_BRANCH, ATTN_PARALLEL, POST_ATTN, MLP_BRANCH, MLP_PARALLEL, POST_MLP, POST_BLOCK)
 
 
 class AdapterHost:
@@ -28,6 +29,9 @@ class AdapterHost:
 
     def join_attention(self, stream: torch.Tensor, branch: torch.Tensor, shape, prefix: int = 0) -> torch.Tensor:
         x = stream + self._through_slot(ATTN_BRANCH, branch, shape, prefix)
+        parallel = self._modules.get(ATTN_PARALLEL)
+        if parallel is not None:
+            x = x + parallel(stream, shape, num_prefix_tokens=prefix)
         return self._through_slot(POST_ATTN, x, shape, prefix)
 
     def join_mlp(self, stream: torch.Tensor, branch: torch.Tensor, shape, prefix: int = 0) -> torch.Tensor:

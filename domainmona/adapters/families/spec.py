@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from domainmona.adapters.families.host import (ATTN_BRANCH, MLP_BRANCH, MLP_PARALLEL, POST_ATTN, POST_BLOCK,
-                                               POST_MLP)
+from domainmona.adapters.families.host import (ATTN_BRANCH, ATTN_PARALLEL, MLP_BRANCH, MLP_PARALLEL, POST_ATTN,
+                                               POST_BLOCK, POST_MLP)
 from domainmona.errors import UserError
 
 ClassRef = tuple[str, str]  # (module, qualname): matched without importing the library
@@ -32,11 +32,12 @@ class Family:
     checkpointing: Callable[[nn.Module, bool | None], bool] | None = None
 
     def slots(self, placement: str) -> tuple[str, ...]:
-        """Slot names for a placement ('post', 'branch', 'parallel'); empty when the family has none."""
+        """Slot names for a placement ('post', 'branch', 'parallel' beside the MLP, 'attn-parallel' beside the
+        attention); empty when the family has none."""
         if not self.transformer:
             return (POST_BLOCK,) if placement == "post" else ()
         return {"post": (POST_ATTN, POST_MLP), "branch": (ATTN_BRANCH, MLP_BRANCH),
-                "parallel": (MLP_PARALLEL,)}[placement]
+                "parallel": (MLP_PARALLEL,), "attn-parallel": (ATTN_PARALLEL,)}[placement]
 
 
 @dataclass
