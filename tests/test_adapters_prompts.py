@@ -72,7 +72,8 @@ def _reference_prefix_attention(attention, plain_norm, prompts, x, mask):
     index = attention.relative_position_index[:n, :n].reshape(-1)
     scores = scores + attention.relative_position_bias_table[index].view(n, n, heads).permute(2, 0, 1)
     if mask is not None:
-        scores = (scores.view(b // mask.shape[0], mask.shape[0], heads, n, n) + mask[None, :, None]).view(b, heads, n, n)
+        windows = mask.shape[0]
+        scores = (scores.view(b // windows, windows, heads, n, n) + mask[None, :, None]).view(b, heads, n, n)
     scores = torch.cat((q @ pk.transpose(-2, -1).unsqueeze(0) * attention.scale, scores), dim=-1)
     out = F.softmax(scores, dim=-1) @ torch.cat((pv.unsqueeze(0).expand(b, -1, -1, -1), v), dim=2)
     return attention.proj(out.transpose(1, 2).reshape(b, n, c))

@@ -35,8 +35,9 @@ class ConvAdapter(Method):
             return
         conv, activation = self._spatial_conv(site)
         self._check_width(site, conv.in_channels, config)
-        BesideConv.convert(conv, ConvAdapterModule(conv.in_channels, conv.kernel_size[0], config.reduction, activation,
-                                                   stride=conv.stride[0], dilation=conv.dilation[0]))
+        adapter = ConvAdapterModule(conv.in_channels, conv.kernel_size[0], config.reduction, activation,
+                                    stride=conv.stride[0], dilation=conv.dilation[0])
+        BesideConv.convert(conv, adapter)
 
     def _spatial_conv(self, site) -> tuple[nn.Module, nn.Module]:
         """A bottleneck's 3x3 conv2 (ReLU) or a ConvNeXt block's depthwise conv_dw (GELU)."""
