@@ -62,7 +62,7 @@ def _expected_trainable(method: str, model: nn.Module) -> set[str]:
     return {n for n in names if rule(n) or n in adapters}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "vpt-shallow"])  # ViT only: test_adapters_prompts
 def test_gradients_reach_exactly_the_trainable_tensors(method):
     model = inject(tiny_swin(), method)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
