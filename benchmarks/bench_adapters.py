@@ -18,7 +18,7 @@ with the median of per-round ratios: on a CPU shared with other jobs, wall time 
 whichever side happened to run. Writes benchmarks/results/adapters.md and adapters.json.
 
     .venv/bin/python benchmarks/bench_adapters.py [--module-rounds 30] [--forward-rounds 5] [--steps 2]
-                                                  [--ct-steps 1]
+                                                  [--ct-steps 1] [--only training_3d,...]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 from report import machine, write_markdown
 from torch.utils.flop_counter import FlopCounterMode
 
-from domainmona.adapters import Mona, fuse, inject, saved_tensor_bytes
+from domainmona.adapters import Mona, fuse, inject
 from domainmona.adapters.backbones import build_backbone
 from domainmona.adapters.probe import Setting, build, probe
 from domainmona.io import atomic_path
@@ -113,12 +113,6 @@ def bench_forward(name: str, rounds: int) -> dict:
             "flops_overhead_pct": 100 * (flops["mona_fused"] / flops["plain"] - 1)}
 
 
-def kept_for_backward(setting: Setting) -> int:
-    """Bytes autograd keeps for backward over one forward of the row's model (deterministic, unlike RSS)."""
-    model, image, _ = build(setting, torch.device("cpu"))
-    return saved_tensor_bytes(lambda: model(image), model)
-
-
 def interleaved_steps(settings: list[Setting], rounds: int) -> dict[Setting, float]:
     """Step time of each setting relative to the first (full fine-tuning): all models in this process, steps
     interleaved, median of per-round ratios."""
@@ -138,7 +132,7 @@ def bench_training(name: str, side: int, steps: int, time_rounds: int) -> list[d
         if row.failure:
             raise RuntimeError(f"{row.setting}: {row.failure}")
         out.append({**dataclasses.asdict(row.setting), "peak_mb": row.peak_bytes / 2**20,
-                    "kept_for_backward_mb": kept_for_backward(row.setting) / 2**20,
+                    "kept_for_backward_mb": row.kept_bytes / 2**20,
                     "step_cpu_s": row.step_cpu_s, "step_wall_s": row.step_s,
                     "trainable_params": row.trainable_params, "adapter_file_mb": row.adapter_file_bytes / 2**20})
     full = next(r for r in out if r["method"] == "full" and not r["checkpoint_blocks"])
@@ -215,21 +209,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per Swin-T row")
     parser.add_argument("--ct-steps", type=int, default=1, help="timed training steps per SwinUNETR row")
     parser.add_argument("--time-rounds", type=int, default=3, help="interleaved Swin-T step rounds (time ratios)")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=None,
+                        help="comma-separated sections to (re)measure; the others come from adapters.json")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"  # the probe's worker processes too
     torch.set_num_threads(1)
-    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "torch": torch.__version__,
-               "load": round(os.getloadavg()[0], 1)}
+    path = RESULTS / "adapters.json"
+    results = json.loads(path.read_text()) if args.only else {}
+    results.update({"date": datetime.date.today().isoformat(), "machine": machine(), "torch": torch.__version__,
+                    "load": round(os.getloadavg()[0], 1)})
     for name, bench in (("module", lambda: bench_module(args.module_rounds)),
                         ("forward_2d", lambda: bench_forward("swin-t", args.forward_rounds)),
                         ("forward_3d", lambda: bench_forward("swinunetr", args.forward_3d_rounds)),
                         ("training_2d", lambda: bench_training("swin-t", SIDE, args.steps, args.time_rounds)),
                         ("training_3d", lambda: bench_training("swinunetr", CT_SIDE, args.ct_steps, 0))):
+        if args.only and name not in args.only:
+            continue
         start = time.perf_counter()
         results[name] = bench()
         print(f"{name}: {json.dumps(results[name])} ({time.perf_counter() - start:.0f} s)", flush=True)
-    with atomic_path(RESULTS / "adapters.json") as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        with atomic_path(path) as tmp:  # after every section: a late failure keeps what was measured
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(RESULTS / "adapters.md", markdown(results))
 
 

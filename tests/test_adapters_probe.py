@@ -76,6 +76,7 @@ def test_probe_measures_real_steps_in_fresh_processes():
     assert rows["mona"].adapter_file_bytes > 4 * expected and rows["fixed"].adapter_file_bytes < 1024  # metadata
     for row in rows.values():
         assert row.device == "cpu" and row.step_s > 0 and row.step_cpu_s > 0 and row.peak_bytes > 0
+    assert rows["mona"].kept_bytes > 0 and rows["fixed"].kept_bytes == 0  # nothing needs gradients in 'fixed'
     # the micro Swin's 0.4M frozen weights are part of a row's peak: at least their bytes
     assert rows["fixed"].peak_bytes >= 4 * sum(p.numel() for p in build_backbone("micro").parameters())
 
@@ -87,7 +88,7 @@ def test_command_prints_the_table_sorted_by_memory_and_what_fits(monkeypatch):
     def fake_probe(requested):
         asked.extend(requested)
         peaks = {("mona", True): 300 * MIB, ("mona", False): 500 * MIB, ("full", False): 900 * MIB}
-        return [probe.Row(s, "cpu", peaks[s.method, s.recompute], 1.0, 1.0, 10, 40, "") for s in requested]
+        return [probe.Row(s, "cpu", peaks[s.method, s.recompute], 1.0, 1.0, 5, 10, 40, "") for s in requested]
 
     monkeypatch.setattr(probe, "probe", fake_probe)
     result = CliRunner().invoke(app, ["adapters", "probe", "-b", "micro", "--size", "64", "-m", "full,mona",

@@ -59,6 +59,7 @@ class Row:
     peak_bytes: int | None  # None when the step ran out of memory
     step_s: float | None
     step_cpu_s: float | None  # CPU time of this process per step: robust to other jobs on a shared machine
+    kept_bytes: int | None  # what autograd keeps for backward over a forward (`saved_tensor_bytes`)
     trainable_params: int
     adapter_file_bytes: int
     failure: str = ""
@@ -190,7 +191,7 @@ def measure(setting: Setting) -> Row:
     """One row, measured in this process (run it in a fresh one: see `probe`)."""
     import torch
 
-    from domainmona.adapters import save_adapter
+    from domainmona.adapters import save_adapter, saved_tensor_bytes
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -200,13 +201,13 @@ def measure(setting: Setting) -> Row:
         importlib.import_module(library)
     before = AnonymousPeak.now()
     with contextlib.nullcontext() if cuda else AnonymousPeak() as sampler:
-        model, _, step = build(setting, device)
+        model, image, step = build(setting, device)
         try:
             step()
         except torch.OutOfMemoryError:
             step = None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    peak, step_s, step_cpu_s = None, None, None
+    peak, step_s, step_cpu_s, kept = None, None, None, None
     if step is not None:
         peak = torch.cuda.max_memory_allocated() if cuda else sampler.peak - before
         times, cpu_times = [], []
@@ -216,12 +217,14 @@ def measure(setting: Setting) -> Row:
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)
         step_s, step_cpu_s = statistics.median(times), statistics.median(cpu_times)
+        with torch.autocast(device.type, enabled=setting.amp):
+            kept = saved_tensor_bytes(lambda: model(image), model)
     with tempfile.TemporaryDirectory() as tmp:  # after the step: serialising must not raise its peak
         try:
             adapter_bytes = save_adapter(model, Path(tmp) / "adapter.safetensors").stat().st_size
         except UserError:  # nothing trains
             adapter_bytes = 0
-    return Row(setting, device.type, peak, step_s, step_cpu_s, trainable, adapter_bytes,
+    return Row(setting, device.type, peak, step_s, step_cpu_s, kept, trainable, adapter_bytes,
                "" if step else "out of memory")
 
 
@@ -234,13 +237,13 @@ def probe(requested: list[Setting], timeout: float | None = None) -> list[Row]:
                                    json.dumps(dataclasses.asdict(setting))],
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            rows.append(Row(setting, "", None, None, None, 0, 0, f"took over {timeout:.0f} s"))
+            rows.append(Row(setting, "", None, None, None, None, 0, 0, f"took over {timeout:.0f} s"))
             continue
         lines = done.stdout.strip().splitlines()
         if done.returncode or not lines:
             reason = "killed (out of memory?)" if done.returncode < 0 else \
                 (done.stderr.strip().splitlines() or ["failed"])[-1][:120]
-            rows.append(Row(setting, "", None, None, None, 0, 0, reason))
+            rows.append(Row(setting, "", None, None, None, None, 0, 0, reason))
             continue
         data = json.loads(lines[-1])
         rows.append(Row(**{**data, "setting": Setting(**data["setting"])}))
