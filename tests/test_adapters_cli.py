@@ -28,3 +28,14 @@ def test_report_passes_method_options():
 def test_bad_arguments_are_user_errors(args, message):
     result = CliRunner().invoke(app, ["adapters", "report", *args])
     assert isinstance(result.exception, UserError) and message in str(result.exception)
+
+
+def test_report_all_lists_every_method_and_marks_those_the_family_lacks():
+    from domainmona.adapters import METHOD_NAMES
+
+    result = CliRunner().invoke(app, ["adapters", "report", "-b", "swin-t", "-m", "all"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 2}
+    assert set(rows) == set(METHOD_NAMES)
+    assert "not defined" in rows["vpt-shallow"] and "1,408,128" in rows["mona"]
+    assert "not defined" not in "".join(rows[m] for m in METHOD_NAMES if m != "vpt-shallow")

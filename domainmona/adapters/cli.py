@@ -35,6 +35,7 @@ def register(groups: CommandGroups) -> None:
         from domainmona.adapters import METHODS, inject, trainable_report
         from domainmona.adapters.backbones import build_backbone
         from domainmona.console import console
+        from domainmona.errors import UserError
 
         names = list(METHODS) if method == "all" else [method]
         config = _parse_options(option)
@@ -43,7 +44,13 @@ def register(groups: CommandGroups) -> None:
                        "% of whole model"):
             table.add_column(column, justify="left" if column == "method" else "right")
         for name in names:
-            model = inject(build_backbone(backbone), name, **(config if method != "all" else {}))
+            try:
+                model = inject(build_backbone(backbone), name, **(config if method != "all" else {}))
+            except UserError as exc:
+                if method != "all":
+                    raise
+                table.add_row(name, f"[dim]not defined: {exc}[/]", "", "", "")  # e.g. vpt-shallow off plain ViT
+                continue
             counts = trainable_report(model)
             table.add_row(name, f"{counts.backbone_params:,}", f"{counts.trainable_backbone_params:,}",
                           f"{counts.percent_of_backbone:.2f}%", f"{counts.percent_of_model:.2f}%")
