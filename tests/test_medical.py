@@ -389,3 +389,12 @@ def test_train_gpus_2_relaunches_under_torchrun_and_rank_0_reports(dataset, tmp_
     state = torch.load(best, weights_only=True)
     assert not any(key.startswith("module.") for key in state["model"])  # saved unwrapped from DDP
     assert [m["epoch"] for m in json.loads((work / "metrics.json").read_text())] == [1]
+
+
+def test_every_registered_method_is_a_valid_adapter_with_the_default_settings():
+    """`segment-ct train --adapter M` with no config file: the defaults carry no options of one method."""
+    from domainmona.adapters import METHOD_NAMES
+    from domainmona.medical.settings import load_settings
+
+    for method in METHOD_NAMES:
+        assert load_settings(model=dict(adapter=method))["model"]["adapter"] == method
