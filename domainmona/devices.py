@@ -43,6 +43,17 @@ def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(dtype))
 
 
+def clipped_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 params: list[torch.Tensor], max_norm: float) -> None:
+    """Backward, unscale, clip the gradient norm of `params` to `max_norm` and step: the training step of every
+    hand-written loop (a disabled scaler makes it the plain float32 step)."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def load_scaler_state(scaler: torch.amp.GradScaler, state: dict | None) -> None:
     """Continue a saved loss scale; a run resumed with another precision (another GPU, `--no-amp`) starts a
     fresh scaler instead of failing on the empty state of a disabled one."""

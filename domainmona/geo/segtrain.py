@@ -177,7 +177,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
 
     from domainmona.adapters import set_adapter_recompute, set_block_checkpointing
     from domainmona.adapters.checkpoint import save_adapter
-    from domainmona.devices import amp_dtype, autocast, default_device, describe, grad_scaler
+    from domainmona.devices import amp_dtype, autocast, clipped_step, default_device, describe, grad_scaler
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
 
     settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
@@ -224,11 +224,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at iteration {step}; try a lower lr")
             optimizer.zero_grad()
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
+            clipped_step(loss, optimizer, scaler, trainable, 1.0)
             bar.advance(task)
             if step % settings["log_every"] == 0 or step == settings["max_iters"]:
                 bar.console.print(f"iter {step}/{settings['max_iters']}  loss {loss.item():.4f}")

@@ -24,7 +24,7 @@ from monai.utils import set_determinism
 
 from domainmona.adapters import adapted_backbones, set_adapter_recompute
 from domainmona.console import console, progress
-from domainmona.devices import amp_dtype, autocast, describe, grad_scaler, load_scaler_state
+from domainmona.devices import amp_dtype, autocast, clipped_step, describe, grad_scaler, load_scaler_state
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir, remove_stale_temps
 from domainmona.launch import under_torchrun
@@ -89,11 +89,7 @@ def _train_epoch(net: torch.nn.Module, loader: DataLoader, optimizer: torch.opti
         with autocast(device, dtype):
             loss = loss_fn(net(image), label)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        clipped_step(loss, optimizer, scaler, trainable, grad_clip)
         yield loss.item()
 
 
