@@ -1,15 +1,15 @@
-"""Backbone families the core can adapt, found by class (without importing their libraries)."""
+"""Backbone families the core can adapt, found by class (without importing their libraries). Every module of this
+package is imported here; a family file registers itself (see `spec.Family`)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from domainmona.adapters.families import cnn, swin_mmdet, swin_monai, swin_timm, vit_timm
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, Site, matches
+from domainmona.adapters.families.spec import FAMILY_REGISTRY, Family, Site, matches
 from domainmona.errors import UserError
 
-FAMILIES: tuple[Family, ...] = (swin_mmdet.FAMILY, swin_timm.FAMILY, swin_monai.FAMILY, vit_timm.FAMILY, cnn.FAMILY)
+FAMILIES: tuple[Family, ...] = tuple(FAMILY_REGISTRY.load(__name__, __path__).values())
 # Wrappers that hold a whole timm backbone (smp's `tu-` encoders build timm models with features_only).
 GENERIC_ROOTS = (("timm.models._features", "FeatureListNet"), ("timm.models._features", "FeatureDictNet"),
                  ("timm.models._features", "FeatureGetterNet"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, timm_checkpointing
+from domainmona.adapters.families.spec import Family, register_family, timm_checkpointing
 
 _RESNET_MODULES = ("timm.models.resnet", "torchvision.models.resnet", "mmdet.models.backbones.resnet")
 
@@ -25,7 +25,7 @@ def _out_channels(block: nn.Module) -> int:
     raise ValueError(f"cannot tell the output width of {type(block).__name__}")
 
 
-FAMILY = Family(
+FAMILY = register_family(Family(
     name="cnn",
     blocks=tuple((m, c) for m in _RESNET_MODULES for c in ("Bottleneck", "BasicBlock"))
     + (("timm.models.convnext", "ConvNeXtBlock"),),
@@ -34,4 +34,4 @@ FAMILY = Family(
     dim=_out_channels,
     transformer=False,
     checkpointing=timm_checkpointing,  # timm ResNet/ConvNeXt; refused for torchvision and mmdet ResNets
-)
+))

@@ -9,6 +9,7 @@ from torch import nn
 
 from domainmona.adapters.families.host import (ATTN_BRANCH, ATTN_PARALLEL, MLP_BRANCH, MLP_PARALLEL, POST_ATTN,
                                                POST_BLOCK, POST_MLP)
+from domainmona.adapters.registry import Registry
 from domainmona.errors import UserError
 
 ClassRef = tuple[str, str]  # (module, qualname): matched without importing the library
@@ -16,7 +17,12 @@ ClassRef = tuple[str, str]  # (module, qualname): matched without importing the 
 
 @dataclass(frozen=True)
 class Family:
-    """A backbone family: its block and root classes and how adapters plug into its blocks."""
+    """A backbone family: its block and root classes and how adapters plug into its blocks.
+
+    A family is one file in `domainmona/adapters/families/` that registers itself when the package imports it
+    (the package imports all of its modules): `FAMILY = register_family(Family(name=..., blocks=..., ...))`.
+    Classes are named as (module, qualname) so that finding a backbone imports none of their libraries.
+    """
 
     name: str
     blocks: tuple[ClassRef, ...]
@@ -38,6 +44,14 @@ class Family:
             return (POST_BLOCK,) if placement == "post" else ()
         return {"post": (POST_ATTN, POST_MLP), "branch": (ATTN_BRANCH, MLP_BRANCH),
                 "parallel": (MLP_PARALLEL,), "attn-parallel": (ATTN_PARALLEL,)}[placement]
+
+
+FAMILY_REGISTRY: Registry[Family] = Registry("backbone family")
+
+
+def register_family(family: Family) -> Family:
+    """Add `family` to the families `find_backbone` knows (listed by name); returns it."""
+    return FAMILY_REGISTRY.add(family.name, family)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 from torch.utils import checkpoint
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, flag_checkpointing
+from domainmona.adapters.families.spec import Family, flag_checkpointing, register_family
 
 
 class MMDetSwinBlockForward(AdapterHost):
@@ -26,7 +26,7 @@ class MMDetSwinBlockForward(AdapterHost):
 
 
 _BLOCKS = (("mmdet.models.backbones.swin", "SwinBlock"),)
-FAMILY = Family(
+FAMILY = register_family(Family(
     name="mmdet-swin",
     blocks=_BLOCKS,
     roots=(("mmdet.models.backbones.swin", "SwinTransformer"),),
@@ -34,4 +34,4 @@ FAMILY = Family(
     dim=lambda block: block.norm1.normalized_shape[0],
     qkv=lambda block: block.attn.w_msa.qkv,
     checkpointing=flag_checkpointing("with_cp", _BLOCKS),
-)
+))

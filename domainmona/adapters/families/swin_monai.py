@@ -12,7 +12,7 @@ import torch
 from torch.utils import checkpoint
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, flag_checkpointing
+from domainmona.adapters.families.spec import Family, flag_checkpointing, register_family
 
 
 class MonaiSwinBlockForward(AdapterHost):
@@ -58,7 +58,7 @@ class _MaskRecipe:
 
 
 _BLOCKS = (("monai.networks.nets.swin_unetr", "SwinTransformerBlock"),)
-FAMILY = Family(
+FAMILY = register_family(Family(
     name="monai-swin",
     blocks=_BLOCKS,
     roots=(("monai.networks.nets.swin_unetr", "SwinTransformer"),),
@@ -67,4 +67,4 @@ FAMILY = Family(
     qkv=lambda block: block.attn.qkv,
     spatial_dims=lambda block: len(block.window_size),
     checkpointing=flag_checkpointing("use_checkpoint", _BLOCKS),
-)
+))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, timm_checkpointing
+from domainmona.adapters.families.spec import Family, register_family, timm_checkpointing
 
 
 class TimmSwinBlockForward(AdapterHost):
@@ -16,7 +16,7 @@ class TimmSwinBlockForward(AdapterHost):
         return self.join_map(self.join_mlp, x, self.drop_path2(self.mlp(self.norm2(x))))
 
 
-FAMILY = Family(
+FAMILY = register_family(Family(
     name="timm-swin",
     blocks=(("timm.models.swin_transformer", "SwinTransformerBlock"),),
     roots=(("timm.models.swin_transformer", "SwinTransformer"),),
@@ -24,4 +24,4 @@ FAMILY = Family(
     dim=lambda block: block.dim,
     qkv=lambda block: block.attn.qkv,
     checkpointing=timm_checkpointing,
-)
+))

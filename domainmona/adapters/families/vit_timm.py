@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from domainmona.adapters.families.host import AdapterHost
-from domainmona.adapters.families.spec import Family, Site, matches, timm_checkpointing
+from domainmona.adapters.families.spec import Family, Site, matches, register_family, timm_checkpointing
 
 _VIT = (("timm.models.vision_transformer", "VisionTransformer"),)
 _PATCH_EMBED = (("timm.layers.patch_embed", "PatchEmbed"),)
@@ -52,7 +52,7 @@ def _qkv(block: nn.Module) -> nn.Module | None:
     return qkv if isinstance(qkv, nn.Linear) else None
 
 
-FAMILY = Family(
+FAMILY = register_family(Family(
     name="timm-vit",
     blocks=(("timm.models.vision_transformer", "Block"),),
     roots=_VIT,
@@ -61,4 +61,4 @@ FAMILY = Family(
     qkv=_qkv,
     prepare=_track_grid,
     checkpointing=timm_checkpointing,
-)
+))
