@@ -47,3 +47,14 @@ def test_every_family_file_registers_its_family():
     names = [f.name for f in families.FAMILIES]
     assert names == sorted(names) and set(names) == defined
     assert {"cnn", "mmdet-swin", "monai-swin", "timm-swin", "timm-vit"} <= defined
+
+
+def test_methods_register_themselves_in_the_papers_order_and_the_cli_reads_the_same_names_without_torch():
+    from domainmona.adapters.methods import METHODS, get_method
+    from domainmona.adapters.registry import method_names
+
+    assert tuple(METHODS) == method_names() == (
+        "full", "fixed", "bitfit", "normtuning", "partial-1", "adapter", "lora", "adaptformer", "lorand", "mona",
+        "ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation", "vpt-deep", "vpt-shallow",
+        "convpass", "conv-adapter")
+    assert all(type(method).name == name and get_method(name) is method for name, method in METHODS.items())

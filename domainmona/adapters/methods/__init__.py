@@ -1,32 +1,11 @@
-"""Registry of the PEFT methods (the Mona paper's comparison set and the methods put beside Mona since), one file
-per method."""
+"""Registry of the PEFT methods (the Mona paper's comparison set and the methods put beside Mona since): one file
+per method, each class registering itself with `@register_method(order=N)` (see `base.Method`); every module of
+this package is imported here."""
 
-from domainmona.adapters.methods.adapter import Adapter
-from domainmona.adapters.methods.adaptformer import AdaptFormer
-from domainmona.adapters.methods.base import Method
-from domainmona.adapters.methods.bitfit import BitFit
-from domainmona.adapters.methods.conv_adapter import ConvAdapter
-from domainmona.adapters.methods.convpass import Convpass
-from domainmona.adapters.methods.fact_tk import FacTTK
-from domainmona.adapters.methods.fact_tt import FacTTT
-from domainmona.adapters.methods.fixed import Fixed
-from domainmona.adapters.methods.full import Full
-from domainmona.adapters.methods.kadaptation import KAdaptation
-from domainmona.adapters.methods.krona import KronA
-from domainmona.adapters.methods.lora import LoRA
-from domainmona.adapters.methods.lorand import LoRand
-from domainmona.adapters.methods.mona import Mona
-from domainmona.adapters.methods.normtuning import NormTuning
-from domainmona.adapters.methods.parallel_adapter import ParallelAdapter
-from domainmona.adapters.methods.partial import Partial
-from domainmona.adapters.methods.ssf import SSF
-from domainmona.adapters.methods.vpt import VPTDeep, VPTShallow
+from domainmona.adapters.methods.base import METHOD_REGISTRY, Method
 from domainmona.errors import UserError
 
-METHODS: dict[str, Method] = {m.name: m for m in (Full(), Fixed(), BitFit(), NormTuning(), Partial(), Adapter(),
-                                                  LoRA(), AdaptFormer(), LoRand(), Mona(), SSF(),
-                                                  ParallelAdapter(), FacTTT(), FacTTK(), KronA(), KAdaptation(),
-                                                  VPTDeep(), VPTShallow(), Convpass(), ConvAdapter())}
+METHODS: dict[str, Method] = METHOD_REGISTRY.load(__name__, __path__)
 
 
 def get_method(name: str) -> Method:

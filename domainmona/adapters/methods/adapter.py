@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.bottleneck import BottleneckAdapter
 
 
@@ -12,6 +12,7 @@ class AdapterConfig:
     dropout: float = 0.1
 
 
+@register_method(order=60)
 class Adapter(Method):
     name = "adapter"
     summary = "Houlsby bottleneck on both branches"

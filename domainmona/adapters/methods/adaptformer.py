@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.bottleneck import AdaptFormer as AdaptFormerModule
 
 
@@ -13,6 +13,7 @@ class AdaptFormerConfig:
     dropout: float = 0.1
 
 
+@register_method(order=80)
 class AdaptFormer(Method):
     name = "adaptformer"
     summary = "scaled bottleneck parallel to the MLP"

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from domainmona.adapters.families.spec import Site
+from domainmona.adapters.registry import Registry
 from domainmona.errors import UserError
 
 
@@ -20,15 +21,22 @@ class NoConfig:
 
 
 class Method:
-    """Base class; subclasses set `name`, `summary`, `Config` and override the hooks they need:
+    """Base class of a PEFT method. A method is one file in `domainmona/adapters/methods/` (plus its test) whose
+    class is decorated `@register_method(order=N)`: `METHODS` lists methods by N (the Mona paper's set 10-100,
+    later methods after), and the command line reads `name` from the source without importing it, so `name`
+    must be a string literal. Subclasses set `name`, `summary`, `Config` (a frozen dataclass whose fields'
+    defaults give the option types) and override the hooks they need:
 
     - `attach(site, config)`: add modules to one block (slots via `fill_slots`, or swap a layer's class);
     - `attach_model(root, sites, config)`: after every block, what the whole backbone holds (tensors shared
-      by blocks, under `modules.delta.share`; layers outside the blocks);
-    - `trains_base(path, owner, sites, config)`: which of the backbone's own weights train.
+      by blocks, under `modules.delta.share`; layers outside the blocks); raise `UserError` (one line) where
+      the method is undefined for the family (`reparam.require_transformer`);
+    - `trains_base(path, owner, sites, config)`: which of the backbone's own weights train;
+    - `recomputes = True` when its modules can recompute their internals in backward (`Recomputable`).
 
-    Whatever injection adds is recorded as the backbone's adapter tensors (`inject.adapter_parameter_names`).
-    Layers swapped to a `modules.delta.Mergeable` fold into the frozen weights with `merge`.
+    Whatever injection adds is recorded as the backbone's adapter tensors (`AdapterState.parameters`, read by
+    `inject.adapter_parameter_names` and saved by `save_adapter`), never recognised by name. Layers swapped to
+    a `modules.delta.Mergeable` fold into the frozen weights with `merge` (Mona's convs fold with `fuse`).
     """
 
     name: ClassVar[str]
@@ -73,3 +81,16 @@ class Method:
                             f"blocks do not have (try 'mona')")
         for slot in slots:
             site.block.add_module(slot, make())
+
+
+METHOD_REGISTRY: Registry[Method] = Registry("adapter method")
+
+
+def register_method(order: float) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register an instance of the class under its `name`, listed at `order` in `METHODS`."""
+
+    def register(cls: type[Method]) -> type[Method]:
+        METHOD_REGISTRY.add(cls.name, cls(), order)
+        return cls
+
+    return register

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.convpass import BesideConv, ConvAdapterBesideAttention
 from domainmona.adapters.modules.convpass import ConvAdapter as ConvAdapterModule
 from domainmona.errors import UserError
@@ -18,6 +18,7 @@ class ConvAdapterConfig:
     reduction: int = 8  # gamma: w -> w / gamma channels
 
 
+@register_method(order=200)
 class ConvAdapter(Method):
     name = "conv-adapter"
     summary = "grouped conv adapter beside attention / a CNN block's spatial conv"

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.methods.reparam import require_transformer
 from domainmona.adapters.modules.convpass import Convpass as ConvpassModule
 from domainmona.errors import UserError
@@ -15,6 +15,7 @@ class ConvpassConfig:
     dropout: float = 0.1
 
 
+@register_method(order=190)
 class Convpass(Method):
     name = "convpass"
     summary = "3x3 conv bypasses beside attention and MLP"

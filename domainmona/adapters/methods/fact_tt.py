@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.methods.reparam import block_linears, stages
 from domainmona.adapters.modules.delta import share
 from domainmona.adapters.modules.fact import FacTFactors, FacTTTLinear
@@ -22,6 +22,7 @@ class FacTConfig:
     dropout: float = 0.1  # in rank space
 
 
+@register_method(order=130)
 class FacTTT(Method):
     name = "fact-tt"
     summary = "tensorised low-rank updates of every block linear, factors shared per stage (merges)"

@@ -3,7 +3,7 @@ folds into qkv."""
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.methods.reparam import qkv_linears
 from domainmona.adapters.modules.delta import share
 from domainmona.adapters.modules.kronecker import KAdaptationLinear, KAdaptationShared
@@ -15,6 +15,7 @@ class KAdaptationConfig:
     scale: float = 1.0
 
 
+@register_method(order=160)
 class KAdaptation(Method):
     name = "kadaptation"
     summary = "shared Kronecker factors on q and v (merges)"

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.methods.reparam import qkv_linears
 from domainmona.adapters.modules.kronecker import KronALinear
 
@@ -13,6 +13,7 @@ class KronAConfig:
     scale: float = 1.0
 
 
+@register_method(order=150)
 class KronA(Method):
     name = "krona"
     summary = "Kronecker updates of q and v (merges)"

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.lora import LoRAQKVLinear
 from domainmona.errors import UserError
 
@@ -13,6 +13,7 @@ class LoRAConfig:
     alpha: float = 64.0
 
 
+@register_method(order=70)
 class LoRA(Method):
     name = "lora"
     summary = "low-rank updates of q and v"

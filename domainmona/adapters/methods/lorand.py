@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.bottleneck import LoRand as LoRandModule
 
 
@@ -13,6 +13,7 @@ class LoRandConfig:
     kernel_dim: int = 8
 
 
+@register_method(order=90)
 class LoRand(Method):
     name = "lorand"
     summary = "low-rank multi-branch adapters on both branches"

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.mona import Mona as Mona2d
 from domainmona.adapters.modules.mona import Mona3d
 from domainmona.errors import UserError
@@ -14,6 +14,7 @@ class MonaConfig:
     dropout: float = 0.1
 
 
+@register_method(order=100)
 class Mona(Method):
     name = "mona"
     summary = "multi-cognitive visual adapter after each residual add"

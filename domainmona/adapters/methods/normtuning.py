@@ -3,11 +3,12 @@
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, _NormBase)
 
 
+@register_method(order=40)
 class NormTuning(Method):
     name = "normtuning"
     summary = "train only normalisation layers"

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.modules.parallel import ParallelAdapter as ParallelAdapterModule
 
 
@@ -13,6 +13,7 @@ class ParallelAdapterConfig:
     dropout: float = 0.0
 
 
+@register_method(order=120)
 class ParallelAdapter(Method):
     name = "parallel-adapter"
     summary = "scaled bottleneck beside the MLP, fed its input"

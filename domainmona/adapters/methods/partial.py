@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 
 
 @dataclass(frozen=True)
@@ -10,6 +10,7 @@ class PartialConfig:
     blocks: int = 1
 
 
+@register_method(order=50)
 class Partial(Method):
     name = "partial-1"
     summary = "train only the last block"

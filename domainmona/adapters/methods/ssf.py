@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.methods.normtuning import NORM_TYPES
 from domainmona.adapters.methods.reparam import require_transformer
 from domainmona.adapters.modules.ssf import ScaleShift
@@ -19,6 +19,7 @@ def _channels(layer: nn.Module) -> int:
     return layer.weight.numel()  # an affine norm
 
 
+@register_method(order=110)
 class SSF(Method):
     name = "ssf"
     summary = "scale and shift after every linear and norm (merges)"

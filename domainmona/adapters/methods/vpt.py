@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from domainmona.adapters.methods.base import Method
+from domainmona.adapters.methods.base import Method, register_method
 from domainmona.adapters.methods.reparam import require_transformer
 from domainmona.adapters.modules.prompts import DropPrompts, PrependPrompts, PromptedAttention, new_prompts
 from domainmona.errors import UserError
@@ -24,6 +24,7 @@ def _patch_fan_in(root: nn.Module) -> int:
     return conv.weight[0].numel()
 
 
+@register_method(order=170)
 class VPTDeep(Method):
     name = "vpt-deep"
     summary = "prompt tokens per block as an attention prefix in every window"
@@ -43,6 +44,7 @@ class VPTDeep(Method):
             PromptedAttention.convert(attention, site.block.norm1, config.prompts, fan_in)
 
 
+@register_method(order=180)
 class VPTShallow(Method):
     name = "vpt-shallow"
     summary = "prompt tokens carried through a plain ViT (timm ViT only)"
