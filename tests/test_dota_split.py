@@ -10,6 +10,7 @@ from PIL import Image
 from domainmona.detection.dota import image_reader
 from domainmona.detection.dota.labels import DotaObject, read_dota_labels, write_dota_labels
 from domainmona.detection.dota.patch_names import parse_patch_name, patch_name, patch_starts
+from domainmona.detection.dota.patch_labels import objects_in_window, scale_objects
 from domainmona.detection.dota.split import split_dataset
 from domainmona.detection.synthetic import SYNTHETIC_CLASSES, generate_dota_scenes
 from domainmona.errors import UserError
@@ -82,7 +83,7 @@ def test_objects_inside_cut_and_sliver_across_two_patches(tmp_path):
                                   pixels[:, 800:1800])
 
 
-def test_rotated_object_clipped_to_a_pentagon_becomes_its_minimum_rectangle(tmp_path):
+def test_rotated_object_clipped_to_a_pentagon_loses_its_shortest_edge_as_in_dota_devkit(tmp_path):
     diamond = np.array([[90, 40], [110, 60], [90, 80], [70, 60]], dtype=float)  # 7/8 of it left of x = 100
     src = _raw(tmp_path / "raw", {"img": _pixels(120, 300)}, {"img": [DotaObject(diamond, "car", 0)]})
     split_dataset(src, tmp_path / "out", size=100, gap=20, workers=1)
@@ -90,9 +91,23 @@ def test_rotated_object_clipped_to_a_pentagon_becomes_its_minimum_rectangle(tmp_
     assert obj.difficult == 0  # IoF 0.875 >= 0.7: a normal object
     pentagon = shapely.Polygon(diamond).intersection(shapely.box(0, 0, 100, 100))
     assert len(pentagon.exterior.coords) == 6
-    quad = shapely.Polygon(obj.poly)
-    assert quad.area == pytest.approx(shapely.oriented_envelope(pentagon).area, abs=0.05)
-    assert quad.buffer(0.01).covers(pentagon)
+    # GetPoly4FromPoly5: the two 14.1 px edges tie; the topmost, (90,40)-(100,50), becomes its midpoint
+    assert {tuple(p) for p in obj.poly} == {(95, 45), (100, 70), (90, 80), (70, 60)}
+    assert obj.poly.max() <= 100  # every vertex inside the patch (the minimum rectangle reached x = 110)
+
+
+def test_cut_objects_follow_dota_devkit_triangles_and_hexagons_are_dropped():
+    diamond = [[90, 75], [105, 90], [90, 105], [75, 90]]  # cut at the corner (100, 100): a hexagon, IoF 0.89
+    corner = [[100, 85], [115, 100], [100, 115], [85, 100]]  # a triangle in the patch, IoF 0.25
+    rectangle = [[90, 10], [130, 10], [130, 20], [90, 20]]  # a rectangle, IoF 0.25: difficult 2, clipped
+    scaled = scale_objects([DotaObject(np.array(q, float), "car", 0) for q in (diamond, corner, rectangle)], 1.0)
+    objects, counts = objects_in_window(scaled, 0, 0, 100)
+    assert (counts.kept, counts.cut, counts.dropped) == (0, 1, 2)
+    (obj,) = objects
+    assert obj.difficult == 2 and {tuple(p) for p in obj.poly} == {(90, 10), (100, 10), (100, 20), (90, 20)}
+    objects, counts = objects_in_window(scaled, 50, 0, 150)  # a window holding all three: kept unchanged
+    assert (counts.kept, counts.cut, counts.dropped) == (3, 0, 0)
+    assert objects[2].poly.tolist() == [[40, 10], [80, 10], [80, 20], [40, 20]]
 
 
 def test_small_images_are_padded_and_rates_rescale_labels(tmp_path):

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from PIL import Image
 from rasterio.crs import CRS
 
-from domainmona.detection.dota.labels import read_dota_labels
+from domainmona.detection.dota.labels import DotaObject, read_dota_labels, write_dota_labels
+from domainmona.detection.dota.split import split_dataset
 from domainmona.geo.labels import Labels, affine_polygons, read_labels, reproject
 from domainmona.geo.synthetic import SceneSpec, write_scene
 from domainmona.geo.tiling import IGNORE, TileOptions, tile_scenes
@@ -125,21 +127,82 @@ def test_uint16_multiband_statistics_and_band_selection(tmp_path):
         np.testing.assert_array_equal(src.read(), pixels[:, row:row + size, col:col + size])
 
 
-def test_shots_keep_at_most_k_objects_per_class_and_are_seeded(scene, tmp_path):
+def _labelled_totals(manifest: dict) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for chip in manifest["chips"]:
+        for cls, n in chip["objects"].items():
+            totals[cls] = totals.get(cls, 0) + n
+    return totals
+
+
+def test_shots_label_exactly_k_objects_per_class_and_are_seeded(scene, tmp_path):
     opts = TileOptions(size=256, overlap=64, shots=2, seed=7)
     first = tile_scenes([scene.raster], scene.labels, tmp_path / "a", opts)
     second = tile_scenes([scene.raster], scene.labels, tmp_path / "b", opts)
-    assert [c["name"] for c in first["chips"]] == [c["name"] for c in second["chips"]]
-    totals: dict[str, int] = {}
+    assert [(c["name"], c["objects"]) for c in first["chips"]] == [(c["name"], c["objects"]) for c in second["chips"]]
+    assert _labelled_totals(first) == {"plane": 2, "ship": 2, "storage-tank": 2}
+    everything = tile_scenes([scene.raster], scene.labels, tmp_path / "all", TileOptions(size=256, overlap=64))
+    present = {c["name"]: c["objects"] for c in everything["chips"]}
+    left_out = 0
     for chip in first["chips"]:
-        for cls, n in chip["objects"].items():
-            totals[cls] = totals.get(cls, 0) + n
         labelled = read_dota_labels(tmp_path / "a" / "annfiles" / f"{chip['name']}.txt").objects
-        assert len(labelled) == sum(chip["objects"].values())  # every object of a kept chip is labelled
-    assert max(totals.values()) <= 2 and len(totals) == 3
-    other = tile_scenes([scene.raster], scene.labels, tmp_path / "c", TileOptions(size=256, overlap=64, shots=2, seed=8))
+        assert len(labelled) == sum(chip["objects"].values())  # the annfile holds what the manifest counts
+        for cls, n in present[chip["name"]].items():  # a class is labelled with all its objects or none
+            assert chip["objects"].get(cls, 0) in (0, n)
+            left_out += n - chip["objects"].get(cls, 0)
+    assert left_out > 0  # this scene's chips hold objects of full classes: they are left out of the labels
+    other = tile_scenes([scene.raster], scene.labels, tmp_path / "c",
+                        TileOptions(size=256, overlap=64, shots=2, seed=8))
     assert [c["name"] for c in other["chips"]] != [c["name"] for c in first["chips"]]
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["shots"] == 2
+
+
+def test_segmentation_shots_mark_left_out_objects_ignored(scene, tmp_path):
+    manifest = tile_scenes([scene.raster], scene.labels, tmp_path / "chips",
+                           TileOptions(size=256, overlap=64, shots=1, seed=0, task="segmentation"))
+    assert _labelled_totals(manifest) == {"plane": 1, "ship": 1, "storage-tank": 1}
+    ignored = 0
+    for chip in manifest["chips"]:
+        with rasterio.open(tmp_path / "chips" / "masks" / f"{chip['name']}.tif") as src:
+            mask = src.read(1)
+        labelled = {manifest["classes"][v - 1] for v in np.unique(mask) if 0 < v < IGNORE}
+        assert labelled == set(chip["objects"])
+        col, row, size, _ = chip["window"]
+        for polygon, cls in zip(shapely.buffer(scene.polygons, -2), scene.classes):  # pixel frame, shrunk
+            inside = shapely.box(col, row, col + size, row + size).contains(polygon)
+            if inside and cls not in chip["objects"]:  # an object of a class this chip does not label
+                rows, cols = np.nonzero(shapely.contains_xy(polygon, *np.meshgrid(np.arange(size) + col + 0.5,
+                                                                                  np.arange(size) + row + 0.5)))
+                assert (mask[rows, cols] == IGNORE).all()
+                ignored += 1
+    assert ignored > 0
+
+
+def test_objects_cut_by_a_chip_border_are_clipped_as_split_dota_clips_them(scene, tmp_path):
+    """The one cut-object rule: `tile` writes the annfile `split dota` writes for the same image and objects."""
+    diamond = shapely.Polygon([(250, 100), (270, 120), (250, 140), (230, 120)])  # 76% left of x = 256: a pentagon
+    strip = shapely.box(40, 236, 80, 286)  # 40% above y = 256: difficult 2
+    pixels = np.array([diamond, strip])
+    labels = tmp_path / "cut.gpkg"
+    write_polygons(labels, affine_polygons(pixels, scene.transform), {"class": np.array(["ship", "plane"], object)},
+                   scene.crs)
+    tile_scenes([scene.raster], labels, tmp_path / "chips", TileOptions(size=256, overlap=64))
+    raw = tmp_path / "raw"
+    (raw / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((scene.spec.height, scene.spec.width, 3), np.uint8)).save(raw / "images" / "scene.png")
+    write_dota_labels(raw / "labelTxt" / "scene.txt",
+                      [DotaObject(np.asarray(p.exterior.coords)[:4], c) for p, c in zip(pixels, ("ship", "plane"))])
+    split_dataset(raw, tmp_path / "split", size=256, gap=64, workers=1)
+
+    def objects(path):
+        return sorted((o.cls, o.difficult, tuple(np.round(o.poly, 3).ravel())) for o in read_dota_labels(path).objects)
+
+    tiled = objects(tmp_path / "chips" / "annfiles" / "scene__256__0___0.txt")
+    assert tiled == objects(tmp_path / "split" / "annfiles" / "scene__256__0___0.txt")
+    assert [(cls, difficult) for cls, difficult, _ in tiled] == [("plane", 2), ("ship", 0)]
+    coordinates = np.array([xy for _, _, xy in tiled])
+    assert coordinates.min() >= 0 and coordinates.max() <= 256  # nothing outside the chip
+    assert set(tiled[0][2]) == {40, 80, 236, 256}  # the strip, clipped at y = 256
 
 
 def test_labels_in_the_raster_crs_need_no_reprojection(scene, tmp_path):

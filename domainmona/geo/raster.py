@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from domainmona.console import console
 from domainmona.errors import UserError
+from domainmona.tiling import grid_origins  # noqa: F401  (the grid; predict and blend import it from here)
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 # GDAL's block cache defaults to 5% of RAM and keeps decoded blocks of a big scene until it is full, so
@@ -134,22 +135,6 @@ def read_window(src: rasterio.DatasetReader, bands: Sequence[int], window: Windo
 
 def selected_bands(src: rasterio.DatasetReader, bands: Sequence[int] | None) -> tuple[int, ...]:
     return tuple(bands) if bands else tuple(range(1, src.count + 1))
-
-
-def grid_origins(length: int, size: int, stride: int, fit_last: bool) -> list[int]:
-    """Tile origins along one axis covering [0, length).
-
-    ``fit_last`` shifts the last tile back so it ends at the edge (the DOTA splitter's grid, no padding);
-    otherwise the grid keeps a constant stride and the last tile overhangs (the streaming predictor needs
-    the constant stride).
-    """
-    if length <= size:
-        return [0]
-    origins = list(range(0, length - size, stride))
-    last = length - size if fit_last else origins[-1] + stride
-    if last > origins[-1]:
-        origins.append(last)
-    return origins
 
 
 def _snap(start: int, stop: int, block: int, limit: int) -> tuple[int, int]:

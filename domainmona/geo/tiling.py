@@ -24,19 +24,15 @@ from rasterio.features import rasterize
 
 from domainmona.console import console, progress
 from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad, write_dota_labels
-from domainmona.detection.dota.patch_labels import ScaledObjects, objects_in_window, scale_objects
 from domainmona.errors import UserError
 from domainmona.geo.labels import PixelIndex, read_labels, reproject
-from domainmona.geo.raster import grid_origins, open_raster, read_tile, selected_bands, streaming_env, warn_nodata
-from domainmona.geo.shots import select_shots
+from domainmona.geo.raster import open_raster, read_tile, selected_bands, streaming_env, warn_nodata
 from domainmona.geo.stats import BandValues, band_values, stretch_to_uint8, summarise
 from domainmona.io import atomic_dir, check_parent, check_replaceable
+from domainmona.tiling import (SLIVER_THR, ScaledObjects, grid_origins, objects_in_window, patch_name, scale_objects,
+                               select_shots)
 
-# The splitter's rule for cut objects (domainmona split's defaults): at least VISIBLE_NORMAL of the area
-# inside keeps the label, at least SLIVER marks it difficult 2, less drops it.
-VISIBLE_NORMAL = 0.7
-SLIVER = 0.1
-IGNORE = 255  # mask value of nodata pixels
+IGNORE = 255  # mask value of nodata pixels and of objects a K-shot subset leaves out
 MANIFEST = "manifest.json"
 LAYOUT = {"detection": ("images", "annfiles"), "segmentation": ("images", "masks")}  # detection: as split writes
 PNG_BANDS = (1, 3)  # detection chips with these band counts are RGB PNGs, others N-band GeoTIFFs
@@ -63,11 +59,18 @@ class ChipPlan:
     name: str
     objects: list  # detection: DotaObjects in chip pixels; segmentation: (class, polygon in raster pixels)
     counts: Counter = field(default_factory=Counter)
+    left_out: list = field(default_factory=list)  # objects a K-shot subset does not label (masks: IGNORE)
+
+    def keep_classes(self, classes: frozenset[str]) -> None:
+        """Label only the objects of ``classes`` (a K-shot subset's choice for this chip)."""
+        every = self.objects
+        self.objects = [o for o in every if _object_class(o) in classes]
+        self.left_out = [o for o in every if _object_class(o) not in classes]
+        self.counts = Counter(_object_class(o) for o in self.objects)
 
 
-def chip_name(stem: str, size: int, col: int, row: int) -> str:
-    """DOTA's patch naming, `{image}__{size}__{x}___{y}`."""
-    return f"{stem}__{size}__{col}___{row}"
+def _object_class(obj) -> str:
+    return obj.cls if isinstance(obj, DotaObject) else obj[0]
 
 
 def detection_chip_suffix(bands: int) -> str:
@@ -92,14 +95,14 @@ def _check_options(opts: TileOptions) -> None:
 
 def _chip_objects(pixel_labels: PixelIndex, scaled: ScaledObjects | None, col: int, row: int,
                   size: int) -> list:
-    if scaled is not None:  # detection: exactly the splitter's clipping of rotated boxes
-        objects, _ = objects_in_window(scaled, col, row, size, VISIBLE_NORMAL, SLIVER)
+    if scaled is not None:  # detection: the splitter's rule for cut objects (domainmona.tiling)
+        objects, _ = objects_in_window(scaled, col, row, size)
         return objects
     box = shapely.box(col, row, col + size, row + size)
     indices = pixel_labels.query(col, row, size, size)
     polygons = pixel_labels.polygons[indices]
     visible = shapely.area(shapely.intersection(polygons, box)) / shapely.area(polygons)
-    return [(str(pixel_labels.classes[i]), p) for i, p, v in zip(indices, polygons, visible) if v >= SLIVER]
+    return [(str(pixel_labels.classes[i]), p) for i, p, v in zip(indices, polygons, visible) if v >= SLIVER_THR]
 
 
 def _plan_raster(index: int, path: Path, pixel_labels: PixelIndex, opts: TileOptions,
@@ -115,13 +118,14 @@ def _plan_raster(index: int, path: Path, pixel_labels: PixelIndex, opts: TileOpt
         for col in grid_origins(width, opts.size, stride, fit_last=True):
             objects = _chip_objects(pixel_labels, scaled, col, row, opts.size)
             if objects:
-                counts = Counter(o.cls if isinstance(o, DotaObject) else o[0] for o in objects)
-                plans.append(ChipPlan(index, col, row, chip_name(path.stem, opts.size, col, row), objects, counts))
+                counts = Counter(_object_class(o) for o in objects)
+                plans.append(ChipPlan(index, col, row, patch_name(path.stem, opts.size, 1, col, row), objects, counts))
     return plans
 
 
 def _class_mask(plan: ChipPlan, classes: list[str], size: int, valid: np.ndarray) -> np.ndarray:
-    shapes = [(polygon, classes.index(cls) + 1) for cls, polygon in plan.objects]
+    shapes = [(polygon, IGNORE) for _, polygon in plan.left_out]  # burnt first: labelled objects win overlaps
+    shapes += [(polygon, classes.index(cls) + 1) for cls, polygon in plan.objects]
     mask = rasterize(shapes, out_shape=(size, size), transform=Affine.translation(plan.col, plan.row),
                      fill=0, dtype="uint8")
     mask[~valid] = IGNORE
@@ -189,9 +193,11 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
     if len({len(scene["bands"]) for scene in scenes}) > 1:
         raise UserError("all rasters must provide the same number of bands (use --bands)")
     if opts.shots:
-        chosen, totals = select_shots([p.counts for p in plans], classes, opts.shots, opts.seed)
-        plans = [plans[i] for i in chosen]
-        short = [f"{c} ({totals[c]})" for c in classes if totals[c] < opts.shots]
+        selection = select_shots([p.counts for p in plans], opts.shots, opts.seed)
+        for index, kept in selection.labelled.items():
+            plans[index].keep_classes(kept)
+        plans = [plans[i] for i in selection.chosen]
+        short = [f"{c} ({selection.totals[c]})" for c in classes if selection.totals[c] < opts.shots]
         if short:
             console.print(f"[yellow]fewer than {opts.shots} shots available for: {', '.join(short)}[/]")
     return _write_dataset(rasters, out, opts, classes, scenes, plans, [*rasters, labels_path])

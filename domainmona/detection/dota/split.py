@@ -2,8 +2,8 @@
 
 Output, as mmrotate's DOTADataset reads it: `dst/images/<patch>.png` and, for labelled sources,
 `dst/annfiles/<patch>.txt` (label lines without headers: mmrotate parses every line as an object).
-Patch names and the grid are in `patch_names`, the label geometry in `patch_labels`, image reads in
-`image_reader`. Every file is written atomically and an image counts as done only once its marker in
+The grid, patch names and the rule for cut objects are `domainmona.tiling`'s (shared with `tile`), image
+reads in `image_reader`. Every file is written atomically and an image counts as done only once its marker in
 `dst/.split/done/` exists, so a killed split resumes where it stopped.
 """
 
@@ -24,11 +24,11 @@ from PIL import Image
 
 from domainmona.console import progress
 from domainmona.detection.dota.labels import DotaLabels, format_dota_line, read_dota_labels
-from domainmona.detection.dota.patch_labels import PatchCounts, objects_in_window, scale_objects
-from domainmona.detection.dota.patch_names import patch_name, patch_starts
 from domainmona.detection.layout import refuse_overlap
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir
+from domainmona.tiling import (IOF_THR, SLIVER_THR, PatchCounts, objects_in_window, patch_name, patch_starts,
+                               scale_objects)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -198,12 +198,13 @@ def _end_with(parent: int) -> None:
 
 def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 1024, gap: int = 200,
                   rates: Sequence[float] = (1.0,), workers: int | None = None,
-                  classes: Sequence[str] | None = None, iof_thr: float = 0.7,
-                  sliver_thr: float = 0.1) -> SplitSummary:
+                  classes: Sequence[str] | None = None, iof_thr: float = IOF_THR,
+                  sliver_thr: float = SLIVER_THR) -> SplitSummary:
     """Split every image of `src` into `size` patches overlapping by `gap`, at each rescaling `rate`.
 
     Objects at least `iof_thr` inside a patch stay as labelled, partly visible ones (at least
-    `sliver_thr` inside) become difficult 2, smaller slivers are dropped; labels naming a class outside
+    `sliver_thr` inside) become difficult 2, smaller slivers are dropped, cut objects are clipped to the
+    patch (`domainmona.tiling.objects_in_window`); labels naming a class outside
     `classes` (when given) are an error. `workers` processes (default: all cores) split images in parallel.
     """
     src, dst = Path(src), Path(dst)
