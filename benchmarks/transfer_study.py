@@ -35,11 +35,13 @@ from domainmona.io import atomic_path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer.data import scene_tensors  # noqa: E402
 from transfer.report import write_results  # noqa: E402
-from transfer.run import BASE_WEIGHT_METHODS, HEAD_LR, PEFT_LR, Budget, adapt, peak_memory_mb  # noqa: E402
+from transfer.run import (BASE_WEIGHT_METHODS, HEAD_LR, PEFT_LR, Budget, adapt, inference_ratios,  # noqa: E402
+                          peak_memory_mb, undefined_reason)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIDE = 96
 POOL, TEST = 40, 24  # generated training pool (K scenes drawn per seed) and held-out scenes
+LATENCY_ROUNDS = 31
 
 
 def main() -> None:
@@ -57,31 +59,37 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     shots, seeds, budget = ((1, 5), 1, Budget(steps=4)) if args.quick else ((1, 5, 20), args.seeds, Budget(args.steps))
     n_classes = len(SYNTHETIC_CLASSES) + 1
+    undefined = {m: reason for m in METHODS if (reason := undefined_reason(m))}
+    methods = [m for m in METHODS if m not in undefined]
     with tempfile.TemporaryDirectory() as tmp:
         pool = scene_tensors(Path(tmp) / "pool", POOL, seed=1000, side=SIDE)
         test = scene_tensors(Path(tmp) / "test", TEST, seed=2000, side=SIDE)
     runs, start = [], time.perf_counter()
     with progress() as bar:
-        task = bar.add_task("transfer study", total=len(shots) * seeds * len(METHODS))
+        task = bar.add_task("transfer study", total=len(shots) * seeds * len(methods))
         for k in shots:
             for seed in range(seeds):
                 chosen = torch.from_numpy(np.random.default_rng([k, seed]).choice(POOL, k, replace=False))
                 train = (pool[0][chosen], pool[1][chosen])
-                for method in METHODS:
+                for method in methods:
                     runs.append({"k": k, **adapt(method, train, test, n_classes, seed, budget)})
                     bar.update(task, advance=1, description=f"K={k} seed {seed} {method}: mIoU {runs[-1]['miou']:.3f}")
-        memory = bar.add_task("peak memory, one fresh process per method", total=len(METHODS))
-        for method in METHODS:
+        memory = bar.add_task("peak memory, one fresh process per method", total=len(methods))
+        for method in methods:
             peak = peak_memory_mb(method, (pool[0][:5], pool[1][:5]), (test[0][:1], test[1][:1]), n_classes)
             for run in runs:
                 run["peak_mb"] = peak if run["method"] == method else run["peak_mb"]
             bar.update(memory, advance=1)
+    latency = inference_ratios(methods, n_classes, SIDE, rounds=5 if args.quick else LATENCY_ROUNDS)
+    for run in runs:
+        run["merged_latency"] = latency[run["method"]]
     setup = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s) of a "
                         f"shared {os.cpu_count()}-core CPU, torch {torch.__version__}",
              "side": SIDE, "pool": POOL, "test": TEST, "shots": list(shots), "seeds": seeds,
              "steps": budget.steps, "head_lr": HEAD_LR, "peft_lr": PEFT_LR,
-             "base_weight_lr": BASE_WEIGHT_METHODS, "batch_size": budget.batch_size, "wall_seconds": time.perf_counter() - start}
+             "base_weight_lr": BASE_WEIGHT_METHODS, "batch_size": budget.batch_size,
+             "latency_rounds": 5 if args.quick else LATENCY_ROUNDS, "not_defined": undefined, "wall_seconds": time.perf_counter() - start}
     name = "transfer_study_quick" if args.quick else "transfer_study"
     with atomic_path(RESULTS / f"{name}.json") as tmp:
         tmp.write_text(json.dumps({"setup": setup, "runs": runs}, indent=1))

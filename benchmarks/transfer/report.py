@@ -15,7 +15,8 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
     table: dict[str, dict] = {}
     for run in runs:
         row = table.setdefault(run["method"], {"miou": {}, "trainable_pct": run["trainable_pct"],
-                                               "backbone_lr": run["backbone_lr"], "seconds": [], "peak_mb": []})
+                                               "backbone_lr": run["backbone_lr"], "seconds": [], "peak_mb": [],
+                                               "merged_latency": run.get("merged_latency")})
         row["miou"].setdefault(run["k"], []).append(run["miou"])
         row["seconds"].append(run["seconds"])
         row["peak_mb"].append(run["peak_mb"])
@@ -46,12 +47,14 @@ def verdict(table: dict[str, dict], shots: list[int]) -> str:
 
 def markdown(setup: dict, table: dict[str, dict]) -> str:
     shots = setup["shots"]
-    head = ["method", "trainable % of backbone", *[f"mIoU K={k}" for k in shots], "backbone lr", "s / run", "peak MB"]
+    head = ["method", "trainable % of backbone", *[f"mIoU K={k}" for k in shots], "backbone lr", "s / run", "peak MB",
+            "inference latency × plain"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, row in sorted(table.items(), key=lambda item: -item[1]["miou"][shots[-1]][0]):
         cells = [method, f"{row['trainable_pct']:.2f}",
                  *[f"{row['miou'][k][0]:.3f} ± {row['miou'][k][1]:.3f}" for k in shots],
-                 f"{row['backbone_lr']:g}", f"{row['seconds']:.1f}", f"{row['peak_mb']:.0f}"]
+                 f"{row['backbone_lr']:g}", f"{row['seconds']:.1f}", f"{row['peak_mb']:.0f}",
+                 "–" if row["merged_latency"] is None else f"{row['merged_latency']:.2f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join([
         "# Few-shot transfer study: every adapter method on a source-pretrained micro Swin", "",
@@ -67,6 +70,12 @@ def markdown(setup: dict, table: dict[str, dict]) -> str:
         f"Time is the training steps of one run on one thread; peak MB is the rise of peak RSS during 3 "
         f"training steps in a fresh process (activations, gradients, optimizer state), batch {setup['batch_size']}.", "",
         *rows, "",
+        "Inference latency × plain: the model after `prepare_for_inference` (mergeable methods folded into the "
+        "frozen weights, Mona's convs fused) vs the plain backbone under the same head (run first and last in every round), batch 1, CPU time of one "
+        f"thread, median of {setup.get('latency_rounds', '?')} interleaved rounds.",
+        *([f"Not defined for this backbone (refused by `inject`): "
+           + "; ".join(f"`{m}`: {reason}" for m, reason in setup["not_defined"].items()), ""]
+          if setup.get("not_defined") else [""]),
         verdict(table, shots), "",
         f"What would change it: with {setup['seeds']} seeds and {setup['test']} test scenes most gaps are within one "
         f"standard deviation (more seeds would separate them); the budget is small ({setup['steps']} steps); the lr is set per family (full / partial: "

@@ -12,14 +12,19 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from bench_adapters import interleaved, ratio
+
 from .data import augment, class_iou
 from .model import Segmenter, pretrained_micro_swin
-from domainmona.adapters import inject, trainable_report
+from domainmona.adapters import inject, prepare_for_inference, trainable_report
+from domainmona.errors import UserError
 
 # Bottleneck methods get inner dim 16 (Mona: 4.3% of this backbone, the paper's Swin-T/B share); the core's
 # defaults (64, rank 64) are sized for Swin-T..L and would exceed the micro Swin's own widths.
+# FacT's rank 16 would be half the first stage's width: rank 8 keeps it below 1% like on Swin-T.
 METHOD_OPTIONS = {"mona": dict(inner_dim=16), "adapter": dict(inner_dim=16), "adaptformer": dict(inner_dim=16),
-                  "lora": dict(rank=8, alpha=8.0), "lorand": dict(branches=2)}
+                  "parallel-adapter": dict(inner_dim=16), "lora": dict(rank=8, alpha=8.0), "lorand": dict(branches=2),
+                  "fact-tt": dict(rank=8), "fact-tk": dict(rank=8)}
 # Methods that update pretrained weights use a smaller lr than those training new modules / norms / biases
 # (the usual PEFT practice; the paper's full fine-tuning uses 1e-4 with AdamW). The head always uses HEAD_LR.
 BASE_WEIGHT_METHODS = {"full": 2e-4, "partial-1": 2e-4}
@@ -39,12 +44,47 @@ def _status_kb(key: str) -> int:
     return int(next(line for line in status.splitlines() if line.startswith(key + ":")).split()[1])
 
 
+def adapted_segmenter(method: str, n_classes: int) -> Segmenter:
+    """The pretrained micro Swin with `method` injected, under the segmentation head."""
+    return Segmenter(inject(pretrained_micro_swin(), method, **METHOD_OPTIONS.get(method, {})), n_classes)
+
+
+def undefined_reason(method: str) -> str | None:
+    """Why `method` cannot adapt the micro Swin (e.g. vpt-shallow is for plain ViTs), or None."""
+    try:
+        adapted_segmenter(method, 2)
+    except UserError as error:
+        return str(error)
+    return None
+
+
+def inference_ratios(methods: list[str], n_classes: int, side: int, rounds: int) -> dict[str, float]:
+    """Latency of each method's model after `prepare_for_inference` (merged / fused) relative to the plain
+    backbone under the same head: all interleaved in one process (`bench_adapters.interleaved`, CPU time),
+    medians of per-round ratios. The adapter tensors are moved off their init so merging changes weights."""
+    gen = torch.Generator().manual_seed(3)
+    models = {"plain": Segmenter(pretrained_micro_swin(), n_classes).eval()}
+    for method in methods:
+        model = adapted_segmenter(method, n_classes)
+        with torch.no_grad():
+            for p in model.backbone.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.01)
+        models[method] = prepare_for_inference(model.eval())
+    models["plain again"] = models["plain"]  # first and last in every round: each method vs their mean
+    x = torch.rand(1, 3, side, side, generator=gen)
+    with torch.no_grad():
+        times = interleaved({name: (lambda m=m: m(x)) for name, m in models.items()}, rounds)
+    times["plain"] = [(a + b) / 2 for a, b in zip(times["plain"], times.pop("plain again"))]
+    return {method: ratio(times, method, "plain") for method in methods}
+
+
 def adapt(method: str, train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
           n_classes: int, seed: int, budget: Budget) -> dict:
     """Train `method` on the K-shot `train` set for `budget`; mIoU on `test`, trainable share, time, peak RSS."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = Segmenter(inject(pretrained_micro_swin(), method, **METHOD_OPTIONS.get(method, {})), n_classes)
+    model = adapted_segmenter(method, n_classes)
     report = trainable_report(model, model.backbone)
     backbone_lr = BASE_WEIGHT_METHODS.get(method, PEFT_LR)
     groups = [{"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": backbone_lr},
