@@ -54,3 +54,9 @@ def amp_option() -> bool:
     """`--amp/--no-amp` of every train command (the rule: domainmona.devices)."""
     return typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA: bf16, else fp16 with loss scaling. "
                                                       "No effect on the CPU.")
+
+
+def shots_option() -> Optional[int]:
+    """`--shots K` of `train dota|star` and `tile`: one meaning, one sampler (domainmona.tiling.select_shots)."""
+    return typer.Option(None, "--shots", min=1, help="Seeded K-shot subset: K labelled objects per class, exactly "
+                        "K where whole patches allow it (objects of classes already full are left out).")

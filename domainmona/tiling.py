@@ -18,8 +18,8 @@ Clipped = the intersection polygon with the window, collinear vertices removed: 
 become 4 by merging the shortest edge into its midpoint (devkit's GetPoly4FromPoly5), 3 or more than 5 drop
 the object (devkit "does not handle" them). Every written vertex is thus inside the window.
 
-K shots (`--shots K` of `train dota|star` and `tile`; see `select_shots`): K labelled objects per class, as
-the few-shot detection benchmarks (TFA, DeFRCN) draw them.
+K shots (`--shots K` of `train dota|star` and `tile`, help text in `domainmona.options.shots_option`; see
+`select_shots`): K labelled objects per class, as the few-shot detection benchmarks (TFA, DeFRCN) draw them.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from domainmona.errors import UserError
 IOF_THR = 0.7
 SLIVER_THR = 0.1
 CUT_DIFFICULT = 2
-SHOTS_HELP = ("Train on a seeded K-shot subset: K labelled objects per class (exactly K where whole patches "
-              "allow; objects of full classes are left out).")
 
 _PATCH_NAME = re.compile(r"^(?P<image>.+)__(?P<scale>\d+(?:\.\d+)?)__(?P<x>\d+)___(?P<y>\d+)(?:\.[A-Za-z0-9]+)?$")
 

@@ -11,7 +11,7 @@ import typer
 from domainmona.adapters import METHOD_NAMES
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
-from domainmona.options import amp_option, checkpoint_blocks_option, probability, recompute_option
+from domainmona.options import amp_option, checkpoint_blocks_option, probability, recompute_option, shots_option
 
 Backbone = Enum('Backbone', {b: b for b in ('swin-t', 'swin-b', 'micro')}, type=str)
 Method = Enum('Method', {m: m for m in METHOD_NAMES}, type=str)
@@ -70,7 +70,7 @@ def register(groups: CommandGroups) -> None:
     backbone_opt = typer.Option(Backbone['swin-t'], "--backbone")
     adapter_opt = typer.Option(Method.mona, "--adapter", help="Adapter method trained inside the backbone.")
     pretrained_opt = typer.Option(None, "--pretrained", help="ImageNet Swin weights (Microsoft, timm or OpenMMLab).")
-    shots_opt = typer.Option(None, "--shots", min=1, help="Train on a seeded K-instances-per-class subset.")
+    shots_opt = shots_option()
     iters_opt = typer.Option(None, "--max-iters", min=1, help="Iterations instead of the 12-epoch schedule.")
     gpus_opt = typer.Option(1, "--gpus", min=1, help="More than 1 launches torchrun.")
     resume_opt = typer.Option(False, "--resume", help="Continue from the last checkpoint in --work-dir.")

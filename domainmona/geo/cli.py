@@ -10,7 +10,8 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.console import console
-from domainmona.options import amp_option, checkpoint_blocks_option, positive, probability, recompute_option
+from domainmona.options import (amp_option, checkpoint_blocks_option, positive, probability, recompute_option,
+                                shots_option)
 
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
 NODATA_HELP = ("Pixel value that marks nodata, replacing the raster's own (nan for float rasters; NaN and "
@@ -39,8 +40,7 @@ def register(groups: CommandGroups) -> None:
              bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands, e.g. 1,2,3 (default all)."),
              task: Task = typer.Option(Task.detection, "--task"),
              class_field: str = typer.Option("class", "--class-field", help="Attribute holding the class name."),
-             shots: Optional[int] = typer.Option(None, "--shots", min=1,
-                                                 help="Keep a K-shot subset (K objects per class)."),
+             shots: Optional[int] = shots_option(),
              seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX, help="Seed of the K-shot subset."),
              allow_no_crs: bool = typer.Option(False, "--allow-no-crs", help="Accept rasters without a CRS."),
              nodata: Optional[float] = typer.Option(None, "--nodata", help=NODATA_HELP)) -> None:
