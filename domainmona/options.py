@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Literal, Optional
 
 import typer
 
@@ -60,3 +60,16 @@ def shots_option() -> Optional[int]:
     """`--shots K` of `train dota|star` and `tile`: one meaning, one sampler (domainmona.tiling.select_shots)."""
     return typer.Option(None, "--shots", min=1, help="Seeded K-shot subset: K labelled objects per class, exactly "
                         "K where whole patches allow it (objects of classes already full are left out).")
+
+
+def method_choice(*extra: str) -> Any:
+    """A `Literal` of the registered adapter methods (`domainmona.adapters.registry.method_names`, read from the
+    method files without importing torch) and `extra`: as an option's type, typer's choices, check and help."""
+    from domainmona.adapters.registry import method_names
+
+    return Literal[(*method_names(), *extra)]
+
+
+def adapter_option(default: Optional[str], help: str) -> Optional[str]:
+    """`--adapter` of every train command; its type, `method_choice()`, gives the choices."""
+    return typer.Option(default, "--adapter", help=help)

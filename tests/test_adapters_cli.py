@@ -22,8 +22,14 @@ def test_report_passes_method_options():
     assert "141,312" in result.output  # 12 blocks x 2 x (8 x C + C x 8) for q and v
 
 
-@pytest.mark.parametrize("args, message", [(["-b", "swin-xl"], "unknown backbone 'swin-xl'"),
-                                           (["-m", "mona", "-o", "rank"], "--option expects KEY=VALUE"),
+@pytest.mark.parametrize("args, message", [(["-b", "swin-xl"], "'swin-xl' is not one of 'swin-t', 'swin-s'"),
+                                           (["-m", "monaa"], "'monaa' is not one of 'full', 'fixed'")])
+def test_names_outside_the_registries_are_refused_by_the_choices(args, message):
+    result = CliRunner().invoke(app, ["adapters", "report", *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and message in " ".join(result.output.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("args, message", [(["-m", "mona", "-o", "rank"], "--option expects KEY=VALUE"),
                                            (["-m", "lora", "-o", "rnk=8"], "has no option 'rnk'")])
 def test_bad_arguments_are_user_errors(args, message):
     result = CliRunner().invoke(app, ["adapters", "report", *args])

@@ -53,11 +53,27 @@ def test_version_from_the_installed_command_exits_zero():
     assert (done.returncode, done.stdout, done.stderr) == (0, f"domainmona {domainmona.__version__}\n", "")
 
 
-def test_cli_method_choices_are_the_registry():
-    from domainmona.adapters import METHOD_NAMES, METHODS
-    from domainmona.detection.cli import Method
+def test_cli_choices_are_the_registries():
+    from typing import get_args
 
-    assert tuple(METHODS) == METHOD_NAMES == tuple(m.value for m in Method)
+    from domainmona.adapters import METHOD_NAMES, METHODS
+    from domainmona.adapters.backbones import BACKBONES
+    from domainmona.adapters.cli import BackboneName, MethodOrAll
+    from domainmona.detection.cli import Method
+    from domainmona.geo.cli import Method as GeoMethod
+    from domainmona.medical.cli import MethodOrNone
+
+    assert tuple(METHODS) == METHOD_NAMES == get_args(Method) == get_args(GeoMethod)
+    assert get_args(MethodOrNone) == (*METHODS, "none") and get_args(MethodOrAll) == (*METHODS, "all")
+    assert get_args(BackboneName) == tuple(BACKBONES)
+
+
+def test_an_unregistered_adapter_is_refused_before_anything_runs(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "domainmona.cli", "train", "geo-seg", "--chips", str(tmp_path),
+                           "--work-dir", str(tmp_path / "w"), "--adapter", "monaa"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "'monaa' is not one of 'full'" in " ".join(done.stderr.split())
+    assert not (tmp_path / "w").exists()
 
 
 _SUBMODULES_FIRST = """

@@ -8,12 +8,6 @@ import importlib
 import sys
 from types import ModuleType
 
-# The adapter methods' registry names (`METHODS`' keys, in its order), for command-line choices without torch;
-# tests/test_cli.py checks that they match.
-METHOD_NAMES = ("full", "fixed", "bitfit", "normtuning", "partial-1", "adapter", "lora", "adaptformer", "lorand",
-                "mona", "ssf", "parallel-adapter", "fact-tt", "fact-tk", "krona", "kadaptation", "vpt-deep", "vpt-shallow",
-                "convpass", "conv-adapter")
-
 # exported name -> the submodule that defines it
 _EXPORTS = {
     "load_adapter": "checkpoint", "save_adapter": "checkpoint", "fuse": "fuse", "adapted_backbones": "inject",
@@ -23,9 +17,10 @@ _EXPORTS = {
     "set_adapter_recompute": "memory", "set_block_checkpointing": "memory", "block_checkpointing": "memory",
     "saved_tensor_bytes": "memory", "merge": "merge", "prepare_for_inference": "merge",
     "adapter_parameter_names": "inject",
+    "METHOD_NAMES": "registry",  # `METHODS`' names in its order, read without torch
 }
 
-__all__ = sorted([*_EXPORTS, "METHOD_NAMES"])
+__all__ = sorted(_EXPORTS)
 
 
 class _Package(ModuleType):

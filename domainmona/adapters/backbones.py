@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from domainmona.errors import UserError
+
+if TYPE_CHECKING:  # the command line reads BACKBONES for its choices without torch
+    from torch import nn
 
 # name -> (embed dims, depths, heads) of the Swin sizes in the Mona paper, and domainmona's micro Swin
 # (OpenMMLab/mmdet SwinTransformer)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 from domainmona.commands import CommandGroups
+from domainmona.adapters.backbones import BACKBONES
+from domainmona.adapters.probe import PROBE_BACKBONES
+from domainmona.options import method_choice
+
+# Choices from the registries (without torch): the named backbones, the probe's, the methods or 'all'.
+BackboneName = Literal[tuple(BACKBONES)]
+ProbeBackboneName = Literal[PROBE_BACKBONES]
+MethodOrAll = method_choice("all")
 
 
 def _parse_options(options: list[str]) -> dict[str, str]:
@@ -24,9 +32,9 @@ def _parse_options(options: list[str]) -> dict[str, str]:
 def register(groups: CommandGroups) -> None:
     @groups.adapters.command("report")
     def report(
-        backbone: str = typer.Option("swin-t", "--backbone", "-b",
-                                     help="swin-t|swin-s|swin-b|swin-l|swinunetr|vit-b|resnet50|convnext-t"),
-        method: str = typer.Option("mona", "--method", "-m", help="an adapter method, or 'all'"),
+        backbone: BackboneName = typer.Option("swin-t", "--backbone", "-b",
+                                              help="a named backbone, built with random weights"),
+        method: MethodOrAll = typer.Option("mona", "--method", "-m", help="an adapter method, or 'all'"),
         option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE (repeatable)"),
     ) -> None:
         """Table of backbone / trainable parameters for a backbone and adapter method (built without weights)."""
@@ -58,7 +66,8 @@ def register(groups: CommandGroups) -> None:
 
     @groups.adapters.command("probe")
     def probe(
-        backbone: str = typer.Option("swin-t", "--backbone", "-b", help="swin-t|swin-s|swin-b|swin-l|micro|swinunetr"),
+        backbone: ProbeBackboneName = typer.Option("swin-t", "--backbone", "-b",
+                                                   help="a named Swin or SwinUNETR, built with random weights"),
         size: Optional[int] = typer.Option(None, "--size", help="input side in pixels/voxels, a multiple of 32 "
                                                                  "[default: 256; swinunetr 96]"),
         batch: int = typer.Option(1, "--batch", help="images (volumes) per step"),

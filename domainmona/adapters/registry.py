@@ -54,6 +54,13 @@ def method_names() -> tuple[str, ...]:
     return tuple(name for _, name in sorted(found))
 
 
+def __getattr__(name: str):
+    """`METHOD_NAMES` (exported by `domainmona.adapters`): `method_names()`, read on first use."""
+    if name == "METHOD_NAMES":
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _registered_order(node: ast.ClassDef) -> float | None:
     for decorator in node.decorator_list:
         if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", None) == METHOD_DECORATOR:

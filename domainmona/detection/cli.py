@@ -8,13 +8,13 @@ from typing import Optional
 
 import typer
 
-from domainmona.adapters import METHOD_NAMES
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
-from domainmona.options import amp_option, checkpoint_blocks_option, probability, recompute_option, shots_option
+from domainmona.options import (adapter_option, amp_option, checkpoint_blocks_option, method_choice, probability,
+                                recompute_option, shots_option)
 
 Backbone = Enum('Backbone', {b: b for b in ('swin-t', 'swin-b', 'micro')}, type=str)
-Method = Enum('Method', {m: m for m in METHOD_NAMES}, type=str)
+Method = method_choice()  # the registered adapter methods
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 
@@ -31,7 +31,7 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
         pretrained = MICRO_WEIGHTS  # the shipped micro Swin, pretrained by domainmona.detection.pretrain_micro
     split = load_recipe('star' if dataset == 'star' else 'dota')['split']  # patch grid
     opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
-                        adapter=adapter.value, pretrained=pretrained, shots=shots, max_iters=max_iters,
+                        adapter=adapter, pretrained=pretrained, shots=shots, max_iters=max_iters,
                         gpus=gpus, resume=resume, patch_size=patch_size or split['size'],
                         patch_gap=split['gap'] if patch_gap is None else patch_gap, amp=amp,
                         adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks)
@@ -68,7 +68,7 @@ def register(groups: CommandGroups) -> None:
     data_opt = typer.Option(..., "--data", help="Raw scenes (images/ + labelTxt/) or split patches (images/ + annfiles/).")
     work_opt = typer.Option(..., "--work-dir", help="Where checkpoints, logs and the split patches go.")
     backbone_opt = typer.Option(Backbone['swin-t'], "--backbone")
-    adapter_opt = typer.Option(Method.mona, "--adapter", help="Adapter method trained inside the backbone.")
+    adapter_opt = adapter_option("mona", "Adapter method trained inside the backbone.")
     pretrained_opt = typer.Option(None, "--pretrained", help="ImageNet Swin weights (Microsoft, timm or OpenMMLab).")
     shots_opt = shots_option()
     iters_opt = typer.Option(None, "--max-iters", min=1, help="Iterations instead of the 12-epoch schedule.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainmona.adapters import METHOD_NAMES
+from domainmona.adapters.registry import method_names
 from domainmona.errors import UserError
 from domainmona.recipes import CONFIGS_DIR
 
@@ -55,8 +55,8 @@ def set_classes(cfg, classes: tuple[str, ...]) -> None:
 
 
 def set_adapter(cfg, method: str, weights: str | None = None, **adapter_cfg) -> None:
-    if method not in METHOD_NAMES:
-        raise UserError(f"unknown adapter method '{method}' (choose from {', '.join(METHOD_NAMES)})")
+    if method not in method_names():
+        raise UserError(f"unknown adapter method '{method}' (choose from {', '.join(method_names())})")
     cfg.model.backbone.adapter = dict(type=method, **adapter_cfg)
     cfg.model.backbone.weights = weights
 

@@ -10,9 +10,10 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.console import console
-from domainmona.options import (amp_option, checkpoint_blocks_option, positive, probability, recompute_option,
-                                shots_option)
+from domainmona.options import (adapter_option, amp_option, checkpoint_blocks_option, method_choice, positive,
+                                probability, recompute_option, shots_option)
 
+Method = method_choice()  # the registered adapter methods
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
 NODATA_HELP = ("Pixel value that marks nodata, replacing the raster's own (nan for float rasters; NaN and "
                "infinite float pixels are always nodata).")
@@ -84,7 +85,7 @@ def register(groups: CommandGroups) -> None:
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
                       encoder: Optional[str] = typer.Option(None, "--encoder", help="swin-t, swin-b or micro."),
                       arch: Optional[str] = typer.Option(None, "--arch", help="smp decoder: UPerNet, FPN, ..."),
-                      adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (mona)."),
+                      adapter: Optional[Method] = adapter_option(None, "Adapter method (mona)."),
                       pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
                       batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
                       lr: Optional[float] = typer.Option(None, "--lr", callback=positive),
@@ -109,7 +110,7 @@ def register(groups: CommandGroups) -> None:
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
                       backbone: DetBackbone = typer.Option(DetBackbone.swin_t, "--backbone"),
-                      adapter: str = typer.Option("mona", "--adapter"),
+                      adapter: Method = adapter_option("mona", "Adapter method trained inside the backbone."),
                       pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
                       seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
                       resume: bool = typer.Option(False, "--resume",

@@ -8,7 +8,10 @@ from typing import Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.options import amp_option, checkpoint_blocks_option, fraction, recompute_option
+from domainmona.options import (adapter_option, amp_option, checkpoint_blocks_option, fraction, method_choice,
+                                recompute_option)
+
+MethodOrNone = method_choice("none")  # the registered adapter methods, or none
 
 
 def register(groups: CommandGroups) -> None:
@@ -22,8 +25,8 @@ def register(groups: CommandGroups) -> None:
                                       "metrics.json go here."),
         pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="MONAI SSL Swin weights "
                                                   "(model_swinvit.pt or ssl_pretrained_weights.pth)."),
-        adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter method (default mona); 'none' = "
-                                              "full fine-tuning of plain SwinUNETR."),
+        adapter: Optional[MethodOrNone] = adapter_option(None, "Adapter method (default mona); 'none' = full "
+                                                         "fine-tuning of plain SwinUNETR."),
         shots: Optional[int] = typer.Option(None, "--shots", min=1, help="Train on the first K labelled cases only."),
         roi: Optional[int] = typer.Option(None, "--roi", help="Patch and sliding-window size: a multiple of 32, "
                                           "at least 64 (96)."),
