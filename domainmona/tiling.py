@@ -1,4 +1,4 @@
-"""The one tiling contract of `split dota`, `tile` and the scene samplers: grid, patch names, cut objects, K shots.
+"""One tiling contract for `split dota`, `tile` and `--shots`: grid, patch names, cut objects, K-shot sampling.
 
 Grid: windows of `size` pixels every `size - overlap` pixels along each axis, the last one moved back so it
 ends flush with the edge (DOTA_devkit's grid, no padding needed); an axis not longer than a window gets one
