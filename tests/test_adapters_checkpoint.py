@@ -51,7 +51,7 @@ def outputs(model):
         return model(IMAGE)
 
 
-@pytest.mark.parametrize("method", ["mona", "lora", "bitfit"])
+@pytest.mark.parametrize("method", ["mona", "lora", "bitfit", "ssf"])
 def test_round_trip_restores_identical_outputs(tmp_path, method):
     trained = randomise(inject(detector(), method), only_adapters=True)
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_round_trip_restores_identical_outputs(tmp_path, method):
         for name, p in trained.named_parameters():
             if p.requires_grad and not is_adapter_parameter(name):
                 p.add_(0.01)
-    path = save_adapter(trained, tmp_path / "task.safetensors")
+    path = save_adapter(trained, tmp_path / "task.safetensors", modules_to_save=["neck"])
     for fresh in (inject(detector(), method), detector()):  # injected already, or injected by load_adapter
         load_adapter(fresh, path)
         torch.testing.assert_close(outputs(fresh), outputs(trained), rtol=0, atol=0)
@@ -70,11 +70,12 @@ def test_file_holds_only_trainable_tensors_and_metadata(tmp_path):
     from safetensors import safe_open
 
     model = inject(detector(), "mona")
-    path = save_adapter(model, tmp_path / "a.safetensors")
+    path = save_adapter(model, tmp_path / "a.safetensors", modules_to_save=("neck",))
     with safe_open(str(path), "pt") as f:
         keys, meta = set(f.keys()), f.metadata()
     assert keys == {n for n, p in model.named_parameters() if p.requires_grad}
     assert meta["method"] == "mona" and meta["prefix"] == "backbone" and meta["backbone"].startswith("mmdet-swin/")
+    assert meta["modules_to_save"] == '["neck"]'
     assert len(meta["base_fingerprint"]) == 32 and meta["version"]
 
 
@@ -108,7 +109,7 @@ def test_frozen_batchnorm_statistics_do_not_move_in_train_mode():
 
 
 def test_mismatches_are_refused_with_the_reason(tmp_path):
-    path = save_adapter(inject(detector(), "mona"), tmp_path / "a.safetensors")
+    path = save_adapter(inject(detector(), "mona"), tmp_path / "a.safetensors", modules_to_save=["neck"])
     with pytest.raises(UserError, match="is for backbone mmdet-swin/SwinTransformer"):
         load_adapter(inject(detector(embed=32), "mona"), path)
     with pytest.raises(UserError, match="trained on other base weights"):
@@ -119,6 +120,50 @@ def test_mismatches_are_refused_with_the_reason(tmp_path):
         bigger = detector()
         bigger["head"] = nn.Linear(2, 2)
         load_adapter(bigger, path)
+
+
+def test_a_trainable_tensor_neither_adapter_nor_in_modules_to_save_is_refused_and_nothing_written(tmp_path):
+    model = inject(detector(), "lora")
+    with pytest.raises(UserError, match=r"^'neck.weight' trains but is neither an adapter tensor nor in "
+                                        r"modules_to_save \(none given; 2 such tensors\): name its module"):
+        save_adapter(model, tmp_path / "a.safetensors")
+    with pytest.raises(UserError, match="names module 'head' in modules_to_save, which ModuleDict does not have"):
+        save_adapter(model, tmp_path / "a.safetensors", modules_to_save=["neck", "head"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_modules_to_save_hold_their_buffers_and_a_model_without_them_is_refused(tmp_path):
+    from safetensors import safe_open
+
+    trained = inject(detector(), "mona")
+    trained["norm"] = nn.BatchNorm2d(4)
+    trained["norm"].running_mean.fill_(0.5)
+    path = save_adapter(trained, tmp_path / "a.safetensors", modules_to_save=["neck", "norm"])
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+    adapters = {n for n, p in trained["backbone"].named_parameters() if p.requires_grad}
+    assert keys - {f"backbone.{n}" for n in adapters} == {"neck.weight", "neck.bias", "norm.weight", "norm.bias",
+                                                          "norm.running_mean", "norm.running_var",
+                                                          "norm.num_batches_tracked"}
+    restored = detector()
+    restored["norm"] = nn.BatchNorm2d(4)
+    assert load_adapter(restored, path)["norm"].running_mean.eq(0.5).all()
+    with pytest.raises(UserError, match="a.safetensors names module 'norm' in modules_to_save, which ModuleDict"):
+        load_adapter(detector(), path)
+
+
+def test_files_written_before_modules_to_save_restore_what_they_hold(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from domainmona.adapters.checkpoint import read_adapter
+
+    trained = randomise(inject(detector(), "mona"), only_adapters=True)
+    path = save_adapter(trained, tmp_path / "new.safetensors", modules_to_save=["neck"])
+    _, meta = read_adapter(path)
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={k: v for k, v in meta.items() if k != "modules_to_save"})
+    fresh = load_adapter(detector(), old)
+    torch.testing.assert_close(outputs(fresh), outputs(trained), rtol=0, atol=0)
 
 
 def test_fused_models_are_not_saved_as_adapters(tmp_path):

@@ -1,9 +1,11 @@
-"""Adapter-only checkpoints: every trainable tensor of a model in safetensors, with what it needs to match."""
+"""Adapter checkpoints: the adapter tensors of a model's adapted backbone (recorded at injection, never matched by
+name) plus the modules a task trains around it (`modules_to_save`), in safetensors, with what they need to match."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -12,22 +14,38 @@ from torch import nn
 
 from domainmona import __version__
 from domainmona.adapters.identity import backbone_id, frozen_fingerprint, persistent_buffers
-from domainmona.adapters.inject import adapted_backbones, inject
+from domainmona.adapters.inject import adapted_backbones, inject, method_parameter_names
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, load_safetensors
 
 FORMAT = "domainmona-adapter"
 
 
-def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every trainable parameter of `model` plus the persistent buffers of modules that own one (e.g. the
-    running statistics of a BatchNorm that trains)."""
-    tensors = {n: p for n, p in model.named_parameters() if p.requires_grad}
+def file_tensors(model: nn.Module, modules_to_save: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """What an adapter file of `model` holds: the parameters its adapted backbone's method trains (added at
+    injection, or base weights it trains) with the persistent buffers of their modules (e.g. the statistics of
+    a BatchNorm that trains), and every parameter and persistent buffer of the `modules_to_save`."""
+    method = method_parameter_names(model)
+    inside = tuple(f"{m}." for m in modules_to_save)
+    tensors = {n: p for n, p in model.named_parameters() if n in method or n.startswith(inside)}
+    owners = {n.rpartition(".")[0] for n in tensors if n in method}
     for owner_name, owner in model.named_modules():
-        if any(p.requires_grad for p in owner.parameters(recurse=False)):
+        if owner_name in owners or f"{owner_name}.".startswith(inside):
             prefix = f"{owner_name}." if owner_name else ""
             tensors.update((prefix + n, b) for n, b in persistent_buffers(owner).items() if "." not in n)
     return tensors
+
+
+def _checked_modules(model: nn.Module, modules_to_save: Iterable[str], what: str) -> tuple[str, ...]:
+    """`modules_to_save` as a tuple, each a submodule of `model`; a one-line error naming the first that is not."""
+    modules = tuple(modules_to_save)
+    for name in modules:
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"{what} names module '{name}' in modules_to_save, which {type(model).__name__} "
+                            f"does not have") from None
+    return modules
 
 
 def _the_backbone(model: nn.Module):
@@ -46,16 +64,24 @@ def _metadata(model: nn.Module, saved: set[str]) -> dict[str, str]:
             "base_fingerprint": frozen_fingerprint(root, inner), "prefix": prefix}
 
 
-def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write every trainable tensor of `model` (adapters, and necks/heads when given the whole model) to a
-    safetensors file with its method, config, backbone id and base-weight fingerprint."""
+def save_adapter(model: nn.Module, path: str | os.PathLike, modules_to_save: Iterable[str] = ()) -> Path:
+    """Write `model`'s adapter tensors (see `file_tensors`) and every tensor of its `modules_to_save` (paths in
+    `model`: a detector's neck and heads, a segmenter's decoder) to a safetensors file with the method, config,
+    backbone id, base-weight fingerprint and the modules_to_save. A trainable tensor that is neither is refused,
+    not dropped: name its module in `modules_to_save` (or freeze it)."""
     if any(getattr(m, "is_fused", False) for m in model.modules()):
         raise UserError("this model's Monas are fused (inference form): save the adapter before calling fuse()")
-    tensors = {n: t.detach().cpu().contiguous() for n, t in adapter_tensors(model).items()}
-    metadata = _metadata(model, set(tensors))
+    modules = _checked_modules(model, modules_to_save, "save_adapter")
+    tensors = {n: t.detach().cpu().contiguous() for n, t in file_tensors(model, modules).items()}
+    metadata = _metadata(model, set(tensors))  # refuses a model without adapters
+    uncovered = [n for n, p in model.named_parameters() if p.requires_grad and n not in tensors]
+    if uncovered:
+        raise UserError(f"'{uncovered[0]}' trains but is neither an adapter tensor nor in modules_to_save "
+                        f"({', '.join(modules) or 'none given'}; {len(uncovered)} such tensors): name its module in "
+                        f"modules_to_save, or freeze it")
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata=metadata | {"modules_to_save": json.dumps(modules)})
     return path
 
 
@@ -69,7 +95,8 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Restore an adapter file into `model` (injecting its method first if the model has none); refuses,
-    with the reason, a file made for another method, backbone or base weights."""
+    with the reason, a file made for another method, backbone or base weights, or naming modules_to_save the
+    model lacks. A file written before modules_to_save existed restores what it holds."""
     tensors, meta = read_adapter(path)
     name = Path(path).name
     if not adapted_backbones(model):
@@ -85,11 +112,14 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if actual != meta["base_fingerprint"]:
         raise UserError(f"{name} was trained on other base weights (fingerprint {meta['base_fingerprint'][:12]} "
                         f"vs {actual[:12]}): load the same pretrained backbone first")
-    _copy_checked(model, tensors, name)
+    modules = _checked_modules(model, json.loads(meta.get("modules_to_save", "[]")), name)
+    _copy_checked(model, tensors, name, set(file_tensors(model, modules)))
     return model
 
 
-def _copy_checked(model: nn.Module, tensors: dict[str, torch.Tensor], name: str) -> None:
+def _copy_checked(model: nn.Module, tensors: dict[str, torch.Tensor], name: str, expected: set[str]) -> None:
+    """Copy `tensors` into `model`, refusing unknown keys, other shapes, and a file without every `expected`
+    tensor or trainable parameter of the model."""
     targets = model.state_dict(keep_vars=True)
     unknown = sorted(set(tensors) - set(targets))
     if unknown:
@@ -98,7 +128,8 @@ def _copy_checked(model: nn.Module, tensors: dict[str, torch.Tensor], name: str)
         if targets[key].shape != tensor.shape:
             raise UserError(f"{name}: '{key}' has shape {tuple(tensor.shape)}, the model expects "
                             f"{tuple(targets[key].shape)}")
-    missing = sorted(set(adapter_tensors(model)) - set(tensors))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted((expected | trainable) - set(tensors))
     if missing:
         raise UserError(f"{name} lacks {len(missing)} trainable tensors of this model, e.g. '{missing[0]}'")
     with torch.no_grad():

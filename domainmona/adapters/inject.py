@@ -47,7 +47,7 @@ def inject(model: nn.Module, method: str, recompute_adapters: bool = True, **con
     for site in sites:
         rewire(site)
         meth.attach(site, cfg)
-        _match_block_placement(site.block)
+        _match_block_placement(site.block, base)
     meth.attach_model(root, sites, cfg)
     family.prepare(root, sites)
     added = tuple(n for n, p in root.named_parameters() if id(p) not in base)
@@ -61,9 +61,9 @@ def inject(model: nn.Module, method: str, recompute_adapters: bool = True, **con
     return model
 
 
-def _match_block_placement(block: nn.Module) -> None:
-    """New adapters live on the device and in the floating dtype of the block's own weights."""
-    ref = next((p for n, p in block.named_parameters() if not is_adapter_parameter(n)), None)
+def _match_block_placement(block: nn.Module, base: set[int]) -> None:
+    """New adapters live on the device and in the floating dtype of the block's own weights (ids in `base`)."""
+    ref = next((p for p in block.parameters() if id(p) in base), None)
     if ref is None:
         return
     for slot in SLOTS:
@@ -83,25 +83,40 @@ def adapter_parameter_names(model: nn.Module) -> set[str]:
 
 
 def is_adapter_parameter(path: str) -> bool:
-    """Parameters of adapter slots and LoRA factors, judged by name; `adapter_parameter_names` has every
-    method's, as recorded at injection."""
+    """Parameters of adapter slots and LoRA factors, judged by name (kept for scripts and tests); the library
+    itself uses `adapter_parameter_names`, every method's tensors as recorded at injection."""
     parts = path.split(".")
     return any(p in SLOTS for p in parts) or parts[-1].startswith("lora_")
+
+
+def method_parameter_names(model: nn.Module) -> set[str]:
+    """Paths in `model` of every parameter its adapted backbones' methods train: the tensors injection added
+    (recorded) and the base weights the method's `trains_base` picks (BitFit's biases, Partial's last block...)."""
+    return {f"{prefix}.{path}" if prefix else path
+            for prefix, root, state in adapted_backbones(model) for path, _ in _method_parameters(root, state)}
+
+
+def _method_parameters(root: nn.Module, state: AdapterState):
+    """(path, parameter) pairs of one adapted backbone, each with whether its method trains it."""
+    meth = get_method(state.method)
+    cfg = meth.Config(**state.config)
+    _, _, family = find_backbone(root)
+    sites = find_sites(root, family)
+    added = set(state.parameters)
+    for owner_name, owner in root.named_modules():
+        for name, param in owner.named_parameters(recurse=False):
+            path = f"{owner_name}.{name}" if owner_name else name
+            if path in added or meth.trains_base(path, owner, sites, cfg):
+                yield path, param
 
 
 def apply_freeze(model: nn.Module) -> None:
     """(Re-)apply each adapted backbone's freezing; idempotent. Call it again after anything that may have
     reset `requires_grad` (e.g. a framework's `init_weights` or pretrained loading)."""
     for _, root, state in adapted_backbones(model):
-        meth = get_method(state.method)
-        cfg = meth.Config(**state.config)
-        _, _, family = find_backbone(root)
-        sites = find_sites(root, family)
-        added = set(state.parameters)
-        for owner_name, owner in root.named_modules():
-            for name, param in owner.named_parameters(recurse=False):
-                path = f"{owner_name}.{name}" if owner_name else name
-                param.requires_grad_(path in added or meth.trains_base(path, owner, sites, cfg))
+        root.requires_grad_(False)
+        for _, param in _method_parameters(root, state):
+            param.requires_grad_(True)
 
 
 def _keep_frozen_batchnorm_eval(root: nn.Module, args) -> None:

@@ -8,7 +8,7 @@ import os
 from torch import nn
 
 from domainmona.adapters.families.host import POST_ATTN, POST_MLP
-from domainmona.adapters.inject import adapted_backbones, inject, is_adapter_parameter
+from domainmona.adapters.inject import adapted_backbones, adapter_parameter_names, inject
 from domainmona.adapters.pretrained import convert_to_mmdet
 from domainmona.adapters.weights import LoadReport, load_matching, read_state_dict, strip_prefix
 from domainmona.errors import UserError
@@ -47,7 +47,8 @@ def load_official_mona(model: nn.Module, path: str | os.PathLike) -> LoadReport:
         load_matching(model, {f"{prefix}.{k}": v for k, v in backbone.items()} | beside, report, True)
     else:
         load_matching(root, backbone, report, True)
-    lacking = [k for k in report.missing if is_adapter_parameter(k)]
+    added = adapter_parameter_names(model if prefix else root)
+    lacking = [k for k in report.missing if k in added]
     if lacking:
         raise UserError(f"{path}: lacks {len(lacking)} Mona tensors of this backbone (e.g. '{lacking[0]}'): "
                         f"it was trained on another Swin size")

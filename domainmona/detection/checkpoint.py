@@ -1,7 +1,7 @@
 """The final detector checkpoint that `train` prints and `test` (and `tile-predict`) accept.
 
-It is the adapter core's adapter file (`save_adapter`: every trainable tensor, i.e. the adapters, the
-neck and the heads, with the method, backbone id and a fingerprint of the frozen base weights) plus the
+It is the adapter core's adapter file (`save_adapter`: the adapter tensors and `modules_to_save`, the neck and
+the heads, with the method, backbone id and a fingerprint of the frozen base weights) plus the
 detector's own metadata: the mmengine config, the classes and the patch grid. The frozen backbone comes
 from the weights file named in the config, checked against the fingerprint when loading.
 
@@ -137,6 +137,13 @@ def install_safe_checkpoint_loader() -> None:
     CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
 
 
+def modules_to_save(model) -> list[str]:
+    """What a detector checkpoint holds besides the adapters: the neck and heads, which train fully, and the
+    patch embedding where it trains (inflated to other than 3 bands, see MonaSwinTransformer)."""
+    trains = any(p.requires_grad for p in model.backbone.patch_embed.parameters())
+    return ['neck', 'rpn_head', 'roi_head'] + (['backbone.patch_embed'] if trains else [])
+
+
 def save_detector(model, info: DetectorInfo, path: Path) -> Path:
     """The core's adapter file for `model`, with the detector metadata added."""
     from safetensors.torch import save_file
@@ -144,7 +151,8 @@ def save_detector(model, info: DetectorInfo, path: Path) -> Path:
     from domainmona.adapters.checkpoint import read_adapter, save_adapter
 
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp_dir:
-        tensors, meta = read_adapter(save_adapter(model, Path(tmp_dir) / 'adapter.safetensors'))
+        tensors, meta = read_adapter(save_adapter(model, Path(tmp_dir) / 'adapter.safetensors',
+                                                  modules_to_save(model)))
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta | info.metadata())
     return path

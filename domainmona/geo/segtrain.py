@@ -169,6 +169,16 @@ def _load_encoder_weights(model, pretrained: Path | None) -> None:
         console.print(f"RGB patch embedding inflated to {conv.in_channels} bands")
 
 
+def _modules_to_save(model) -> list[str]:
+    """What the adapter file holds besides the adapters: smp's decoder and head, which train fully, and the
+    patch embedding where it trains (other than 3 bands, see `segmodel.build_model`)."""
+    from domainmona.geo.segmodel import patch_embedding
+
+    embed = patch_embedding(model)
+    trains = any(p.requires_grad for p in embed.parameters())
+    return ["decoder", "segmentation_head"] + [n for n, m in model.named_modules() if m is embed and trains]
+
+
 def train_segmentation(opts: SegTrainOptions) -> Path:
     """Train (or resume) and return the checkpoint path; also writes the adapter-only file beside it.
 
@@ -231,5 +241,5 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
             if step % settings["save_every"] == 0 and step < settings["max_iters"]:
                 _save_state(state_path, step, identity, model, optimizer, scaler, generator)
     _save_state(state_path, settings["max_iters"], identity, model, optimizer, scaler, generator)  # may extend
-    save_adapter(model, work_dir / ADAPTER)
+    save_adapter(model, work_dir / ADAPTER, _modules_to_save(model))
     return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT)
