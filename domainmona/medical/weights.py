@@ -1,4 +1,4 @@
-"""MONAI's self-supervised Swin weights into SwinUNETR, counted; and the adapter-only file of a trained model.
+"""MONAI's self-supervised Swin weights into SwinUNETR, counted; and the adapter file of a trained model.
 
 Two public formats (Tang et al. 2022; Valanarasu et al. 2023):
 - `model_swinvit.pt`: {"state_dict": {"module.layers1.0.blocks.0.mlp.fc1.weight", ...}} plus SSL heads —
@@ -44,9 +44,11 @@ def load_ssl_weights(model: nn.Module, path: str | Path, verbose: bool = True) -
 
 
 def save_adapter_file(model: nn.Module, model_cfg: dict[str, Any], path: str | Path) -> Path | None:
-    """The Swin encoder's trainable tensors alone (the adapters: a few MB), via the core's adapter format."""
-    from domainmona.adapters import save_adapter
+    """The core's adapter file, holding what it holds in every pipeline: the adapter tensors, and the modules that
+    train around the adapted encoder (`modules_to_save`: every top-level module outside it, i.e. the decoder)."""
+    from domainmona.adapters import adapted_backbones, save_adapter
 
     if model_cfg["adapter"] == "none":
         return None
-    return save_adapter(model.swinViT, path)
+    encoders = {where.partition(".")[0] for where, _, _ in adapted_backbones(model)}
+    return save_adapter(model, path, [name for name, _ in model.named_children() if name not in encoders])
