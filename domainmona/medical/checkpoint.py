@@ -28,7 +28,7 @@ def save_checkpoint(path: str | Path, **content: Any) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and sanity-check a checkpoint written by `segment-ct train`."""
-    from domainmona.medical.settings import check_settings
+    from domainmona.medical.settings import check_settings, fill_missing
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -47,7 +47,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if not isinstance(content[key], dict):
             raise UserError(f"{path}: '{key}' must be a mapping, not {type(content[key]).__name__}")
     try:
-        check_settings(content["settings"])
+        check_settings(fill_missing(content["settings"]))
     except UserError as exc:
         raise UserError(f"{path}: its settings are invalid ({exc})") from None
     return content

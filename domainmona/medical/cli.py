@@ -23,38 +23,48 @@ def register(groups: CommandGroups) -> None:
                                   "with imagesTr/+labelsTr/ (or images/+labels/) of same-named NIfTI files."),
         work_dir: Path = typer.Option(..., "--work-dir", help="checkpoints/ (best, last, adapter files) and "
                                       "metrics.json go here."),
-        pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="MONAI SSL Swin weights "
-                                                  "(model_swinvit.pt or ssl_pretrained_weights.pth)."),
-        adapter: Optional[MethodOrNone] = adapter_option(None, "Adapter method (default mona); 'none' = full "
-                                                         "fine-tuning of plain SwinUNETR."),
+        model: Optional[str] = typer.Option(None, "--model", help="Network: swinunetr (default) | unetr (3D ViT "
+                                            "encoder) | segresnet (3D CNN encoder)."),
+        pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="SwinUNETR: MONAI SSL Swin weights "
+                                                  "(model_swinvit.pt or ssl_pretrained_weights.pth); UNETR: a MONAI "
+                                                  "UNETR checkpoint or 3D-ViT state dict; SegResNet: its state dict."),
+        adapter: Optional[MethodOrNone] = adapter_option(None, "Adapter method (default mona; those the network's "
+                                                         "encoder family defines); 'none' = full fine-tuning of the "
+                                                         "plain network."),
         shots: Optional[int] = typer.Option(None, "--shots", min=1, help="Train on the first K labelled cases only."),
-        roi: Optional[int] = typer.Option(None, "--roi", help="Patch and sliding-window size: a multiple of 32, "
-                                          "at least 64 (96)."),
+        roi: Optional[int] = typer.Option(None, "--roi", help="Patch and sliding-window size (96): SwinUNETR a "
+                                          "multiple of 32 from 64, UNETR of 16 from 32, SegResNet of 8 from 16."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Epochs (100); with --resume, extends."),
         gpus: int = typer.Option(1, "--gpus", min=0, help="Processes (one per GPU, via torchrun when > 1; 0 = CPU)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from WORK_DIR/checkpoints/last.pt (after a "
                                     "kill, rerun the same command with --resume; with no last.pt yet it starts)."),
-        feature_size: Optional[int] = typer.Option(None, "--feature-size", help="Swin width (48 for SSL weights)."),
-        decoder_size: Optional[int] = typer.Option(None, "--decoder-size", help="Slim CNN decoder width (e.g. 24)."),
-        merging: Optional[str] = typer.Option(None, "--merging", help="legacy (SSL weights' order) | merging | "
-                                              "mergingv2."),
+        feature_size: Optional[int] = typer.Option(None, "--feature-size", help="SwinUNETR: Swin width (48 for SSL "
+                                                   "weights)."),
+        decoder_size: Optional[int] = typer.Option(None, "--decoder-size", help="SwinUNETR: slim CNN decoder width "
+                                                   "(e.g. 24)."),
+        merging: Optional[str] = typer.Option(None, "--merging", help="SwinUNETR: legacy (SSL weights' order) | "
+                                              "merging | mergingv2."),
         hu_min: Optional[float] = typer.Option(None, "--hu-min", help="HU window low end (-175)."),
         hu_max: Optional[float] = typer.Option(None, "--hu-max", help="HU window high end (250)."),
-        config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml "
+                                              "(UNETR and SegResNet sizes: model.unetr, model.segresnet)."),
         amp: bool = amp_option(),
         adapter_recompute: bool = recompute_option(),
         checkpoint_blocks: bool = checkpoint_blocks_option(),
     ) -> None:
-        """Fine-tune SwinUNETR + Mona-3D on CT; the last line printed is the checkpoint to pass to predict."""
+        """Fine-tune SwinUNETR, UNETR or SegResNet + Mona-3D on CT; the last line printed is the checkpoint to pass
+        to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
         from domainmona.medical.data import load_split
-        from domainmona.medical.settings import load_settings
+        from domainmona.medical.settings import load_settings, refuse_swin_only_flags
 
+        swin_only = dict(feature_size=feature_size, decoder_size=decoder_size, merging=merging,
+                         use_checkpoint=checkpoint_blocks or None)
         settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
-                                 model=dict(adapter=adapter, feature_size=feature_size, decoder_size=decoder_size,
-                                            merging=merging, use_checkpoint=checkpoint_blocks or None),
+                                 model=dict(name=model, adapter=adapter, **swin_only),
                                  train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False,
                                             adapter_recompute=None if adapter_recompute else False))
+        refuse_swin_only_flags(settings["model"]["name"], swin_only)
         split = load_split(data, shots, settings["train"]["val_max"])  # bad data: one line, before any relaunch
         if gpus > 1 and not under_torchrun():
             relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint
@@ -94,8 +104,10 @@ def register(groups: CommandGroups) -> None:
         out: Path = typer.Option(Path("segment-ct-demo"), "--out", help="Folder for data, run and predictions "
                                  "(rerunning into it after an interruption resumes)."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the recipe's epochs."),
+        model: Optional[str] = typer.Option(None, "--model", help="Override the recipe's network: swinunetr | "
+                                            "unetr | segresnet (at the recipe's small sizes)."),
     ) -> None:
         """Synthetic CT → short training → predict → evaluate, then the Dice (recipe: pipelines/ct-demo.yaml)."""
         from domainmona.medical.demo import run_demo
 
-        run_demo(out, max_epochs)
+        run_demo(out, max_epochs, model=model)

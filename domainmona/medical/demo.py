@@ -11,8 +11,10 @@ from domainmona.recipes import load_recipe
 COMMAND = "segment-ct demo"
 
 
-def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = "ct-demo") -> float:
-    """Generate → train → predict the validation cases → evaluate; return the mean foreground Dice.
+def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = "ct-demo",
+             model: str | None = None, adapter: str | None = None) -> float:
+    """Generate → train → predict the validation cases → evaluate; return the mean foreground Dice. `model` and
+    `adapter` replace the recipe's network and method (another method starts from its default options).
 
     `out` is new, empty or an earlier demo's: a rerun after an interruption regenerates the same data and
     resumes the training from its last.pt.
@@ -29,6 +31,10 @@ def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = 
     overrides = recipe["settings"]
     if max_epochs is not None:
         overrides["train"]["max_epochs"] = max_epochs
+    if model is not None:
+        overrides["model"]["name"] = model
+    if adapter is not None and adapter != overrides["model"].get("adapter"):
+        overrides["model"].update(adapter=adapter, adapter_cfg={})
     settings = load_settings(None, **overrides)
     claim_dir(out, COMMAND)
     data = recipe["data"]

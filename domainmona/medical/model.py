@@ -1,4 +1,6 @@
-"""MONAI SwinUNETR with the pre-1.5 patch merging on offer and an optional slim CNN decoder.
+"""The segment-ct networks (MONAI SwinUNETR, UNETR, SegResNet), their encoders and where adapters go.
+
+SwinUNETR comes with the pre-1.5 patch merging on offer and an optional slim CNN decoder.
 
 Why the two additions:
 - MONAI 1.5 fixed 3-D PatchMerging, which used to take two of its eight sub-voxels twice
@@ -16,11 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import SwinUNETR
+from monai.networks.nets import UNETR, SegResNet, SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
-from domainmona.medical.weights import load_ssl_weights
+from domainmona.medical.weights import load_network_weights
 
 # Sub-voxel (d, h, w) offsets of MONAI < 1.5's 3-D PatchMerging, in concatenation order: (0,1,0) and (0,0,1)
 # appear twice, (1,1,0) and (0,1,1) never.
@@ -67,28 +69,80 @@ def build_swinunetr(model_cfg: dict[str, Any], out_channels: int, in_channels: i
     return SlimDecoderSwinUNETR(feature_size=feature_size, decoder_size=decoder_size, **common)
 
 
+def build_unetr(model_cfg: dict[str, Any], out_channels: int, roi: int, in_channels: int = 1) -> UNETR:
+    """Plain UNETR from `model.unetr`; its ViT's position embeddings are sized for `roi`^3 patches."""
+    cfg = model_cfg["unetr"]
+    return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=roi, feature_size=cfg["feature_size"],
+                 hidden_size=cfg["hidden_size"], mlp_dim=cfg["mlp_dim"], num_heads=cfg["num_heads"])
+
+
+def build_segresnet(model_cfg: dict[str, Any], out_channels: int, in_channels: int = 1) -> SegResNet:
+    """Plain SegResNet from `model.segresnet`."""
+    cfg = model_cfg["segresnet"]
+    return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                     init_filters=cfg["init_filters"], blocks_down=tuple(cfg["blocks_down"]),
+                     blocks_up=tuple(cfg["blocks_up"]))
+
+
+def build_network(model_cfg: dict[str, Any], out_channels: int, roi: int | None = None) -> nn.Module:
+    """The plain network `model.name` names; UNETR needs the patch size `roi`."""
+    name = model_cfg["name"]
+    if name == "unetr":
+        if roi is None:
+            raise ValueError("UNETR is built for one patch size: pass roi")
+        return build_unetr(model_cfg, out_channels, roi)
+    if name == "segresnet":
+        return build_segresnet(model_cfg, out_channels)
+    return build_swinunetr(model_cfg, out_channels)
+
+
+# The network's frozen encoder: the module adapters go into, and the other parameters it owns.
+ENCODERS = {"swinunetr": ("swinViT", ()), "unetr": ("vit", ()), "segresnet": ("down_layers", ("convInit",))}
+
+
+def encoder(model: nn.Module, name: str) -> nn.Module:
+    """The module of `model` (network `name`) that holds the adapters."""
+    return model.get_submodule(ENCODERS[name][0])
+
+
 def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | None = None, verbose: bool = False,
-             device: torch.device | str = "cpu") -> SwinUNETR:
-    """Build on `device`, load SSL weights, then inject adapters: the core freezes the Swin except what the
-    method trains, while the CNN decoder (outside the backbone) stays trainable. Adapter 'none': plain model."""
+             device: torch.device | str = "cpu", roi: int | None = None) -> nn.Module:
+    """Build on `device`, load pretrained weights, then inject adapters into the encoder: the core freezes it
+    except what the method trains, while the CNN decoder (outside it) stays trainable. SegResNet's stem conv
+    (`convInit`, before the first down block) is frozen with its encoder unless the method is 'full'.
+    Adapter 'none': plain model."""
     from domainmona.adapters import inject
 
-    model = build_swinunetr(model_cfg, out_channels).to(device)
+    name = model_cfg["name"]
+    model = build_network(model_cfg, out_channels, roi).to(device)
     if pretrained is not None:
-        load_ssl_weights(model, pretrained, verbose=verbose)
+        load_network_weights(model, name, pretrained, verbose=verbose)
     if model_cfg["adapter"] != "none":
-        inject(model, model_cfg["adapter"], **model_cfg["adapter_cfg"])
+        inject(encoder(model, name), model_cfg["adapter"], **model_cfg["adapter_cfg"])
+        for stem in ENCODERS[name][1]:
+            model.get_submodule(stem).requires_grad_(model_cfg["adapter"] == "full")
     return model
 
 
+def network_of(model: nn.Module) -> str:
+    """The segment-ct network name of a model `assemble` built."""
+    for cls, name in ((SwinUNETR, "swinunetr"), (UNETR, "unetr"), (SegResNet, "segresnet")):
+        if isinstance(model, cls):
+            return name
+    raise TypeError(f"{type(model).__name__} is not a segment-ct network")
+
+
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Parameters split into the Swin encoder, the adapters injected into it, and the CNN decoder (the rest)."""
+    """Parameters split into the encoder (Swin, ViT, or SegResNet's stem and down blocks), the adapters injected
+    into it, and the CNN decoder (the rest)."""
     from domainmona.adapters import adapter_parameter_names
 
+    module, stems = ENCODERS[network_of(model)]
+    prefixes = tuple(f"{m}." for m in (module, *stems))
     adapters = adapter_parameter_names(model)
     groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "decoder": []}
     for name, param in model.named_parameters():
-        group = "adapter" if name in adapters else "encoder" if name.startswith("swinViT.") else "decoder"
+        group = "adapter" if name in adapters else "encoder" if name.startswith(prefixes) else "decoder"
         groups[group].append(param)
     return groups
 

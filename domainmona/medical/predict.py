@@ -39,7 +39,8 @@ def model_from_checkpoint(checkpoint: dict, device: torch.device,
     fewer ops)."""
     from domainmona.adapters import prepare_for_inference
 
-    model = assemble(checkpoint["settings"]["model"], checkpoint["num_classes"], device=device)
+    settings = checkpoint["settings"]
+    model = assemble(settings["model"], checkpoint["num_classes"], device=device, roi=settings["train"]["roi"])
     load_state(path, checkpoint, model=model)
     return prepare_for_inference(model).eval()
 

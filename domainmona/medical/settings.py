@@ -1,7 +1,8 @@
 """The segment-ct settings: `configs/monai/swinunetr_ct.yaml`, an optional user YAML over it, CLI flags last.
 
 Every value is checked here, whichever layer it came from (a flag, a `--config` YAML, a recipe, a
-checkpoint): `check_settings` is the one place that knows what SwinUNETR training can run with.
+checkpoint): `check_settings` is the one place that knows what SwinUNETR, UNETR and SegResNet training can
+run with.
 """
 
 from __future__ import annotations
@@ -21,11 +22,17 @@ from domainmona.recipes import CONFIGS_DIR
 
 DEFAULTS_PATH = CONFIGS_DIR / "monai" / "swinunetr_ct.yaml"
 SECTIONS = ("preprocess", "augment", "model", "train")
+NETWORKS = ("swinunetr", "unetr", "segresnet")  # model.name (--model)
 SWIN_MULTIPLE = 32  # SwinUNETR: patch size 2 then four 2x downsamplings
+UNETR_PATCH = 16  # UNETR's ViT patch size (fixed by MONAI)
 MERGING_CHOICES = ("legacy", "merging", "mergingv2")  # see domainmona.medical.model
 MIN_ROI = 64  # at 32 the bottleneck is 1x1x1, which InstanceNorm refuses to normalise
+SEGRESNET_GROUPS = 8  # SegResNet's GroupNorm groups: every level's width must be a multiple
 WIDTH_MULTIPLE = 12  # MONAI's SwinUNETR refuses other widths (its stages have 3, 6, 12, 24 heads)
-FLAGS = {"roi", "max_epochs", "hu_min", "hu_max", "feature_size", "decoder_size", "merging", "adapter"}
+FLAGS = {"roi", "max_epochs", "hu_min", "hu_max", "feature_size", "decoder_size", "merging", "adapter", "name"}
+FLAG_OF_KEY = {"name": "model"}  # keys whose flag has another name
+SWIN_ONLY_FLAGS = ("feature_size", "decoder_size", "merging", "use_checkpoint")  # model keys only SwinUNETR reads
+NESTED = ("unetr", "segresnet")  # model keys holding one network's own mapping, merged key by key
 
 # (section, key) -> (int or float, range check); `bool` is never accepted as a number.
 NUMBERS: dict[tuple[str, str], tuple[type, Callable]] = {
@@ -57,6 +64,14 @@ NUMBERS: dict[tuple[str, str], tuple[type, Callable]] = {
     ("train", "seed"): (int, finite(0, 2**32 - 1)),  # numpy's seed range
 }
 SWITCHES = (("model", "use_checkpoint"), ("train", "amp"), ("train", "adapter_recompute"))
+# model.<network>.<key> -> (int, range check)
+NETWORK_NUMBERS: dict[tuple[str, str], Callable] = {
+    ("unetr", "feature_size"): finite(1),
+    ("unetr", "hidden_size"): finite(1),
+    ("unetr", "mlp_dim"): finite(1),
+    ("unetr", "num_heads"): finite(1),
+    ("segresnet", "init_filters"): finite(1),
+}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -80,17 +95,38 @@ def load_settings(user_config: str | Path | None = None, **overrides: dict[str, 
         for section, values in layer.items():
             if section not in SECTIONS or not isinstance(values, dict):
                 raise UserError(f"settings: unknown section '{section}' (known: {', '.join(SECTIONS)})")
-            unknown = set(values) - set(settings[section])
-            if unknown:
-                raise UserError(f"settings: unknown key(s) {', '.join(sorted(unknown))} in '{section}'")
-            settings[section].update(values)
+            _merge(settings[section], values, section)
     check_settings(settings)
+    return settings
+
+
+def _merge(target: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    """`target.update(values)`, refusing unknown keys; a network's own mapping (`model.unetr`) merges key by key."""
+    unknown = set(values) - set(target)
+    if unknown:
+        raise UserError(f"settings: unknown key(s) {', '.join(sorted(unknown))} in '{where}'")
+    for key, value in values.items():
+        if where == "model" and key in NESTED and isinstance(value, dict):
+            _merge(target[key], value, f"model.{key}")
+        else:
+            target[key] = value
+
+
+def fill_missing(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings saved before a key existed (a checkpoint from an earlier version) get that key's default, so
+    such a checkpoint still predicts and resumes (a SwinUNETR one as SwinUNETR). Returns `settings`."""
+    defaults = _read(DEFAULTS_PATH)
+    for section, values in defaults.items():
+        current = settings.get(section) if isinstance(settings, dict) else None
+        if isinstance(current, dict):
+            for key, value in values.items():
+                current.setdefault(key, copy.deepcopy(value))
     return settings
 
 
 def _name(section: str, key: str) -> str:
     """How the user set it: the flag when there is one, else the YAML key."""
-    return f"--{key.replace('_', '-')}" if key in FLAGS else f"{section}.{key}"
+    return f"--{FLAG_OF_KEY.get(key, key).replace('_', '-')}" if key in FLAGS else f"{section}.{key}"
 
 
 def _number(section: str, key: str, value: Any, kind: type, check: Callable) -> int | float:
@@ -121,9 +157,10 @@ def check_settings(settings: dict[str, Any]) -> None:
         if not isinstance(settings[section].get(key), bool):
             raise UserError(f"{_name(section, key)} {settings[section].get(key)!r}: must be true or false")
     pre, model, train = settings["preprocess"], settings["model"], settings["train"]
-    if train["roi"] % SWIN_MULTIPLE or train["roi"] < MIN_ROI:
-        raise UserError(f"--roi {train['roi']}: SwinUNETR needs a multiple of {SWIN_MULTIPLE}, at least "
-                        f"{MIN_ROI} (e.g. 64, 96, 128)")
+    if model.get("name") not in NETWORKS:
+        raise UserError(f"--model {model.get('name')}: choose from {', '.join(NETWORKS)}")
+    _check_networks(model)
+    _check_roi(model, train["roi"])
     for key in ("feature_size", "decoder_size"):
         size = model.get(key)
         if size is None and key == "decoder_size":
@@ -142,6 +179,61 @@ def check_settings(settings: dict[str, Any]) -> None:
     _check_orientation(pre.get("orientation"))
     if settings["augment"]["pos"] + settings["augment"]["neg"] <= 0:
         raise UserError("augment.pos and augment.neg: at least one must be above 0")
+
+
+def _check_networks(model: dict[str, Any]) -> None:
+    """The UNETR and SegResNet mappings, whichever network runs (a checkpoint carries both)."""
+    for network in NESTED:
+        values = model.get(network)
+        expected = set(_read(DEFAULTS_PATH)["model"][network])
+        if not isinstance(values, dict) or set(values) != expected:
+            raise UserError(f"model.{network}: must be a mapping of {', '.join(sorted(expected))}")
+    for (network, key), check in NETWORK_NUMBERS.items():
+        model[network][key] = _number("model", f"{network}.{key}", model[network][key], int, check)
+    unetr, segresnet = model["unetr"], model["segresnet"]
+    if unetr["hidden_size"] % unetr["num_heads"]:
+        raise UserError(f"model.unetr.hidden_size {unetr['hidden_size']}: must be a multiple of num_heads "
+                        f"{unetr['num_heads']}")
+    if segresnet["init_filters"] % SEGRESNET_GROUPS:
+        raise UserError(f"model.segresnet.init_filters {segresnet['init_filters']}: must be a multiple of "
+                        f"{SEGRESNET_GROUPS} (SegResNet's group norm)")
+    down, up = segresnet["blocks_down"], segresnet["blocks_up"]
+    counts_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in [*down, *up]) \
+        if isinstance(down, list) and isinstance(up, list) else False
+    if not counts_ok or not down or len(up) != len(down) - 1:
+        raise UserError(f"model.segresnet.blocks_down {down!r} / blocks_up {up!r}: lists of block counts >= 1, "
+                        "blocks_up one shorter than blocks_down")
+    if model["name"] != "swinunetr" and model.get("use_checkpoint") is True:
+        raise UserError(f"--checkpoint-blocks: SwinUNETR only (MONAI's {model['name']} has no block checkpointing)")
+
+
+def refuse_swin_only_flags(network: str, given: dict[str, Any]) -> None:
+    """Flags that only SwinUNETR reads, given for another network: refused rather than silently ignored."""
+    used = [key for key, value in given.items() if value is not None]
+    if network != "swinunetr" and used:
+        flag = "--checkpoint-blocks" if used[0] == "use_checkpoint" else _name("model", used[0])
+        raise UserError(f"{flag}: a SwinUNETR option; --model {network} takes its sizes from model.{network} "
+                        "in a --config YAML")
+
+
+def roi_rule(model: dict[str, Any]) -> tuple[int, int]:
+    """(multiple, minimum) of the patch size the network can take: SwinUNETR's five 2x levels with a bottleneck
+    InstanceNorm can normalise; UNETR's 16^3 patches, at least 2 per side for the same norm; SegResNet's
+    downsamplings."""
+    if model["name"] == "unetr":
+        return UNETR_PATCH, 2 * UNETR_PATCH
+    if model["name"] == "segresnet":
+        multiple = 2 ** (len(model["segresnet"]["blocks_down"]) - 1)
+        return multiple, max(2 * multiple, 16)
+    return SWIN_MULTIPLE, MIN_ROI
+
+
+def _check_roi(model: dict[str, Any], roi: int) -> None:
+    multiple, least = roi_rule(model)
+    if roi % multiple or roi < least:
+        examples = ", ".join(str(least + i * multiple) for i in range(3))
+        network = {"swinunetr": "SwinUNETR", "unetr": "UNETR", "segresnet": "SegResNet"}[model["name"]]
+        raise UserError(f"--roi {roi}: {network} needs a multiple of {multiple}, at least {least} (e.g. {examples})")
 
 
 def _check_adapter(model: dict[str, Any]) -> None:

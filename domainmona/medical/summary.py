@@ -1,7 +1,7 @@
-"""The parameter report printed before training: Swin encoder, adapters and CNN decoder counted separately.
+"""The parameter report printed before training: encoder, adapters and CNN decoder counted separately.
 
 SwinUNETR is mostly CNN decoder (~87% at width 48), so "x% trainable" of the whole model hides where the
-weights are; this table shows each part and what trains in it.
+weights are; this table shows each part and what trains in it, for each network.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from rich.table import Table
 from torch import nn
 
 from domainmona.console import console
-from domainmona.medical.model import parameter_groups
+from domainmona.medical.model import network_of, parameter_groups
 
 MERGING_NOTES = {
     "legacy": "legacy (MONAI < 1.5 voxel order, as the public SSL weights were trained)",
@@ -27,15 +27,30 @@ def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
             for group, params in parameter_groups(model).items()}
 
 
+def _title(model_cfg: dict[str, Any]) -> str:
+    name, adapter = model_cfg["name"], model_cfg["adapter"]
+    if name == "unetr":
+        cfg = model_cfg["unetr"]
+        return (f"UNETR + {adapter}: ViT width {cfg['hidden_size']} ({cfg['num_heads']} heads, MLP {cfg['mlp_dim']}), "
+                f"decoder width {cfg['feature_size']}")
+    if name == "segresnet":
+        cfg = model_cfg["segresnet"]
+        return f"SegResNet + {adapter}: width {cfg['init_filters']}, down blocks {cfg['blocks_down']}"
+    decoder_size = model_cfg["decoder_size"] or model_cfg["feature_size"]
+    return (f"SwinUNETR + {adapter}: Swin width {model_cfg['feature_size']}, decoder width {decoder_size}, "
+            f"patch merging {model_cfg['merging']}")
+
+
+ENCODER_LABELS = {"swinunetr": "Swin encoder", "unetr": "ViT encoder", "segresnet": "CNN encoder"}
+
+
 def report_table(model: nn.Module, model_cfg: dict[str, Any]) -> Table:
     counts = parameter_counts(model)
     total = sum(n for n, _ in counts.values())
-    decoder_size = model_cfg["decoder_size"] or model_cfg["feature_size"]
-    table = Table(title=f"SwinUNETR + {model_cfg['adapter']}: Swin width {model_cfg['feature_size']}, "
-                        f"decoder width {decoder_size}, patch merging {model_cfg['merging']}")
+    table = Table(title=_title(model_cfg))
     for column in ("part", "parameters", "trainable", "share of model"):
         table.add_column(column, justify="left" if column == "part" else "right")
-    labels = {"encoder": "Swin encoder", "adapter": "adapters", "decoder": "CNN decoder"}
+    labels = {"encoder": ENCODER_LABELS[network_of(model)], "adapter": "adapters", "decoder": "CNN decoder"}
     for group, (count, trainable) in counts.items():
         table.add_row(labels[group], f"{count:,}", f"{trainable:,}", f"{100 * count / total:.1f}%")
     trainable_total = sum(t for _, t in counts.values())
@@ -46,4 +61,5 @@ def report_table(model: nn.Module, model_cfg: dict[str, Any]) -> Table:
 
 def print_report(model: nn.Module, model_cfg: dict[str, Any]) -> None:
     console.print(report_table(model, model_cfg))
-    console.print(f"patch merging: {MERGING_NOTES[model_cfg['merging']]}", highlight=False)
+    if model_cfg["name"] == "swinunetr":
+        console.print(f"patch merging: {MERGING_NOTES[model_cfg['merging']]}", highlight=False)

@@ -163,7 +163,7 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
     if state is not None:
         _check_resumable(state, settings, split, last_path)
     model = assemble(settings["model"], split.num_classes, pretrained=None if state else pretrained,
-                     verbose=rt.main, device=rt.device)
+                     verbose=rt.main, device=rt.device, roi=cfg["roi"])
     if adapted_backbones(model):
         set_adapter_recompute(model, cfg["adapter_recompute"])
     optimizer = torch.optim.AdamW(optimizer_groups(model, cfg["lr"], cfg["adapter_lr"]),

@@ -1,12 +1,17 @@
-"""MONAI's self-supervised Swin weights into SwinUNETR, counted; and the adapter file of a trained model.
+"""Pretrained weights into the segment-ct networks, counted; and the adapter file of a trained model.
 
-Two public formats (Tang et al. 2022; Valanarasu et al. 2023):
+SwinUNETR takes MONAI's self-supervised Swin weights, in two public formats
+ (Tang et al. 2022; Valanarasu et al. 2023):
 - `model_swinvit.pt`: {"state_dict": {"module.layers1.0.blocks.0.mlp.fc1.weight", ...}} plus SSL heads —
   the core's `load_pretrained` knows it;
 - `ssl_pretrained_weights.pth`: {"model": {"encoder.layers1.0.0.blocks.0.mlp.linear1.weight", ...}} — mapped
   here with MONAI's own `filter_swinunetr`, then loaded by the core's name-and-shape matcher.
 `load_state_dict(strict=False)` on either raw file loads nothing without a word: the count is reported and
 zero is an error.
+
+UNETR takes a whole MONAI UNETR checkpoint (the model-zoo layout: `vit.…`, `encoder1.…`, possibly under
+`state_dict`/`model`, decoder included) or a plain MONAI 3D-ViT state dict (`patch_embedding.…`, `blocks.N.…`,
+as MONAI's self-supervised ViTs save their encoder) into its ViT. SegResNet takes a MONAI SegResNet state dict.
 """
 
 from __future__ import annotations
@@ -38,6 +43,27 @@ def load_ssl_weights(model: nn.Module, path: str | Path, verbose: bool = True) -
                             f"SSL weights need --feature-size 48)")
     else:
         report = load_pretrained(model, path)
+    if verbose:
+        console.print(f"pretrained: {report}", highlight=False)
+    return report.loaded
+
+
+def load_network_weights(model: nn.Module, name: str, path: str | Path, verbose: bool = True) -> int:
+    """Load `path` into network `name` (see the module docstring); return how many tensors were loaded."""
+    from domainmona.adapters import LoadReport
+    from domainmona.adapters.weights import load_matching, read_state_dict, strip_prefix
+
+    if name == "swinunetr":
+        return load_ssl_weights(model, path, verbose=verbose)
+    tensors = strip_prefix(read_state_dict(path), "module.")  # saved from DistributedDataParallel
+    if name == "unetr" and not any(k.startswith("vit.") for k in tensors):
+        target, layout = model.vit, "monai-vit"
+    else:
+        target, layout = model, f"monai-{name}"
+    report = load_matching(target, tensors, LoadReport(str(path), layout))
+    if not report.loaded:
+        example = next(iter(tensors))
+        raise UserError(f"{path}: no tensor fits {type(model).__name__} ({layout} layout, e.g. '{example}')")
     if verbose:
         console.print(f"pretrained: {report}", highlight=False)
     return report.loaded
