@@ -6,6 +6,10 @@ sum(w·p) / sum(w). Tiles arrive in row-major order on a constant-stride grid. T
 column chunks one stride wide: tile c covers chunk c and the first `overlap` columns of chunk c + 1, so a
 chunk of the current tile row is final as soon as tile c is in. Only the rows shared with the next tile
 row are carried over, chunk by chunk: the state is one strip of width x overlap, never the scene.
+
+A band of tile rows [r0, r1) can be blended on its own (one process of several): start at row r0 - 1, whose
+carry is all that reaches into row r0, keep what is emitted from pixel row r0 * stride on, and finish at
+r1. The sums are the very ones the whole scene's pass makes, in the same order.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ class RollingBlender:
 
     Requires overlap <= size / 2, so that a pixel is covered by at most two tile rows and two tile columns.
     Regions are emitted clipped to the scene; ``final_rows`` says up to which row everything was emitted.
+    ``start_row``: the first tile row given (earlier rows count as absent, not as skipped tiles).
     """
 
     def __init__(self, width: int, height: int, size: int, overlap: int, channels: int, emit: Emit,
-                 floor: float = EDGE_FLOOR):
+                 floor: float = EDGE_FLOOR, start_row: int = 0):
         if not 0 <= 2 * overlap <= size:
             raise ValueError(f"overlap {overlap} must be between 0 and half the tile size {size}")
         self.width, self.height, self.size, self.overlap = width, height, size, overlap
@@ -51,8 +56,8 @@ class RollingBlender:
         self.band: dict[int, np.ndarray] = {}
         self.carry: dict[int, np.ndarray] = {}
         self.next_carry: dict[int, np.ndarray] = {}
-        self.row, self.col = 0, -1
-        self.final_rows = 0
+        self.row, self.col = start_row, -1
+        self.final_rows = start_row * self.stride
 
     def add(self, row: int, col: int, probs: np.ndarray | None, valid: np.ndarray | None = None) -> None:
         """Add tile (row, col) of the grid; ``probs`` (C, size, size), or None for a skipped tile."""
@@ -62,10 +67,14 @@ class RollingBlender:
             self._add(skipped, None, None)
         self._add(col, probs, valid)
 
-    def finish(self) -> None:
-        """Flush everything after the last tile given (later tiles count as skipped)."""
-        while self.row < self.rows:
+    def finish(self, rows: int | None = None) -> None:
+        """Flush everything up to tile row ``rows`` (default: the last), tiles not given counting as skipped.
+        Before the last row, the strip that row ``rows`` completes stays unemitted."""
+        rows = self.rows if rows is None else rows
+        while self.row < rows:
             self._next_row()
+        if rows < self.rows:
+            return
         for chunk in sorted(self.carry):  # the last tile row's bottom strip
             self._emit(self.row * self.stride, chunk, self.carry.pop(chunk))
         self.final_rows = self.height

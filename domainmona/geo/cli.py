@@ -57,10 +57,15 @@ def register(groups: CommandGroups) -> None:
         console.print(str(out), soft_wrap=True)
 
     @groups.root.command("tile-predict")
-    def tile_predict(raster: Path = typer.Argument(..., help="GeoTIFF scene."),
+    def tile_predict(rasters: list[Path] = typer.Argument(..., help="GeoTIFF scene(s), or @LIST: a text file "
+                                                          "naming one scene per line."),
                      checkpoint: Path = typer.Option(..., "--checkpoint", help="From a train command."),
-                     out: Path = typer.Option(..., "--out", help="OUT.tif (segmentation) or OUT.gpkg/.geojson; "
-                                              "replaces only an earlier tile-predict output."),
+                     out: Optional[Path] = typer.Option(None, "--out", help="OUT.tif (segmentation) or "
+                                                        "OUT.gpkg/.geojson for one scene; replaces only an "
+                                                        "earlier tile-predict output."),
+                     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for one output per "
+                                                            "scene (STEM.tif or STEM.gpkg); scenes finished "
+                                                            "there with the same checkpoint are skipped."),
                      size: Optional[int] = typer.Option(None, "--size", min=32,
                                                         help="Tile size (default: training's)."),
                      overlap: Optional[int] = typer.Option(None, "--overlap", min=0,
@@ -72,12 +77,48 @@ def register(groups: CommandGroups) -> None:
                                                    help="Rotated NMS IoU across tile overlaps, 0..1."),
                      cog: bool = typer.Option(False, "--cog", help="Write a Cloud-Optimized GeoTIFF."),
                      allow_no_crs: bool = typer.Option(False, "--allow-no-crs"),
-                     nodata: Optional[float] = typer.Option(None, "--nodata", help=NODATA_HELP)) -> None:
-        """Predict a whole scene tile by tile into a GeoTIFF class map or a polygon layer."""
-        from domainmona.geo.models import tile_predict as run
+                     nodata: Optional[float] = typer.Option(None, "--nodata", help=NODATA_HELP),
+                     gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (one per GPU) under torchrun: "
+                                              "whole scenes each, or bands of one scene's tile rows.")) -> None:
+        """Predict whole scenes tile by tile into GeoTIFF class maps or polygon layers."""
+        from domainmona.errors import UserError
+        from domainmona.geo.models import PredictSettings, Predictor
+        from domainmona.geo.predict import Ranks
+        from domainmona.geo.predict_many import (COLLECTIVE_TIMEOUT, expand_scenes, predict_scenes, scene_outputs,
+                                                 summary_table)
+        from domainmona.io import claim_dir
+        from domainmona.launch import join_process_group, relaunch_under_torchrun, under_torchrun
 
-        console.print(str(run(raster, checkpoint, out, size, overlap, batch_size, score_thr, iou_thr, cog,
-                              allow_no_crs, nodata)), soft_wrap=True)
+        scenes = expand_scenes(rasters)
+        if (out is None) == (out_dir is None):
+            raise UserError("give --out (one scene) or --out-dir (any number of scenes)")
+        if out is not None and len(scenes) > 1:
+            raise UserError(f"--out names one output but {len(scenes)} scenes were given; use --out-dir")
+        predictor = Predictor(checkpoint, PredictSettings(size, overlap, batch_size, score_thr, iou_thr, cog,
+                                                          allow_no_crs, nodata))
+        if out is not None:
+            predictor.check(scenes[0], out)  # a bad scene or output: its own one-line error, exit 2
+            outputs = [out]
+        else:
+            outputs = scene_outputs(scenes, out_dir, predictor.suffix)
+            claim_dir(out_dir, "tile-predict")
+        if gpus > 1 and not under_torchrun():
+            relaunch_under_torchrun(gpus, "tile-predict")  # rank 0 of the children prints the result
+            return
+        ranks = Ranks(*join_process_group(COLLECTIVE_TIMEOUT))
+        outcomes = predict_scenes(predictor, scenes, outputs, ranks, records=out_dir is not None)
+        if outcomes is None:  # not rank 0
+            return
+        failed = [o for o in outcomes if o.status == "failed"]
+        if out is not None:
+            if failed:
+                raise UserError(failed[0].output)
+            console.print(str(out), soft_wrap=True)
+            return
+        console.print(summary_table(outcomes, "pixels" if predictor.segmentation else "objects"))
+        if failed:
+            raise UserError(f"{len(failed)} of {len(outcomes)} scene(s) failed (see the table above)")
+        console.print(str(out_dir), soft_wrap=True)
 
     @groups.train.command("geo-seg")
     def train_geo_seg(chips: Path = typer.Option(..., "--chips", help="Segmentation chips from 'tile'."),

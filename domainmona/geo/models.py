@@ -8,13 +8,15 @@ Adapters are merged into the frozen weights (Mona fused) for inference in both.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from domainmona.errors import UserError
-from domainmona.geo.predict import (GEOTIFF_SUFFIXES, DetectInfer, SegmentInfer, StreamOptions, Tile, check_numbers,
-                                    check_stream_options, detect_scene, geotiff_is_ours, segment_scene)
+from domainmona.geo.predict import (ALONE, GEOTIFF_SUFFIXES, DetectInfer, Ranks, SegmentInfer, StreamOptions, Tile,
+                                    check_numbers, check_stream_options, geotiff_is_ours, predict_class_map,
+                                    predict_polygons)
 from domainmona.geo.raster import open_raster, warn_nodata
 from domainmona.geo.stats import normalise, scene_stats, stretch_to_uint8
 from domainmona.io import claim_file
@@ -84,53 +86,112 @@ def prediction_is_ours(path: Path) -> bool:
     return geotiff_is_ours(path) if path.suffix.lower() in GEOTIFF_SUFFIXES else polygons_are_ours(path)
 
 
+@dataclass
+class PredictSettings:
+    """`tile-predict`'s flags; ``size``/``overlap`` None take the training grid, ``nodata`` replaces the
+    raster's own nodata value."""
+    size: int | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    score_thr: float = 0.3
+    iou_thr: float = 0.1
+    cog: bool = False
+    allow_no_crs: bool = False
+    nodata: float | None = None
+
+
+class Predictor:
+    """A geo-seg or detector checkpoint, checked on creation, its model built once (`load`) for any number
+    of scenes, each checked (`check`) before the model is built."""
+
+    def __init__(self, checkpoint: Path, settings: PredictSettings):
+        self.checkpoint, self.settings = Path(checkpoint), settings
+        s = settings
+        check_numbers(s.size, s.overlap, s.batch_size, s.score_thr, s.iou_thr)
+        if self.checkpoint.is_dir():
+            raise UserError(f"{checkpoint}: a folder, not a checkpoint file")
+        if not self.checkpoint.is_file():
+            raise UserError(f"{checkpoint}: no such checkpoint")
+        from domainmona.geo.segmodel import read_spec
+
+        self.spec = read_spec(self.checkpoint)
+        self.trained = self.spec if self.spec is not None else read_sidecar(self.checkpoint)
+        self.model = self.info = None
+        if self.segmentation:
+            size = self.spec["size"] if s.size is None else s.size
+            if size % 32:
+                raise UserError(f"--size {size}: segmentation tiles must be a multiple of 32")
+            self.opts = StreamOptions(size, self.spec["overlap"] if s.overlap is None else s.overlap, s.batch_size,
+                                      tuple(self.spec["bands"]), s.allow_no_crs, s.nodata)
+            check_stream_options(self.opts, half_overlap=True)
+
+    @property
+    def segmentation(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def suffix(self) -> str:
+        """The output of a scene: a class map or a GeoPackage."""
+        return ".tif" if self.segmentation else ".gpkg"
+
+    def inputs(self) -> list[Path]:
+        """The files an output must never replace, besides the scene."""
+        return [self.checkpoint, geo_sidecar(self.checkpoint)]
+
+    def check(self, raster: Path, out: Path) -> None:
+        """Refuse, before any work, an output of the wrong kind or one that may not be written (an input, a
+        file domainmona did not write), and a scene unlike the training scenes."""
+        from domainmona.geo.vectors import DRIVERS
+
+        if out.suffix.lower() not in (*GEOTIFF_SUFFIXES, *DRIVERS):
+            raise UserError(f"--out {out}: must end in .tif (a class map) or .gpkg/.geojson (polygons)")
+        if self.segmentation and out.suffix.lower() not in GEOTIFF_SUFFIXES:
+            raise UserError(f"{out}: a segmentation checkpoint writes a GeoTIFF (.tif)")
+        if not self.segmentation and out.suffix.lower() in GEOTIFF_SUFFIXES:
+            raise UserError(f"{out}: a detector checkpoint writes polygons (.gpkg or .geojson)")
+        claim_file(out, [raster, *self.inputs()], is_ours=prediction_is_ours, what="--out")
+        check_scene(raster, self.trained, self.checkpoint, self.settings.allow_no_crs, self.settings.nodata)
+
+    def load(self) -> None:
+        from domainmona.adapters import prepare_for_inference
+        from domainmona.detection.checkpoint import load_detector
+        from domainmona.geo.segmodel import load_segmenter
+
+        if self.segmentation:
+            self.model, self.spec = load_segmenter(self.checkpoint, self.opts.size)
+        else:
+            self.model, self.info = load_detector(self.checkpoint)
+            prepare_for_inference(self.model)
+
+    def predict(self, raster: Path, out: Path, ranks: Ranks = ALONE) -> int:
+        """Predict ``raster`` into ``out`` (shared by ``ranks``); the pixels labelled or objects written."""
+        s = self.settings
+        if self.segmentation:
+            return predict_class_map(raster, out, segment_infer(self.model, self.spec["stats"]),
+                                     self.spec["classes"], self.opts, s.cog, ranks)
+        bands, stats = _detection_inputs(raster, self.trained, s.allow_no_crs, s.nodata)
+        info = self.info
+        opts = StreamOptions(info.patch_size if s.size is None else s.size,
+                             info.patch_gap if s.overlap is None else s.overlap, s.batch_size, bands,
+                             s.allow_no_crs, s.nodata)
+        infer = detect_infer(self.model, info.config(self.checkpoint), stats)
+        return predict_polygons(raster, out, infer, list(info.classes), opts, s.score_thr, s.iou_thr, ranks)
+
+
 def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, overlap: int | None,
                  batch_size: int, score_thr: float, iou_thr: float = 0.1, cog: bool = False,
                  allow_no_crs: bool = False, nodata: float | None = None) -> Path:
-    """Predict ``raster`` with a geo-seg or detector checkpoint into ``out``; ``size``/``overlap`` None take
-    the training grid; ``nodata`` replaces the raster's own nodata value. Everything is checked before the
-    model is built: the numbers, that ``out`` may be written (not an input, not a file domainmona did not
-    write) and that the scene is like the training scenes (band count, dtype) with a usable nodata value."""
-    from domainmona.adapters import prepare_for_inference
-    from domainmona.geo.segmodel import load_segmenter, read_spec
-    from domainmona.geo.vectors import DRIVERS
-
-    raster, checkpoint, out = Path(raster), Path(checkpoint), Path(out)
-    check_numbers(size, overlap, batch_size, score_thr, iou_thr)
-    if out.suffix.lower() not in (*GEOTIFF_SUFFIXES, *DRIVERS):
-        raise UserError(f"--out {out}: must end in .tif (a class map) or .gpkg/.geojson (polygons)")
-    if checkpoint.is_dir():
-        raise UserError(f"{checkpoint}: a folder, not a checkpoint file")
-    if not checkpoint.is_file():
-        raise UserError(f"{checkpoint}: no such checkpoint")
-    claim_file(out, [raster, checkpoint, geo_sidecar(checkpoint)], is_ours=prediction_is_ours, what="--out")
-    spec = read_spec(checkpoint)
-    if spec is not None:
-        if out.suffix.lower() not in GEOTIFF_SUFFIXES:
-            raise UserError(f"{out}: a segmentation checkpoint writes a GeoTIFF (.tif)")
-        size = spec["size"] if size is None else size
-        if size % 32:
-            raise UserError(f"--size {size}: segmentation tiles must be a multiple of 32")
-        opts = StreamOptions(size, spec["overlap"] if overlap is None else overlap, batch_size,
-                             tuple(spec["bands"]), allow_no_crs, nodata)
-        check_stream_options(opts, half_overlap=True)
-        check_scene(raster, spec, checkpoint, allow_no_crs, nodata)
-        model, spec = load_segmenter(checkpoint, size)
-        return segment_scene(raster, out, segment_infer(model, spec["stats"]), spec["classes"], opts, cog)
-
-    from domainmona.detection.checkpoint import load_detector
-
-    if out.suffix.lower() in GEOTIFF_SUFFIXES:
-        raise UserError(f"{out}: a detector checkpoint writes polygons (.gpkg or .geojson)")
-    geo = read_sidecar(checkpoint)
-    check_scene(raster, geo, checkpoint, allow_no_crs, nodata)
-    model, info = load_detector(checkpoint)
-    prepare_for_inference(model)
-    bands, stats = _detection_inputs(raster, geo, allow_no_crs, nodata)
-    opts = StreamOptions(info.patch_size if size is None else size, info.patch_gap if overlap is None else overlap,
-                         batch_size, bands, allow_no_crs, nodata)
-    infer = detect_infer(model, info.config(checkpoint), stats)
-    return detect_scene(raster, out, infer, list(info.classes), opts, score_thr, iou_thr)
+    """Predict ``raster`` with a geo-seg or detector checkpoint into ``out`` (see `PredictSettings`).
+    Everything is checked before the model is built: the numbers, that ``out`` may be written (not an
+    input, not a file domainmona did not write) and that the scene is like the training scenes (band count,
+    dtype) with a usable nodata value."""
+    raster, out = Path(raster), Path(out)
+    predictor = Predictor(checkpoint, PredictSettings(size, overlap, batch_size, score_thr, iou_thr, cog,
+                                                      allow_no_crs, nodata))
+    predictor.check(raster, out)
+    predictor.load()
+    predictor.predict(raster, out)
+    return out
 
 
 def read_sidecar(checkpoint: Path) -> dict:
