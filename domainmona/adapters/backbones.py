@@ -20,6 +20,12 @@ SWIN_SIZES = {
     "micro": (32, (1, 1, 2, 1), (1, 2, 4, 8)),  # the detection pipeline's CPU-sized Swin
 }
 
+# Backbones `adapters probe` builds: every mmdet Swin size and MONAI SwinUNETR (here, not in the probe module,
+# for the command line's choices at start-up).
+SWIN_NAMES = tuple(SWIN_SIZES)
+VOLUME_NAMES = ("swinunetr",)
+PROBE_BACKBONES = SWIN_NAMES + VOLUME_NAMES
+
 
 def _mmdet_swin(name: str, **kwargs) -> nn.Module:
     from mmdet.models.backbones.swin import SwinTransformer

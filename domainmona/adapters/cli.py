@@ -7,8 +7,7 @@ from typing import Literal, Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.adapters.backbones import BACKBONES
-from domainmona.adapters.probe import PROBE_BACKBONES
+from domainmona.adapters.backbones import BACKBONES, PROBE_BACKBONES
 from domainmona.options import method_choice
 
 # Choices from the registries (without torch): the named backbones, the probe's, the methods or 'all'.
@@ -40,10 +39,9 @@ def register(groups: CommandGroups) -> None:
         """Table of backbone / trainable parameters for a backbone and adapter method (built without weights)."""
         from rich.table import Table
 
-        from domainmona.adapters import METHODS, inject, trainable_report
-        from domainmona.adapters.backbones import build_backbone
+        from domainmona.adapters import METHODS
+        from domainmona.adapters.report import method_reports
         from domainmona.console import console
-        from domainmona.errors import UserError
 
         names = list(METHODS) if method == "all" else [method]
         config = _parse_options(option)
@@ -51,15 +49,10 @@ def register(groups: CommandGroups) -> None:
         for column in ("method", "backbone params", "trainable backbone params", "% of backbone",
                        "% of whole model"):
             table.add_column(column, justify="left" if column == "method" else "right")
-        for name in names:
-            try:
-                model = inject(build_backbone(backbone), name, **(config if method != "all" else {}))
-            except UserError as exc:
-                if method != "all":
-                    raise
-                table.add_row(name, f"[dim]not defined: {exc}[/]", "", "", "")  # e.g. vpt-shallow off plain ViT
+        for name, counts in method_reports(backbone, names, **(config if method != "all" else {})):
+            if isinstance(counts, str):
+                table.add_row(name, f"[dim]not defined: {counts}[/]", "", "", "")
                 continue
-            counts = trainable_report(model)
             table.add_row(name, f"{counts.backbone_params:,}", f"{counts.trainable_backbone_params:,}",
                           f"{counts.percent_of_backbone:.2f}%", f"{counts.percent_of_model:.2f}%")
         console.print(table)

@@ -26,13 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from domainmona.adapters.backbones import SWIN_SIZES
+from domainmona.adapters.backbones import PROBE_BACKBONES, VOLUME_NAMES
 from domainmona.errors import UserError
 
-# Backbones the probe builds (see `backbones.build_backbone`): every mmdet Swin size and MONAI SwinUNETR.
-SWIN_NAMES = tuple(SWIN_SIZES)
-VOLUME_NAMES = ("swinunetr",)
-PROBE_BACKBONES = SWIN_NAMES + VOLUME_NAMES
 SIZE_MULTIPLE = 32  # Swin: patch 4 and three 2x downsamplings; SwinUNETR: inputs divisible by 32
 MAX_SIZE = {"2d": 8192, "3d": 1024}
 MAX_BATCH = 4096

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
-import pkgutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -35,6 +34,8 @@ class Registry(Generic[T]):
 
     def load(self, package: str, path: Iterable[str]) -> dict[str, T]:
         """Import every module of `package` (its `__path__`), each registering what it defines; the entries."""
+        import pkgutil  # not for the command line's start-up, which only reads `method_names`
+
         for info in pkgutil.iter_modules(path):
             importlib.import_module(f"{package}.{info.name}")
         return {name: entry for name, (_, entry) in sorted(self._entries.items(), key=lambda i: (i[1][0], i[0]))}

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from domainmona.adapters.families import find_backbone
-from domainmona.adapters.inject import STATE_ATTR, adapter_parameter_names
+from domainmona.adapters.inject import STATE_ATTR, adapter_parameter_names, inject
+from domainmona.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,22 @@ def trainable_report(model: nn.Module, backbone: nn.Module | None = None) -> Tra
         model_params=sum(p.numel() for p in model.parameters()),
         trainable_model_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+
+
+def method_reports(backbone: str, methods: list[str], **config) -> list[tuple[str, TrainableReport | str]]:
+    """(method, its counts on the named `backbone` built with random weights) for each method; with several
+    methods, one the backbone's family does not define gets the reason instead (e.g. vpt-shallow off plain
+    ViTs), with one its error is raised. `adapters report` and benchmarks/adapter_counts.py print these."""
+    from domainmona.adapters.backbones import build_backbone
+
+    rows: list[tuple[str, TrainableReport | str]] = []
+    for name in methods:
+        try:
+            model = inject(build_backbone(backbone), name, **config)
+        except UserError as exc:
+            if len(methods) == 1:
+                raise
+            rows.append((name, str(exc)))
+            continue
+        rows.append((name, trainable_report(model)))
+    return rows
