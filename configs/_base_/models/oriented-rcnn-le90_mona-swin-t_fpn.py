@@ -1,7 +1,8 @@
 # Oriented R-CNN (le90) with a Swin-T + FPN, the backbone being domainmona's MonaSwinTransformer.
 # Mirrored from mmrotate 1.x `oriented_rcnn/oriented-rcnn-le90_r50_fpn_1x_dota.py` and its Swin-T
-# variant. Every adapter method is one field: model.backbone.adapter.type (mona, full, fixed, bitfit,
-# normtuning, partial-1, adapter, lora, adaptformer, lorand). `weights` is a local ImageNet Swin file
+# variant. Every adapter method is one field: model.backbone.adapter.type, any registered method
+# (domainmona.adapters.METHODS; `domainmona adapters report --method all` lists them) with its options
+# beside it, e.g. dict(type='lora', rank=16). `weights` is a local ImageNet Swin file
 # (official Microsoft, timm or OpenMMLab format); `domainmona train --pretrained` sets it.
 angle_version = 'le90'
 model = dict(
