@@ -14,7 +14,7 @@ from torch import nn
 
 from domainmona import __version__
 from domainmona.adapters.identity import backbone_id, frozen_fingerprint, persistent_buffers
-from domainmona.adapters.inject import adapted_backbones, inject, method_parameter_names
+from domainmona.adapters.inject import adapted_backbones, adapter_parameter_names, inject, method_parameter_names
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, load_safetensors
 
@@ -23,15 +23,18 @@ FORMAT = "domainmona-adapter"
 
 def file_tensors(model: nn.Module, modules_to_save: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """What an adapter file of `model` holds: the parameters its adapted backbone's method trains (added at
-    injection, or base weights it trains) with the persistent buffers of their modules (e.g. the statistics of
-    a BatchNorm that trains), and every parameter and persistent buffer of the `modules_to_save`."""
-    method = method_parameter_names(model)
+    injection, or base weights it trains), the persistent buffers of modules whose base weights train (the
+    statistics of a BatchNorm that trains) or that injection added whole, and every parameter and persistent
+    buffer of the `modules_to_save`. (Not the buffers of a frozen layer that merely gained a tensor, such as an
+    attention's position index beside VPT's prompts.)"""
+    method, added = method_parameter_names(model), adapter_parameter_names(model)
     inside = tuple(f"{m}." for m in modules_to_save)
     tensors = {n: p for n, p in model.named_parameters() if n in method or n.startswith(inside)}
-    owners = {n.rpartition(".")[0] for n in tensors if n in method}
     for owner_name, owner in model.named_modules():
-        if owner_name in owners or f"{owner_name}.".startswith(inside):
-            prefix = f"{owner_name}." if owner_name else ""
+        prefix = f"{owner_name}." if owner_name else ""
+        own = [prefix + n for n, _ in owner.named_parameters(recurse=False)]
+        trains_base = any(n in method and n not in added for n in own)
+        if trains_base or (own and all(n in added for n in own)) or prefix.startswith(inside):
             tensors.update((prefix + n, b) for n, b in persistent_buffers(owner).items() if "." not in n)
     return tensors
 

@@ -140,7 +140,7 @@ def install_safe_checkpoint_loader() -> None:
 def modules_to_save(model) -> list[str]:
     """What a detector checkpoint holds besides the adapters: the neck and heads, which train fully, and the
     patch embedding where it trains (inflated to other than 3 bands, see MonaSwinTransformer)."""
-    trains = any(p.requires_grad for p in model.backbone.patch_embed.parameters())
+    trains = all(p.requires_grad for p in model.backbone.patch_embed.parameters())
     return ['neck', 'rpn_head', 'roi_head'] + (['backbone.patch_embed'] if trains else [])
 
 

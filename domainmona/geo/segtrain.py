@@ -175,7 +175,7 @@ def _modules_to_save(model) -> list[str]:
     from domainmona.geo.segmodel import patch_embedding
 
     embed = patch_embedding(model)
-    trains = any(p.requires_grad for p in embed.parameters())
+    trains = all(p.requires_grad for p in embed.parameters())
     return ["decoder", "segmentation_head"] + [n for n, m in model.named_modules() if m is embed and trains]
 
 
