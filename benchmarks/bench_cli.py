@@ -5,7 +5,10 @@ The median of `--rounds` runs per command line is reported: wall time (process s
 other processes inflates) and the process's CPU time (user + system, which it barely does).
 Writes benchmarks/results/cli.md and cli.json.
 
-    .venv/bin/python benchmarks/bench_cli.py [--rounds 5]
+    .venv/bin/python benchmarks/bench_cli.py [--rounds 5] [--only "train dota --help" --only=--help]
+
+`--only TEXT` (repeatable) times just the command lines equal to `domainmona TEXT` and prints them, writing no
+results (a quick before/after check of a change).
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ def _children_cpu_s() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", action="append", default=[], help="time only `domainmona ONLY`; no files written")
     args = parser.parse_args()
     script = Path(sys.executable).with_name("domainmona")
     rows = []
-    for argv in command_lines():
+    chosen = [argv for argv in command_lines() if not args.only or " ".join(argv) in args.only]
+    for argv in chosen:
         times, cpu = [], []
         for _ in range(args.rounds):
             before, start = _children_cpu_s(), time.perf_counter()
@@ -61,6 +66,10 @@ def main() -> None:
             cpu.append(_children_cpu_s() - before)
         rows.append({"command": " ".join(["domainmona", *argv]), "median_s": statistics.median(times),
                      "max_s": max(times), "cpu_s": statistics.median(cpu)})
+    if args.only:
+        for row in rows:
+            print(f"{row['command']}: median {row['median_s']:.2f} s wall, {row['cpu_s']:.2f} s CPU")
+        return
     worst = max(row["median_s"] for row in rows)
     result = {"machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
               "rounds": args.rounds, "goal_s": GOAL_S, "worst_median_s": worst, "rows": rows}
