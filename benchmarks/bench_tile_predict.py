@@ -7,8 +7,11 @@
 2. Memory: `segment_scene` on a 4k² and a 16k² raster, each in a fresh process, peak RSS compared. The
    network is a 1x1 convolution (a real torch model, cheap enough to stream 268 Mpx on 2 CPU cores), so
    the number isolates what the streaming pipeline itself holds.
+3. Scaling: the `domainmona tile-predict` command with a micro Mona-Swin geo-seg checkpoint (untrained,
+   seeded: timing only) on 1 process and on 2 (`--gpus 2`: torchrun, gloo, one thread each), on four
+   scenes (whole scenes per process) and on one scene (bands of its tile rows), wall time of the command.
 
-    .venv/bin/python benchmarks/bench_tile_predict.py [--work DIR] [--skip-sahi] [--skip-memory]
+    .venv/bin/python benchmarks/bench_tile_predict.py [--work DIR] [--skip-sahi] [--skip-memory] [--skip-scaling]
 
 Results go to benchmarks/results/geo.md.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -26,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import machine
 
 from domainmona.geo.predict import StreamOptions, Tile, detect_scene, segment_scene
 from domainmona.geo.synthetic import SceneSpec, write_scene
@@ -187,6 +192,68 @@ def measure_memory(work: Path) -> dict[int, dict]:
     return results
 
 
+SCALING_TILE, SCALING_OVERLAP = 256, 64
+SCALING_RUNS = {"four 768² scenes": (4, 768), "one 1536² scene": (1, 1536)}
+
+
+def scaling_checkpoint(work: Path) -> Path:
+    """An untrained micro Mona-Swin geo-seg checkpoint for 3-band uint8 scenes, seeded."""
+    import torch
+
+    from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
+    from domainmona.geo.tiling import TileOptions, tile_scenes
+
+    checkpoint = work / "seg-micro.safetensors"
+    if not checkpoint.exists():
+        raster = scene(work, 256, objects=4)
+        tile_scenes([raster], work / "labels_256.gpkg", work / "chips",
+                    TileOptions(size=SCALING_TILE, overlap=SCALING_OVERLAP, task="segmentation"))
+        spec = model_spec(load_settings(encoder="micro"), json.loads((work / "chips" / "manifest.json").read_text()))
+        torch.manual_seed(0)
+        save_segmenter(build_model(spec), spec, checkpoint)
+    return checkpoint
+
+
+def measure_scaling(work: Path, repeats: int) -> dict[str, dict[int, list[tuple[float, float, float]]]]:
+    """(wall s, CPU s, 1-minute load average before) of `domainmona tile-predict --out-dir` runs on 1 and 2
+    processes, interleaved, each into a new folder; one thread per process (torchrun's default for several), so
+    2 processes may use the core one leaves idle. CPU seconds (all processes) show what sharing adds: the tile
+    row above each band, assembly, start-up."""
+    import resource
+    import shutil
+
+    checkpoint = scaling_checkpoint(work)
+    exe = Path(sys.executable).with_name("domainmona")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    times: dict[str, dict[int, list[tuple[float, float, float]]]] = {}
+    for name, (count, size) in SCALING_RUNS.items():
+        rasters = []
+        for i in range(count):
+            raster = work / f"scaling_{size}_{i}.tif"
+            if not raster.exists():
+                write_scene(raster, work / f"scaling_{size}_{i}.gpkg",
+                            SceneSpec(width=size, height=size, objects=size // 64, seed=10 + i))
+            rasters.append(str(raster))
+        times[name] = {1: [], 2: []}
+        for _ in range(repeats):
+            for processes in (1, 2):
+                out = work / f"scaling_out_{processes}"
+                shutil.rmtree(out, ignore_errors=True)
+                load, start, cpu = os.getloadavg()[0], time.perf_counter(), _children_cpu(resource)
+                subprocess.run([str(exe), "tile-predict", *rasters, "--checkpoint", str(checkpoint), "--out-dir",
+                                str(out), "--size", str(SCALING_TILE), "--overlap", str(SCALING_OVERLAP),
+                                "--gpus", str(processes)], env=env, check=True, capture_output=True)
+                times[name][processes].append((time.perf_counter() - start, _children_cpu(resource) - cpu, load))
+                print(name, processes, times[name][processes][-1], flush=True)
+    return times
+
+
+def _children_cpu(resource) -> float:
+    """User + system seconds of every finished (waited-for) descendant: torchrun's workers included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _previous_section(heading: str) -> list[str]:
     """The section of the existing report that starts with `heading`, kept when this run skips that part."""
     if not RESULTS.exists():
@@ -199,7 +266,7 @@ def _previous_section(heading: str) -> list[str]:
     return text[start:end if end >= 0 else len(text)].rstrip("\n").split("\n") + [""]
 
 
-def write_report(speed: dict | None, memory: dict | None) -> None:
+def write_report(speed: dict | None, memory: dict | None, scaling: dict | None) -> None:
     lines = ["# tile-predict benchmark", ""]
     measured = f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()} CPU"
     if speed:
@@ -229,6 +296,24 @@ def write_report(speed: dict | None, memory: dict | None) -> None:
         lines += ["", f"Peak grows by {growth * 100:.1f}% for 16× the pixels (goal ≤ 10%).", ""]
     else:
         lines += _previous_section("## Peak memory")
+    if scaling:
+        runs = len(next(iter(scaling.values()))[1])
+        loads = [run[2] for by_count in scaling.values() for timed in by_count.values() for run in timed]
+        lines += [f"## Scaling: 1 vs 2 processes, micro Mona-Swin geo-seg, tiles {SCALING_TILE}/{SCALING_OVERLAP}", "",
+                  f"{time.strftime('%Y-%m-%d %H:%M')}, {machine()}; `domainmona tile-predict --out-dir` wall time "
+                  f"(process start and model load included) and CPU time of all its processes, one thread per "
+                  f"process, {runs} interleaved runs, medians. 1-minute load average before the runs "
+                  f"{min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} cores (other jobs share the machine).", "",
+                  "| input | 1 process: wall s (CPU s) | 2 processes: wall s (CPU s) | wall runs 1 / 2 | speed-up |",
+                  "| --- | ---: | ---: | --- | ---: |"]
+        for name, by_count in scaling.items():
+            (one, one_cpu, _), (two, two_cpu, _) = (tuple(map(statistics.median, zip(*by_count[n]))) for n in (1, 2))
+            lines.append(f"| {name} | {one:.1f} ({one_cpu:.1f}) | {two:.1f} ({two_cpu:.1f}) | "
+                         f"{', '.join(f'{run[0]:.1f}' for run in by_count[1])} / "
+                         f"{', '.join(f'{run[0]:.1f}' for run in by_count[2])} | {one / two:.2f}× |")
+        lines.append("")
+    else:
+        lines += _previous_section("## Scaling")
     with atomic_path(RESULTS) as tmp:
         tmp.write_text("\n".join(lines))
     print("\n".join(lines))
@@ -245,6 +330,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="Folder for generated rasters (kept).")
     parser.add_argument("--skip-sahi", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-scaling", action="store_true")
     parser.add_argument("--repeats", type=int, default=3, help="Timed runs per pipeline (after a warm-up).")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -262,7 +348,8 @@ def main() -> None:
         speed = measure_speed(work, args.repeats)
         print(speed, flush=True)
     memory = None if args.skip_memory else measure_memory(work)
-    write_report(speed, memory)
+    scaling = None if args.skip_scaling else measure_scaling(work, args.repeats)
+    write_report(speed, memory, scaling)
 
 
 if __name__ == "__main__":

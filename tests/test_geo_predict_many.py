@@ -42,12 +42,13 @@ def _pixel_model():
 
 
 def _predict_both(root: Path, ranks: Ranks) -> tuple[int, int]:
-    """The class map and the detections of the two test scenes, shared by ``ranks``."""
+    """The class map (a COG) and the detections of the two test scenes, shared by ``ranks``."""
     from test_geo_predict import _oracle_detector
 
     seg = write_scene(root / "seg.tif", root / "seg.gpkg", SEG_SPEC)
     det = write_scene(root / "det.tif", root / "det.gpkg", DET_SPEC)
-    pixels = predict_class_map(seg.raster, root / "classes.tif", _pixel_model(), ["a", "b"], SEG, ranks=ranks)
+    pixels = predict_class_map(seg.raster, root / "classes.tif", _pixel_model(), ["a", "b"], SEG, cog=True,
+                               ranks=ranks)
     infer, classes = _oracle_detector(det, DET_SIZE)
     objects = predict_polygons(det.raster, root / "dets.gpkg", infer, classes, DET, score_thr=0.1, ranks=ranks)
     return pixels, objects
@@ -110,8 +111,8 @@ def _torchrun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 
 @pytest.mark.slow
 def test_two_gloo_processes_write_the_bytes_one_process_writes(tmp_path):
-    """Segmentation by bands of tile rows (parts assembled by rank 0) and detection merged across the rank
-    border: the class map file is byte-identical and the detection set the same as one process's."""
+    """Segmentation by bands of tile rows (parts assembled by rank 0 into a COG) and detection merged across
+    the rank border: the class map file is byte-identical and the detection set the same as one process's."""
     alone = tmp_path / "alone"
     alone.mkdir()
     pixels, objects = _predict_both(alone, Ranks())
@@ -121,6 +122,8 @@ def test_two_gloo_processes_write_the_bytes_one_process_writes(tmp_path):
     assert report == {"world": 2, "pixels": pixels, "objects": objects}
     shared = tmp_path / "rank0"
     assert (shared / "classes.tif").read_bytes() == (alone / "classes.tif").read_bytes()
+    with rasterio.open(shared / "classes.tif") as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
     assert _detections(shared / "dets.gpkg") == _detections(alone / "dets.gpkg")
     truth = write_scene(tmp_path / "truth.tif", tmp_path / "truth.gpkg", DET_SPEC).polygons
     assert objects == len(truth)  # each object once: duplicates across the rank border merged too
@@ -205,10 +208,12 @@ def test_out_dir_is_refused_in_one_line_for_ambiguous_or_foreign_outputs(checkpo
     a, b = _scene(tmp_path / "a", "scene"), _scene(tmp_path / "b", "scene", seed=4)
     cases = [
         ((a, b, "--out-dir", tmp_path / "o"), "would both write"),
+        ((a, a, "--out-dir", tmp_path / "o"), "would both write"),
         ((a, b, "--out", tmp_path / "o.tif"), "use --out-dir"),
         ((a,), "give --out (one scene) or --out-dir"),
         ((a, "--out", tmp_path / "o.tif", "--out-dir", tmp_path / "o"), "give --out (one scene) or --out-dir"),
         ((f"@{tmp_path / 'none.txt'}", "--out-dir", tmp_path / "o"), "cannot read the scene list"),
+        ((a, "--out-dir", tmp_path / "o", "--gpus", "0"), "--gpus"),
     ]
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.md").write_text("mine")

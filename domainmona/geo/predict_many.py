@@ -53,13 +53,14 @@ def expand_scenes(arguments: list[Path]) -> list[Path]:
 
 
 def scene_outputs(scenes: list[Path], out_dir: Path, suffix: str) -> list[Path]:
-    """`OUT_DIR/<stem><suffix>` for each scene; two scenes with one stem would write one file."""
+    """`OUT_DIR/<stem><suffix>` for each scene; two scenes with one stem (or one scene given twice) would
+    write one file."""
     seen: dict[str, Path] = {}
     for scene in scenes:
-        other = seen.setdefault(scene.stem, scene)
-        if other != scene:
-            raise UserError(f"{other} and {scene} would both write {out_dir / (scene.stem + suffix)}; "
-                            "rename one or predict them into separate --out-dir folders")
+        if scene.stem in seen:
+            raise UserError(f"{seen[scene.stem]} and {scene} would both write {out_dir / (scene.stem + suffix)}; "
+                            "give each scene once, and scenes of one name in separate calls")
+        seen[scene.stem] = scene
     return [out_dir / (scene.stem + suffix) for scene in scenes]
 
 
