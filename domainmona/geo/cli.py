@@ -19,6 +19,45 @@ NODATA_HELP = ("Pixel value that marks nodata, replacing the raster's own (nan f
                "infinite float pixels are always nodata).")
 
 
+class Sampler(str, Enum):
+    random = "random"
+    grid = "grid"
+
+
+SCENE_FLAGS = "--labels, --size, --overlap, --bands, --class-field, --shots, --sampler, --nodata, --allow-no-crs"
+
+
+def scene_inputs(chips: Optional[Path], scenes: Optional[list[Path]], labels: Optional[Path], size: Optional[int],
+                 overlap: Optional[int], bands: Optional[str], class_field: Optional[str], shots: Optional[int],
+                 sampler: Optional[Sampler], nodata: Optional[float], allow_no_crs: bool):
+    """The scene inputs of `train geo-seg|geo-det` (domainmona.geo.scenes.SceneOptions), or None for --chips;
+    exactly one of --chips and --scenes, the scene flags only with --scenes."""
+    from domainmona.errors import UserError
+    from domainmona.geo.predict_many import expand_scenes
+    from domainmona.geo.raster import parse_bands
+    from domainmona.geo.scenes import SceneOptions
+
+    scene_flags = (labels, size, overlap, bands, class_field, shots, sampler, nodata)
+    if (chips is None) == (not scenes):
+        raise UserError("give --chips (from 'tile') or --scenes RASTER with --labels VECTOR, exactly one of the two")
+    if chips is not None:
+        if allow_no_crs or any(flag is not None for flag in scene_flags):
+            raise UserError(f"{SCENE_FLAGS} go with --scenes; chips carry their own")
+        return None
+    if labels is None:
+        raise UserError("--scenes needs --labels VECTOR (polygons with a class field)")
+    defaults = SceneOptions([], labels)
+    return SceneOptions(expand_scenes(scenes), labels, defaults.size if size is None else size,
+                        defaults.overlap if overlap is None else overlap, parse_bands(bands),
+                        class_field or defaults.class_field, shots, allow_no_crs, nodata,
+                        (sampler or Sampler.random).value)
+
+
+def _scenes_option():
+    return typer.Option(None, "--scenes", help="Train on windows read from these GeoTIFF scenes (repeat the flag; "
+                        "@LIST names one scene per line) instead of --chips: nothing written to disk.")
+
+
 class Task(str, Enum):
     detection = "detection"
     segmentation = "segmentation"
@@ -120,8 +159,26 @@ def register(groups: CommandGroups) -> None:
             raise UserError(f"{len(failed)} of {len(outcomes)} scene(s) failed (see the table above)")
         console.print(str(out_dir), soft_wrap=True)
 
+    scene_labels = typer.Option(None, "--labels", help="With --scenes: polygons (GeoPackage, GeoJSON, ...), any CRS.")
+    scene_size = typer.Option(None, "--size", min=32, help="With --scenes: window size in pixels (default 1024).")
+    scene_overlap = typer.Option(None, "--overlap", min=0, help="With --scenes: overlap of the grid's windows "
+                                 "(default 200).")
+    scene_bands = typer.Option(None, "--bands", help="With --scenes: 1-based bands, e.g. 1,2,3 (default all).")
+    scene_class_field = typer.Option(None, "--class-field", help="With --scenes: attribute holding the class name "
+                                     "(default class).")
+    scene_sampler = typer.Option(None, "--sampler", help="With --scenes: random windows around labelled objects "
+                                 "and background (default), or the tiling grid's labelled windows.")
+    scene_nodata = typer.Option(None, "--nodata", help="With --scenes: " + NODATA_HELP)
+    scene_no_crs = typer.Option(False, "--allow-no-crs", help="With --scenes: accept rasters without a CRS.")
+
     @groups.train.command("geo-seg")
-    def train_geo_seg(chips: Path = typer.Option(..., "--chips", help="Segmentation chips from 'tile'."),
+    def train_geo_seg(chips: Optional[Path] = typer.Option(None, "--chips", help="Segmentation chips from 'tile'."),
+                      scenes: Optional[list[Path]] = _scenes_option(),
+                      labels: Optional[Path] = scene_labels, size: Optional[int] = scene_size,
+                      overlap: Optional[int] = scene_overlap, bands: Optional[str] = scene_bands,
+                      class_field: Optional[str] = scene_class_field, shots: Optional[int] = shots_option(),
+                      sampler: Optional[Sampler] = scene_sampler, nodata: Optional[float] = scene_nodata,
+                      allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
                       encoder: Optional[str] = typer.Option(None, "--encoder", help="swin-t, swin-b or micro."),
@@ -138,12 +195,15 @@ def register(groups: CommandGroups) -> None:
                                                        "a larger --max-iters extends the run)."),
                       amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
                       checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
-        """Fine-tune a Mona-Swin segmentation model (smp) on chips; prints the checkpoint path last."""
+        """Fine-tune a Mona-Swin segmentation model (smp) on chips or straight on scenes; prints the checkpoint
+        path last."""
         from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
 
+        source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
+                              allow_no_crs)
         opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed,
                                overrides={"save_every": save_every, "amp": amp, "adapter_recompute": adapter_recompute,
-                                          "checkpoint_blocks": checkpoint_blocks}, resume=resume)
+                                          "checkpoint_blocks": checkpoint_blocks}, resume=resume, scenes=source)
         console.print(str(train_segmentation(opts)), soft_wrap=True)
 
     @groups.train.command("geo-det")

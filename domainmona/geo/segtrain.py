@@ -1,4 +1,5 @@
-"""`domainmona train geo-seg`: fine-tune the adapter and decoder on segmentation chips from `domainmona tile`.
+"""`domainmona train geo-seg`: fine-tune the adapter and decoder on segmentation chips from `domainmona tile`,
+or on windows read straight from scenes (domainmona.geo.scenes), through the same loop.
 
 Trains on the CUDA device when one is visible, in mixed precision there (domainmona.devices). Every
 `save_every` iterations the whole training state (weights, AdamW moments, the loss scale, both random
@@ -10,6 +11,7 @@ weights an uninterrupted run reaches (bit for bit on the same machine and thread
 from __future__ import annotations
 
 import json
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from rasterio.errors import RasterioIOError
 from domainmona.console import console, progress
 from domainmona.errors import UserError
 from domainmona.geo.raster import gdal_reason
+from domainmona.geo.scenes import SceneOptions, SceneWindows
 from domainmona.geo.stats import normalise
 from domainmona.geo.tiling import IGNORE, read_manifest
 from domainmona.io import atomic_path, check_parent, claim_dir, load_torch
@@ -36,7 +39,7 @@ RESCHEDULABLE = ("max_iters", "log_every", "save_every", "amp", "adapter_recompu
 
 @dataclass
 class SegTrainOptions:
-    chips: Path
+    chips: Path | None  # chips from `tile`, or None with ``scenes``
     work_dir: Path
     max_iters: int | None = None
     encoder: str | None = None
@@ -48,6 +51,7 @@ class SegTrainOptions:
     seed: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # any other key of configs/geo/geo-seg.yaml
     resume: bool = False  # continue from WORK_DIR/state.pt
+    scenes: SceneOptions | None = None  # train on windows of scenes instead of chips
 
 
 def load_chips(chips_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +118,10 @@ def _read_state(path: Path, identity: dict[str, Any], max_iters: int) -> dict[st
     differ += sorted(k for k in set(saved["settings"]) | set(identity["settings"])
                      if saved["settings"].get(k) != identity["settings"].get(k))
     if differ:
-        names = ", ".join("the chips or model" if k == "spec" else k for k in differ)
-        raise UserError(f"{path}: that run used other settings ({names}); resume with the same chips and flags")
+        names = ", ".join("the chips or model" if k == "spec" else "the scene flags" if k == "scenes" else k
+                          for k in differ)
+        raise UserError(f"{path}: that run used other settings ({names}); resume with the same chips or scenes "
+                        "and flags")
     if state["step"] > max_iters:
         raise UserError(f"{path}: the run is at iteration {state['step']}, past --max-iters {max_iters}")
     return state
@@ -187,17 +193,24 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
 
     from domainmona.adapters import set_adapter_recompute, set_block_checkpointing
     from domainmona.adapters.checkpoint import save_adapter
-    from domainmona.devices import amp_dtype, autocast, clipped_step, default_device, describe, grad_scaler
+    from domainmona.devices import default_device
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
 
     settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
                              batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed, **opts.overrides)
-    manifest = read_manifest(opts.chips)
-    if manifest["task"] != "segmentation":
-        raise UserError(f"{opts.chips}: chips were made for {manifest['task']}; use 'domainmona train geo-det' "
-                        "or tile again with --task segmentation")
+    if (opts.chips is None) == (opts.scenes is None):
+        raise UserError("train on --chips (from 'tile') or on --scenes with --labels, exactly one of the two")
     work_dir = Path(opts.work_dir)
     _check_work_dir(work_dir, opts.resume)
+    if opts.scenes is not None:
+        scenes = SceneWindows.open(opts.scenes, "segmentation", settings["seed"])
+        manifest = scenes.manifest
+        settings["scenes"] = opts.scenes.identity()  # part of the run's identity, not of the model
+    else:
+        scenes, manifest = None, read_manifest(opts.chips)
+        if manifest["task"] != "segmentation":
+            raise UserError(f"{opts.chips}: chips were made for {manifest['task']}; use 'domainmona train "
+                            "geo-det' or tile again with --task segmentation")
     spec = model_spec(settings, manifest)
     identity = _run_identity(settings, spec, opts.pretrained)
     state_path = work_dir / STATE
@@ -212,8 +225,34 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     model.to(device)
     set_adapter_recompute(model, settings["adapter_recompute"])
     set_block_checkpointing(model, settings["checkpoint_blocks"])
-    images, masks = (torch.from_numpy(a) for a in load_chips(opts.chips, manifest))
-    claim_dir(work_dir, "train geo-seg")
+    with contextlib.ExitStack() as stack:
+        if scenes is None:
+            draw = _chip_batches(*(torch.from_numpy(a) for a in load_chips(opts.chips, manifest)))
+        else:
+            draw = stack.enter_context(scenes).segmentation_batch
+        claim_dir(work_dir, "train geo-seg")
+        _train(model, draw, settings, identity, state, state_path, device)
+    save_adapter(model, work_dir / ADAPTER, _modules_to_save(model))
+    return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT)
+
+
+def _chip_batches(images, masks):
+    """Batches of chips drawn with replacement; at most as many as there are chips."""
+    import torch
+
+    def draw(count: int, generator):
+        index = torch.randint(len(images), (min(count, len(images)),), generator=generator)
+        return images[index], masks[index]
+    return draw
+
+
+def _train(model, draw, settings: dict[str, Any], identity: dict[str, Any], state: dict[str, Any] | None,
+           state_path: Path, device) -> None:
+    """The loop, over batches from ``draw(batch_size, generator)`` (chips or scene windows)."""
+    import torch
+
+    from domainmona.devices import amp_dtype, autocast, clipped_step, describe, grad_scaler
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
     dtype = amp_dtype(device, settings["amp"])
@@ -227,8 +266,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     with progress() as bar:
         task = bar.add_task("training geo-seg", total=settings["max_iters"], completed=start)
         for step in range(start + 1, settings["max_iters"] + 1):
-            index = torch.randint(len(images), (min(settings["batch_size"], len(images)),), generator=generator)
-            batch, target = (t.to(device) for t in _augment(images[index], masks[index], generator))
+            batch, target = (t.to(device) for t in _augment(*draw(settings["batch_size"], generator), generator))
             with autocast(device, dtype):
                 loss = loss_fn(model(batch), target)
             if not torch.isfinite(loss):
@@ -241,5 +279,3 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
             if step % settings["save_every"] == 0 and step < settings["max_iters"]:
                 _save_state(state_path, step, identity, model, optimizer, scaler, generator)
     _save_state(state_path, settings["max_iters"], identity, model, optimizer, scaler, generator)  # may extend
-    save_adapter(model, work_dir / ADAPTER, _modules_to_save(model))
-    return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT)

@@ -82,7 +82,7 @@ def json_nodata(value: float | None) -> float | str | None:
     return "nan" if value is not None and math.isnan(value) else value
 
 
-def _check_options(opts: TileOptions) -> None:
+def check_options(opts: TileOptions) -> None:
     if opts.task not in LAYOUT:
         raise UserError(f"--task must be detection or segmentation, got '{opts.task}'")
     if opts.size < 32 or not 0 <= opts.overlap < opts.size:
@@ -98,11 +98,17 @@ def _chip_objects(pixel_labels: PixelIndex, scaled: ScaledObjects | None, col: i
     if scaled is not None:  # detection: the splitter's rule for cut objects (domainmona.tiling)
         objects, _ = objects_in_window(scaled, col, row, size)
         return objects
+    indices = visible_labels(pixel_labels, col, row, size)
+    return [(str(pixel_labels.classes[i]), pixel_labels.polygons[i]) for i in indices]
+
+
+def visible_labels(pixel_labels: PixelIndex, col: int, row: int, size: int) -> np.ndarray:
+    """Indices of the labels a segmentation window at (col, row) keeps: at least SLIVER_THR of their area inside."""
     box = shapely.box(col, row, col + size, row + size)
     indices = pixel_labels.query(col, row, size, size)
     polygons = pixel_labels.polygons[indices]
     visible = shapely.area(shapely.intersection(polygons, box)) / shapely.area(polygons)
-    return [(str(pixel_labels.classes[i]), p) for i, p, v in zip(indices, polygons, visible) if v >= SLIVER_THR]
+    return indices[visible >= SLIVER_THR]
 
 
 def _plan_raster(index: int, path: Path, pixel_labels: PixelIndex, opts: TileOptions,
@@ -123,7 +129,7 @@ def _plan_raster(index: int, path: Path, pixel_labels: PixelIndex, opts: TileOpt
     return plans
 
 
-def _class_mask(plan: ChipPlan, classes: list[str], size: int, valid: np.ndarray) -> np.ndarray:
+def class_mask(plan: ChipPlan, classes: list[str], size: int, valid: np.ndarray) -> np.ndarray:
     shapes = [(polygon, IGNORE) for _, polygon in plan.left_out]  # burnt first: labelled objects win overlaps
     shapes += [(polygon, classes.index(cls) + 1) for cls, polygon in plan.objects]
     mask = rasterize(shapes, out_shape=(size, size), transform=Affine.translation(plan.col, plan.row),
@@ -157,24 +163,28 @@ def _write_chip(out: Path, plan: ChipPlan, data: np.ndarray, valid: np.ndarray, 
             dst.write(data)
         with rasterio.open(out / label_dir / f"{plan.name}.tif", "w", count=1, dtype="uint8", nodata=IGNORE,
                            **profile) as dst:
-            dst.write(_class_mask(plan, classes, opts.size, valid)[None])
+            dst.write(class_mask(plan, classes, opts.size, valid)[None])
     return chip_transform
 
 
-def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOptions) -> dict:
-    """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest.
+@dataclass
+class TilePlan:
+    """What `tile` and the scene sampler (domainmona.geo.scenes) share: the classes, one record per scene,
+    each scene's labels in its pixel frame, and the windows of the tiling grid that hold labels (the K-shot
+    subset's only, each labelling its chosen classes)."""
 
-    ``out`` is replaced only when an earlier `tile` wrote it and nothing was added to it since; it may not
-    hold a raster or the labels."""
-    _check_options(opts)
-    if not rasters:
-        raise UserError("give at least one raster to tile")
-    rasters, labels_path, out = [Path(r) for r in rasters], Path(labels_path), Path(out)
-    check_parent(out, "--out")
-    check_replaceable(out, "tile", [*rasters, labels_path])
+    classes: list[str]
+    scenes: list[dict]
+    labels: list[PixelIndex]
+    plans: list[ChipPlan]
+
+
+def plan_tiles(rasters: list[Path], labels_path: Path, opts: TileOptions) -> TilePlan:
+    """Read the labels, place them on every raster (reprojected to its CRS) and plan the labelled windows;
+    geometry only, no pixels read."""
     labels = read_labels(labels_path, opts.class_field)
     classes = labels.class_names
-    scenes, plans = [], []
+    scenes, indexes, plans = [], [], []
     for index, path in enumerate(rasters):
         with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:
             warn_nodata(src)
@@ -186,6 +196,7 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
                            "dtype": src.dtypes[0], "nodata": json_nodata(nodata), "count": src.count,
                            "bands": list(selected_bands(src, opts.bands)),
                            "labels": len(pixel_labels.query(0, 0, src.width, src.height))})
+            indexes.append(pixel_labels)
             plans += _plan_raster(index, Path(path), pixel_labels, opts, src.width, src.height)
     if not any(scene["labels"] for scene in scenes):
         raise UserError(f"{labels_path}: no label overlaps {', '.join(str(r) for r in rasters)} "
@@ -200,7 +211,36 @@ def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOpt
         short = [f"{c} ({selection.totals[c]})" for c in classes if selection.totals[c] < opts.shots]
         if short:
             console.print(f"[yellow]fewer than {opts.shots} shots available for: {', '.join(short)}[/]")
-    return _write_dataset(rasters, out, opts, classes, scenes, plans, [*rasters, labels_path])
+    return TilePlan(classes, scenes, indexes, plans)
+
+
+def tile_scenes(rasters: list[Path], labels_path: Path, out: Path, opts: TileOptions) -> dict:
+    """Write chips, labels and `manifest.json` under ``out`` (atomically); returns the manifest.
+
+    ``out`` is replaced only when an earlier `tile` wrote it and nothing was added to it since; it may not
+    hold a raster or the labels."""
+    check_options(opts)
+    if not rasters:
+        raise UserError("give at least one raster to tile")
+    rasters, labels_path, out = [Path(r) for r in rasters], Path(labels_path), Path(out)
+    check_parent(out, "--out")
+    check_replaceable(out, "tile", [*rasters, labels_path])
+    plan = plan_tiles(rasters, labels_path, opts)
+    return _write_dataset(rasters, out, opts, plan.classes, plan.scenes, plan.plans, [*rasters, labels_path])
+
+
+def scene_statistics(rasters: list[Path], opts: TileOptions, scenes: list[dict], bar) -> list[dict]:
+    """Robust per-band statistics pooled over the scenes (one streamed pass each, domainmona.geo.stats); each
+    scene record gets its own under "stats"."""
+    per_raster = []
+    for index, path in enumerate(rasters):
+        with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:
+            task = bar.add_task(f"statistics {Path(path).name}", total=None)
+            per_raster.append(band_values(src, scenes[index]["bands"]))
+            bar.remove_task(task)
+    for scene, values in zip(scenes, per_raster):
+        scene["stats"] = summarise(values)
+    return summarise([BandValues.pooled(parts) for parts in zip(*per_raster)])
 
 
 def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: list[str], scenes: list[dict],
@@ -209,15 +249,7 @@ def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: l
     with streaming_env(), atomic_dir(out, "tile", inputs) as tmp, progress() as bar:
         for sub in LAYOUT[opts.task]:
             (tmp / sub).mkdir()
-        per_raster = []
-        for index, path in enumerate(rasters):
-            with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:
-                task = bar.add_task(f"statistics {Path(path).name}", total=None)
-                per_raster.append(band_values(src, scenes[index]["bands"]))
-                bar.remove_task(task)
-        stats = summarise([BandValues.pooled(parts) for parts in zip(*per_raster)])
-        for scene, values in zip(scenes, per_raster):
-            scene["stats"] = summarise(values)
+        stats = scene_statistics(rasters, opts, scenes, bar)
         task = bar.add_task("chips", total=len(plans))
         for index, path in enumerate(rasters):
             with open_raster(path, opts.bands, opts.allow_no_crs, opts.nodata) as src:

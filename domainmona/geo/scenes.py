@@ -1,0 +1,203 @@
+"""Training windows read straight from scenes (`train geo-seg --scenes ... --labels ...`): no chip files.
+
+Everything but the pixels is `tile`'s: the plan (domainmona.geo.tiling.plan_tiles: labels reprojected to each
+raster's CRS, the tiling grid, the cut-object rule, the K-shot subset), the pooled robust band statistics
+(stored in the checkpoint, so `tile-predict` normalises identically) and the nodata rule. Pixels are read
+on demand, one window at a time, through block-aligned windowed reads (domainmona.geo.raster.read_tile);
+the scene is never loaded whole.
+
+Samplers draw from the training loop's torch.Generator, so a seed gives the same windows and `--resume`
+continues the same sequence:
+  grid    the tiling grid's labelled windows holding valid pixels, i.e. the chips `tile` writes, drawn as
+          chip training draws chips (same seed: the same batches as training on those chips);
+  random  a window holding a labelled object, the object's centre uniformly placed in it, or, with
+          probability BACKGROUND, a uniformly placed window anywhere on a scene (scenes weighted by area);
+          windows without valid pixels are drawn again.
+Labelled objects are those the K-shot subset labels (every object without `--shots`): an object a chosen
+grid window keeps, in a class that window labels. In a random window, labelled objects follow the grid's
+rule (at least SLIVER_THR of their area inside) and every other object is IGNORE in the mask, as `tile`
+masks the objects a subset leaves out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from domainmona.console import progress
+from domainmona.errors import UserError
+from domainmona.geo.raster import open_raster, read_tile, streaming_env
+from domainmona.geo.stats import normalise
+from domainmona.geo.tiling import (IGNORE, ChipPlan, TileOptions, check_options, class_mask, plan_tiles,
+                                   scene_statistics, visible_labels)
+
+SAMPLERS = ("random", "grid")
+BACKGROUND = 0.25  # share of random windows placed anywhere rather than on a labelled object
+REDRAWS = 50  # random windows without a valid pixel drawn again, at most, before giving up
+
+
+@dataclass
+class SceneOptions:
+    """The scene inputs of a training run (the K-shot seed is the run's --seed)."""
+
+    rasters: list[Path]
+    labels: Path
+    size: int = 1024
+    overlap: int = 200
+    bands: tuple[int, ...] | None = None
+    class_field: str = "class"
+    shots: int | None = None
+    allow_no_crs: bool = False
+    nodata: float | None = None
+    sampler: str = "random"
+
+    def identity(self) -> dict:
+        """What a resumed run must share besides the rasters, bands and statistics its model spec records."""
+        return {"labels": str(Path(self.labels).resolve()), "class_field": self.class_field, "shots": self.shots,
+                "sampler": self.sampler}
+
+
+@dataclass
+class _Window:
+    raster: int
+    col: int
+    row: int
+    plan: ChipPlan | None = None  # a grid window's plan; random windows are labelled when read
+    pixels: tuple[np.ndarray, np.ndarray] | None = None  # a random window's read (pixels, validity), kept once
+
+
+@dataclass
+class SceneWindows:
+    """Labelled windows of scenes for one task, read on demand; use as a context manager (keeps rasters open)."""
+
+    opts: SceneOptions
+    tile: TileOptions
+    manifest: dict  # the keys of a chip manifest that training and its checkpoint use
+    plan: object  # domainmona.geo.tiling.TilePlan
+    labelled: list[np.ndarray]  # per raster: bool per label, True where the K-shot subset labels it
+    centres: list[tuple[int, int]]  # (raster, label) of every labelled object, for random windows
+    grid: list[_Window] = field(default_factory=list)
+    _sources: list = field(default_factory=list)
+    _stack: contextlib.ExitStack | None = None
+
+    @classmethod
+    def open(cls, opts: SceneOptions, task: str, seed: int) -> "SceneWindows":
+        """Check the inputs, plan the windows and compute the statistics (one streamed pass per scene)."""
+        if opts.sampler not in SAMPLERS:
+            raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{opts.sampler}'")
+        if not opts.rasters:
+            raise UserError("give at least one raster with --scenes")
+        tile = TileOptions(opts.size, opts.overlap, opts.bands, task, opts.class_field, opts.shots, seed,
+                           opts.allow_no_crs, opts.nodata)
+        check_options(tile)
+        rasters = [Path(r) for r in opts.rasters]
+        plan = plan_tiles(rasters, Path(opts.labels), tile)
+        with streaming_env(), progress() as bar:
+            stats = scene_statistics(rasters, tile, plan.scenes, bar)
+        manifest = {"task": task, "size": opts.size, "overlap": opts.overlap, "classes": plan.classes,
+                    "shots": opts.shots, "seed": seed, "stats": stats, "rasters": plan.scenes}
+        labelled = [np.full(len(index.polygons), opts.shots is None) for index in plan.labels]
+        if opts.shots is not None:
+            for chip in plan.plans:
+                index = plan.labels[chip.raster]
+                kept = [i for i in visible_labels(index, chip.col, chip.row, opts.size)
+                        if index.classes[i] in chip.counts]
+                labelled[chip.raster][kept] = True
+        centres = [(r, int(i)) for r, mask in enumerate(labelled) for i in np.flatnonzero(mask)]
+        return cls(opts, tile, manifest, plan, labelled, centres)
+
+    def __enter__(self) -> "SceneWindows":
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(streaming_env())
+        self._sources = [self._stack.enter_context(open_raster(path, self.tile.bands, self.tile.allow_no_crs,
+                                                               self.tile.nodata)) for path in self.opts.rasters]
+        if self.opts.sampler == "grid":
+            self.grid = [_Window(p.raster, p.col, p.row, p) for p in self.plan.plans if self._read(p.raster, p.col,
+                                                                                                 p.row)[1].any()]
+            if not self.grid:
+                raise UserError("no window of the grid holds both labels and valid pixels: nothing to train on")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def objects(self) -> int:
+        """How many objects are labelled (the K-shot subset's, or all)."""
+        return int(sum(mask.sum() for mask in self.labelled))
+
+    def _read(self, raster: int, col: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_tile(self._sources[raster], self.plan.scenes[raster]["bands"], col, row, self.opts.size)
+
+    def draw(self, count: int, generator) -> list[_Window]:
+        """``count`` windows (the grid sampler: at most its number of windows, as chip training draws chips)."""
+        import torch
+
+        if self.opts.sampler == "grid":
+            picks = torch.randint(len(self.grid), (min(count, len(self.grid)),), generator=generator)
+            return [self.grid[i] for i in picks.tolist()]
+        return [self._random_window(generator) for _ in range(count)]
+
+    def _random_window(self, generator) -> _Window:
+        import torch
+
+        size = self.opts.size
+        centres = self.centres
+        areas = np.cumsum([s["width"] * s["height"] for s in self.plan.scenes], dtype=np.float64)
+        for _ in range(REDRAWS):
+            u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+            if not centres or u[0] < BACKGROUND:
+                raster = int(np.searchsorted(areas, u[1] * areas[-1], side="right"))
+                scene = self.plan.scenes[raster]
+                col = math.floor(u[2] * max(scene["width"] - size + 1, 1))
+                row = math.floor(u[3] * max(scene["height"] - size + 1, 1))
+            else:
+                raster, index = centres[min(int(u[1] * len(centres)), len(centres) - 1)]
+                scene = self.plan.scenes[raster]
+                x0, y0, x1, y1 = self.plan.labels[raster].polygons[index].bounds
+                col = _place((x0 + x1) / 2, u[2], size, scene["width"])
+                row = _place((y0 + y1) / 2, u[3], size, scene["height"])
+            window = _Window(raster, col, row, pixels=self._read(raster, col, row))
+            if window.pixels[1].any():
+                return window
+        raise UserError(f"{REDRAWS} random windows in a row held no valid pixel: are the scenes mostly nodata?")
+
+    def window_plan(self, window: _Window) -> ChipPlan:
+        """The labels of a window: a grid window's plan, or for a random one its labelled objects that pass the
+        grid's sliver rule, every other object it touches left out (IGNORE)."""
+        if window.plan is not None:
+            return window.plan
+        index = self.plan.labels[window.raster]
+        labelled = self.labelled[window.raster]
+        kept = [i for i in visible_labels(index, window.col, window.row, self.opts.size) if labelled[i]]
+        touched = index.query(window.col, window.row, self.opts.size, self.opts.size)
+        plan = ChipPlan(window.raster, window.col, window.row, "", [(str(index.classes[i]), index.polygons[i])
+                                                                     for i in kept])
+        plan.left_out = [(str(index.classes[i]), index.polygons[i]) for i in touched if not labelled[i]]
+        return plan
+
+    def segmentation_sample(self, window: _Window) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 (bands, S, S) image and int64 (S, S) mask, exactly as `load_chips` gives the
+        chip `tile` would write for this window (IGNORE pixels zeroed)."""
+        data, valid = window.pixels or self._read(window.raster, window.col, window.row)
+        mask = class_mask(self.window_plan(window), self.plan.classes, self.opts.size, valid).astype(np.int64)
+        image = normalise(data, self.manifest["stats"])
+        image[:, mask == IGNORE] = 0.0
+        return image, mask
+
+    def segmentation_batch(self, count: int, generator):
+        """A training batch of ``count`` windows as (images, masks) tensors."""
+        import torch
+
+        samples = [self.segmentation_sample(w) for w in self.draw(count, generator)]
+        return (torch.from_numpy(np.stack([s[0] for s in samples])),
+                torch.from_numpy(np.stack([s[1] for s in samples])))
+
+
+def _place(centre: float, u: float, size: int, length: int) -> int:
+    """Window origin along one axis that puts ``centre`` at a uniform position ``u`` inside it, kept in bounds."""
+    return min(max(math.floor(centre - u * size), 0), max(length - size, 0))
