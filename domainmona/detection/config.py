@@ -71,15 +71,17 @@ def set_image_size(cfg, size: int) -> None:
 
 def set_train_data(cfg, subsets: list[tuple[Path, Path]], batch_size: int | None = None,
                    num_workers: int | None = None) -> None:
-    """Train on (images dir, annfiles dir) pairs, concatenated; validation is left to `domainmona test`."""
+    """Train on (images dir, annfiles dir) pairs, concatenated (none: the dataset stays the config's, for
+    overrides to set); validation is left to `domainmona test`."""
     template = cfg.train_dataloader.dataset
     datasets = []
     for images, annfiles in subsets:
         dataset = template.copy()
         dataset.update(data_root='', ann_file=f'{annfiles}/', data_prefix=dict(img_path=f'{images}/'))
         datasets.append(dataset)
-    cfg.train_dataloader.dataset = datasets[0] if len(datasets) == 1 else \
-        dict(type='ConcatDataset', datasets=datasets)
+    if datasets:
+        cfg.train_dataloader.dataset = datasets[0] if len(datasets) == 1 else \
+            dict(type='ConcatDataset', datasets=datasets)
     if batch_size is not None:
         cfg.train_dataloader.batch_size = batch_size
     if num_workers is not None:

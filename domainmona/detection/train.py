@@ -24,7 +24,7 @@ MICRO_WEIGHTS = ASSETS_DIR / 'micro_swin.safetensors'
 @dataclass
 class TrainOptions:
     dataset: str  # a key of domainmona.detection.classes.DATASETS
-    data: Path
+    data: Path | None  # None: config_overrides set the training dataset (train geo-det --scenes)
     work_dir: Path
     backbone: str = 'swin-t'
     adapter: str = 'mona'
@@ -107,8 +107,8 @@ def prepare(opts: TrainOptions) -> Path | None:
     from domainmona.detection.dota.split import read_split_inputs
 
     # a bad label line (NaN coordinates, unknown class) or image is refused before anything is written
-    layout = find_layout(opts.data)
-    for folder in layout.dirs:
+    layout = find_layout(opts.data) if opts.data is not None else None
+    for folder in layout.dirs if layout else ():
         if layout.kind == 'raw':
             read_split_inputs(folder, opts.class_names, split_folder(opts, folder))
         else:  # mmrotate would read NaN coordinates as they are
@@ -131,6 +131,8 @@ def training_subsets(opts: TrainOptions) -> list[tuple[Path, Path]]:
     """(images, annfiles) folders to train on, splitting raw scenes into `work_dir/split/` once."""
     from domainmona.detection.dota.split import split_dataset
 
+    if opts.data is None:
+        return []
     layout = find_layout(opts.data)
     if layout.kind == 'split':
         return [(d / 'images', d / 'annfiles') for d in layout.dirs]

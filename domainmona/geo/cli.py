@@ -168,7 +168,7 @@ def register(groups: CommandGroups) -> None:
                                      "(default class).")
     scene_sampler = typer.Option(None, "--sampler", help="With --scenes: random windows around labelled objects "
                                  "and background (default), or the tiling grid's labelled windows.")
-    scene_nodata = typer.Option(None, "--nodata", help="With --scenes: " + NODATA_HELP)
+    scene_nodata = typer.Option(None, "--nodata", help="With --scenes: " + NODATA_HELP[0].lower() + NODATA_HELP[1:])
     scene_no_crs = typer.Option(False, "--allow-no-crs", help="With --scenes: accept rasters without a CRS.")
 
     @groups.train.command("geo-seg")
@@ -207,7 +207,13 @@ def register(groups: CommandGroups) -> None:
         console.print(str(train_segmentation(opts)), soft_wrap=True)
 
     @groups.train.command("geo-det")
-    def train_geo_det(chips: Path = typer.Option(..., "--chips", help="Detection chips from 'tile'."),
+    def train_geo_det(chips: Optional[Path] = typer.Option(None, "--chips", help="Detection chips from 'tile'."),
+                      scenes: Optional[list[Path]] = _scenes_option(),
+                      labels: Optional[Path] = scene_labels, size: Optional[int] = scene_size,
+                      overlap: Optional[int] = scene_overlap, bands: Optional[str] = scene_bands,
+                      class_field: Optional[str] = scene_class_field, shots: Optional[int] = shots_option(),
+                      sampler: Optional[Sampler] = scene_sampler, nodata: Optional[float] = scene_nodata,
+                      allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
                       backbone: DetBackbone = typer.Option(DetBackbone.swin_t, "--backbone"),
@@ -218,11 +224,15 @@ def register(groups: CommandGroups) -> None:
                                                   help="Continue from the last checkpoint in --work-dir."),
                       amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
                       checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
-        """Fine-tune the Mona-Swin Oriented R-CNN on detection chips; prints the checkpoint path last."""
+        """Fine-tune the Mona-Swin Oriented R-CNN on detection chips or straight on scenes; prints the checkpoint
+        path last."""
         from domainmona.geo.dettrain import train_detection
 
+        source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
+                              allow_no_crs)
         console.print(str(train_detection(chips, work_dir, max_iters, backbone.value, adapter, pretrained, seed,
-                                          resume, amp, adapter_recompute, checkpoint_blocks)), soft_wrap=True)
+                                          resume, amp, adapter_recompute, checkpoint_blocks, source)),
+                      soft_wrap=True)
 
     @groups.root.command("geo-demo")
     def geo_demo(out: Path = typer.Option(Path("domainmona-geo-demo"), "--out"),

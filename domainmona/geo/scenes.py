@@ -1,4 +1,4 @@
-"""Training windows read straight from scenes (`train geo-seg --scenes ... --labels ...`): no chip files.
+"""Training windows read straight from scenes (`train geo-seg|geo-det --scenes ... --labels ...`): no chip files.
 
 Everything but the pixels is `tile`'s: the plan (domainmona.geo.tiling.plan_tiles: labels reprojected to each
 raster's CRS, the tiling grid, the cut-object rule, the K-shot subset), the pooled robust band statistics
@@ -14,9 +14,12 @@ continues the same sequence:
           probability BACKGROUND, a uniformly placed window anywhere on a scene (scenes weighted by area);
           windows without valid pixels are drawn again.
 Labelled objects are those the K-shot subset labels (every object without `--shots`): an object a chosen
-grid window keeps, in a class that window labels. In a random window, labelled objects follow the grid's
-rule (at least SLIVER_THR of their area inside) and every other object is IGNORE in the mask, as `tile`
-masks the objects a subset leaves out.
+grid window keeps (at least SLIVER_THR of its area inside), in a class that window labels. In a random
+window, segmentation keeps the labelled objects by the grid's rule and makes every other object IGNORE in
+the mask, as `tile` masks the objects a subset leaves out; detection cuts the labelled objects by the tiling
+contract (domainmona.tiling.objects_in_window: clipped, difficult 2 when partly visible) and, as `tile`'s
+chips, does not label the others. Detection images are `tile`'s: stretched to uint8 with the statistics,
+nodata 0.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import numpy as np
 from domainmona.console import progress
 from domainmona.errors import UserError
 from domainmona.geo.raster import open_raster, read_tile, streaming_env
-from domainmona.geo.stats import normalise
+from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad
+from domainmona.geo.stats import normalise, stretch_to_uint8
 from domainmona.geo.tiling import (IGNORE, ChipPlan, TileOptions, check_options, class_mask, plan_tiles,
                                    scene_statistics, visible_labels)
+from domainmona.tiling import ScaledObjects, objects_in_window, scale_objects
 
 SAMPLERS = ("random", "grid")
 BACKGROUND = 0.25  # share of random windows placed anywhere rather than on a labelled object
@@ -82,11 +87,13 @@ class SceneWindows:
     centres: list[tuple[int, int]]  # (raster, label) of every labelled object, for random windows
     grid: list[_Window] = field(default_factory=list)
     _sources: list = field(default_factory=list)
+    _scaled: dict[int, ScaledObjects] = field(default_factory=dict)  # detection: labelled objects per raster
     _stack: contextlib.ExitStack | None = None
 
     @classmethod
-    def open(cls, opts: SceneOptions, task: str, seed: int) -> "SceneWindows":
-        """Check the inputs, plan the windows and compute the statistics (one streamed pass per scene)."""
+    def open(cls, opts: SceneOptions, task: str, seed: int, stats: list[dict] | None = None) -> "SceneWindows":
+        """Check the inputs, plan the windows and compute the statistics (one streamed pass per scene, unless
+        ``stats`` are given: those an earlier `open` of the same inputs computed)."""
         if opts.sampler not in SAMPLERS:
             raise UserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got '{opts.sampler}'")
         if not opts.rasters:
@@ -96,8 +103,9 @@ class SceneWindows:
         check_options(tile)
         rasters = [Path(r) for r in opts.rasters]
         plan = plan_tiles(rasters, Path(opts.labels), tile)
-        with streaming_env(), progress() as bar:
-            stats = scene_statistics(rasters, tile, plan.scenes, bar)
+        if stats is None:
+            with streaming_env(), progress() as bar:
+                stats = scene_statistics(rasters, tile, plan.scenes, bar)
         manifest = {"task": task, "size": opts.size, "overlap": opts.overlap, "classes": plan.classes,
                     "shots": opts.shots, "seed": seed, "stats": stats, "rasters": plan.scenes}
         labelled = [np.full(len(index.polygons), opts.shots is None) for index in plan.labels]
@@ -140,9 +148,10 @@ class SceneWindows:
         if self.opts.sampler == "grid":
             picks = torch.randint(len(self.grid), (min(count, len(self.grid)),), generator=generator)
             return [self.grid[i] for i in picks.tolist()]
-        return [self._random_window(generator) for _ in range(count)]
+        return [self.random_window(generator) for _ in range(count)]
 
-    def _random_window(self, generator) -> _Window:
+    def random_window(self, generator) -> _Window:
+        """One window of the random sampler (module docstring)."""
         import torch
 
         size = self.opts.size
@@ -189,6 +198,21 @@ class SceneWindows:
         image[:, mask == IGNORE] = 0.0
         return image, mask
 
+    def detection_sample(self, window: _Window) -> tuple[np.ndarray, list[DotaObject]]:
+        """The uint8 (bands, S, S) image and the DOTA objects (window pixels) of the chip `tile` would write
+        for this window."""
+        data, valid = window.pixels or self._read(window.raster, window.col, window.row)
+        image = stretch_to_uint8(data, self.manifest["stats"])
+        image[:, ~valid] = 0
+        if window.plan is not None:
+            return image, window.plan.objects
+        if window.raster not in self._scaled:
+            index, labelled = self.plan.labels[window.raster], self.labelled[window.raster]
+            self._scaled[window.raster] = scale_objects([DotaObject(polygon_to_dota_quad(p), str(c)) for p, c, keep
+                                                         in zip(index.polygons, index.classes, labelled) if keep], 1.0)
+        objects, _ = objects_in_window(self._scaled[window.raster], window.col, window.row, self.opts.size)
+        return image, objects
+
     def segmentation_batch(self, count: int, generator):
         """A training batch of ``count`` windows as (images, masks) tensors."""
         import torch
@@ -201,3 +225,4 @@ class SceneWindows:
 def _place(centre: float, u: float, size: int, length: int) -> int:
     """Window origin along one axis that puts ``centre`` at a uniform position ``u`` inside it, kept in bounds."""
     return min(max(math.floor(centre - u * size), 0), max(length - size, 0))
+
