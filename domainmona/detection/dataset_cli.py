@@ -26,7 +26,7 @@ def _split(dataset: str, src: Path, dst: Path, size: int, gap: int, rates: list[
     console.print(f"{summary.images} images{resumed} -> {summary.patches} patches in {dst}")
     if summary.labelled:
         console.print(f"objects per patch: {counts.kept} kept, {counts.cut} cut (difficult 2), "
-                      f"{counts.dropped} slivers dropped")
+                      f"{counts.dropped} dropped (slivers, or cut into 3 or more than 5 corners)")
     else:
         console.print("no labelTxt/: images only (a test set)")
 
