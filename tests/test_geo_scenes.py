@@ -258,3 +258,23 @@ def test_scene_window_dataset_gives_mmrotate_items(objects_scene):
         assert item["img"].shape == (SIZE, SIZE, 3) and item["img"].dtype == np.uint8
         for instance in item["instances"]:
             assert len(instance["bbox"]) == 8 and 0 <= instance["bbox_label"] < len(windows.plan.classes)
+
+
+def test_random_windows_hold_a_subset_object_whole_or_only_labelled_background(objects_scene):
+    """K-shot detection: object windows hold their object whole; background windows touch no unlabelled object."""
+    from domainmona.tiling import CUT_DIFFICULT
+
+    size = 96  # small windows: room for background between the objects
+    windows = SceneWindows.open(SceneOptions([objects_scene.raster], objects_scene.labels, size, OVERLAP, shots=2),
+                                "detection", 0)
+    labels, labelled = windows.plan.labels[0], windows.labelled[0]
+    assert 0 < labelled.sum() < len(labelled)
+    kinds = Counter()
+    with windows:
+        for window in windows.draw(30, torch.Generator().manual_seed(8)):
+            _, objects = windows.detection_sample(window)
+            whole = [o for o in objects if o.difficult != CUT_DIFFICULT]
+            touched = labels.query(window.col, window.row, size, size)
+            assert whole or labelled[touched].all()
+            kinds["object" if whole else "background"] += 1
+    assert kinds["object"] > kinds["background"] > 0

@@ -10,9 +10,10 @@ Samplers draw from the training loop's torch.Generator, so a seed gives the same
 continues the same sequence:
   grid    the tiling grid's labelled windows holding valid pixels, i.e. the chips `tile` writes, drawn as
           chip training draws chips (same seed: the same batches as training on those chips);
-  random  a window holding a labelled object, the object's centre uniformly placed in it, or, with
-          probability BACKGROUND, a uniformly placed window anywhere on a scene (scenes weighted by area);
-          windows without valid pixels are drawn again.
+  random  a window holding a labelled object, placed uniformly among the windows that hold it whole (that
+          hold its centre, for an object larger than a window), or, with probability BACKGROUND, a uniformly
+          placed window anywhere on a scene (scenes weighted by area) that touches no unlabelled object
+          (it would teach that object as background); windows without valid pixels are drawn again.
 Labelled objects are those the K-shot subset labels (every object without `--shots`): an object a chosen
 grid window keeps (at least SLIVER_THR of its area inside), in a class that window labels. In a random
 window, segmentation keeps the labelled objects by the grid's rule and makes every other object IGNORE in
@@ -164,12 +165,15 @@ class SceneWindows:
                 scene = self.plan.scenes[raster]
                 col = math.floor(u[2] * max(scene["width"] - size + 1, 1))
                 row = math.floor(u[3] * max(scene["height"] - size + 1, 1))
+                touched = self.plan.labels[raster].query(col, row, size, size)
+                if not self.labelled[raster][touched].all():
+                    continue  # background would teach an unlabelled object as background
             else:
                 raster, index = centres[min(int(u[1] * len(centres)), len(centres) - 1)]
                 scene = self.plan.scenes[raster]
                 x0, y0, x1, y1 = self.plan.labels[raster].polygons[index].bounds
-                col = _place((x0 + x1) / 2, u[2], size, scene["width"])
-                row = _place((y0 + y1) / 2, u[3], size, scene["height"])
+                col = _place(x0, x1, u[2], size, scene["width"])
+                row = _place(y0, y1, u[3], size, scene["height"])
             window = _Window(raster, col, row, pixels=self._read(raster, col, row))
             if window.pixels[1].any():
                 return window
@@ -222,7 +226,9 @@ class SceneWindows:
                 torch.from_numpy(np.stack([s[1] for s in samples])))
 
 
-def _place(centre: float, u: float, size: int, length: int) -> int:
-    """Window origin along one axis that puts ``centre`` at a uniform position ``u`` inside it, kept in bounds."""
-    return min(max(math.floor(centre - u * size), 0), max(length - size, 0))
-
+def _place(low: float, high: float, u: float, size: int, length: int) -> int:
+    """Window origin along one axis for an object spanning [low, high]: uniform (``u``) among the origins that
+    hold it whole, or that hold its centre when it is longer than a window; kept in bounds."""
+    slack = size - (high - low)
+    start = low - u * slack if slack >= 0 else (low + high) / 2 - u * size
+    return min(max(math.floor(start), 0), max(length - size, 0))
