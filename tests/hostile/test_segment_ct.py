@@ -179,7 +179,7 @@ TRAIN_CASES = [
     _train("decoder-size-0", ["--decoder-size", "0"], "--decoder-size 0"),
     _train("decoder-size-negative", ["--decoder-size", "-24"], "--decoder-size -24"),
     _train("merging-unknown", ["--merging", "zigzag"], "--merging zigzag"),
-    _train("adapter-unknown", ["--adapter", "magic"], "unknown adapter method 'magic'"),
+    _train("adapter-unknown", ["--adapter", "magic"], "'magic' is not one of"),
     # the same rules for values from --config
     _train("config-max-epochs-0", [], "--max-epochs: 0 must be >= 1", _config(train={"max_epochs": 0})),
     _train("config-lr-nan", [], "train.lr: nan is not a finite number", _config(train={"lr": float("nan")})),
