@@ -241,12 +241,17 @@ def test_scene_window_dataset_gives_mmrotate_items(objects_scene):
     from mmrotate.registry import DATASETS
 
     import domainmona.geo.chipload  # noqa: F401  (registers the dataset)
-    from domainmona.geo.dettrain import scene_dataset
+    from domainmona.geo.dettrain import band_overrides, scene_dataset
 
     opts = SceneOptions([objects_scene.raster], objects_scene.labels, SIZE, OVERLAP, shots=2, nodata=0)
     windows = SceneWindows.open(opts, "detection", 7)
     config = scene_dataset(opts, windows.manifest)
     assert config["scenes"]["nodata"] == 0 and config["stats"] == windows.manifest["stats"]
+    overrides = band_overrides(3, "micro", SIZE, config)
+    assert overrides["train_dataloader.dataset.type"] == "SceneWindowDataset"
+    assert overrides["train_dataloader.num_workers"] == 0  # windows are read in the training process
+    assert overrides["train_dataloader.dataset.pipeline"][0]["type"] == "mmdet.LoadAnnotations"  # no file loader
+    assert overrides["test_dataloader.dataset.pipeline"][0]["type"] == "mmdet.LoadImageFromFile"
     float_opts = SceneOptions([objects_scene.raster], objects_scene.labels, nodata=math.nan)
     assert scene_dataset(float_opts, windows.manifest)["scenes"]["nodata"] == "nan"  # config text has no NaN
     dataset = DATASETS.build({**config, "metainfo": {"classes": tuple(windows.plan.classes)}, "pipeline": []})

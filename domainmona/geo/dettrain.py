@@ -66,6 +66,10 @@ def scene_dataset(scenes: SceneOptions, manifest: dict) -> dict:
             "data_root": "", "ann_file": "", "data_prefix": {"img_path": ""}}
 
 
+# Scene windows are read in the training process: loader workers would share its open rasters and generator.
+SCENE_LOADER = {"train_dataloader.num_workers": 0, "train_dataloader.persistent_workers": False}
+
+
 def band_overrides(bands: int, backbone: str, size: int, dataset: dict | None = None) -> dict:
     """mmengine config changes for N-band GeoTIFF chips of ``size`` pixels (none for RGB PNG chips), and for
     training on ``dataset`` (`scene_dataset`) instead of chip files: its pipeline starts after the loader."""
@@ -94,5 +98,5 @@ def band_overrides(bands: int, backbone: str, size: int, dataset: dict | None = 
         steps = loading[name] if from_files else loading[name][1:]
         overrides[f"{name}.dataset.pipeline"] = [*steps, *cfg[name].dataset.pipeline[1:]]
     if dataset is not None:
-        overrides.update({f"train_dataloader.dataset.{k}": v for k, v in dataset.items()})
+        overrides.update({f"train_dataloader.dataset.{k}": v for k, v in dataset.items()}, **SCENE_LOADER)
     return overrides

@@ -37,13 +37,13 @@ from domainmona.errors import UserError
 from domainmona.geo.raster import open_raster, read_tile, streaming_env
 from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad
 from domainmona.geo.stats import normalise, stretch_to_uint8
-from domainmona.geo.tiling import (IGNORE, ChipPlan, TileOptions, check_options, class_mask, plan_tiles,
-                                   scene_statistics, visible_labels)
+from domainmona.geo.tiling import (IGNORE, ChipPlan, TileOptions, TilePlan, check_options, class_mask,
+                                   plan_tiles, scene_statistics, visible_labels)
 from domainmona.tiling import ScaledObjects, objects_in_window, scale_objects
 
 SAMPLERS = ("random", "grid")
 BACKGROUND = 0.25  # share of random windows placed anywhere rather than on a labelled object
-REDRAWS = 50  # random windows without a valid pixel drawn again, at most, before giving up
+REDRAWS = 50  # random windows drawn again (no valid pixel; background on an unlabelled object), at most
 
 
 @dataclass
@@ -83,7 +83,7 @@ class SceneWindows:
     opts: SceneOptions
     tile: TileOptions
     manifest: dict  # the keys of a chip manifest that training and its checkpoint use
-    plan: object  # domainmona.geo.tiling.TilePlan
+    plan: TilePlan
     labelled: list[np.ndarray]  # per raster: bool per label, True where the K-shot subset labels it
     centres: list[tuple[int, int]]  # (raster, label) of every labelled object, for random windows
     grid: list[_Window] = field(default_factory=list)
@@ -125,8 +125,8 @@ class SceneWindows:
         self._sources = [self._stack.enter_context(open_raster(path, self.tile.bands, self.tile.allow_no_crs,
                                                                self.tile.nodata)) for path in self.opts.rasters]
         if self.opts.sampler == "grid":
-            self.grid = [_Window(p.raster, p.col, p.row, p) for p in self.plan.plans if self._read(p.raster, p.col,
-                                                                                                 p.row)[1].any()]
+            self.grid = [_Window(p.raster, p.col, p.row, p) for p in self.plan.plans
+                         if self._read(p.raster, p.col, p.row)[1].any()]  # tile skips all-nodata chips
             if not self.grid:
                 raise UserError("no window of the grid holds both labels and valid pixels: nothing to train on")
         return self
@@ -177,7 +177,8 @@ class SceneWindows:
             window = _Window(raster, col, row, pixels=self._read(raster, col, row))
             if window.pixels[1].any():
                 return window
-        raise UserError(f"{REDRAWS} random windows in a row held no valid pixel: are the scenes mostly nodata?")
+        raise UserError(f"{REDRAWS} random windows in a row held no valid pixel (or were background on an "
+                        "unlabelled object): are the scenes mostly nodata?")
 
     def window_plan(self, window: _Window) -> ChipPlan:
         """The labels of a window: a grid window's plan, or for a random one its labelled objects that pass the
