@@ -63,7 +63,7 @@ def _train(task: str, out: Path, settings: dict) -> Path:
                                               resume=(out / "work" / STATE).is_file(), **settings))
 
 
-def _report_iou(scene, prediction: Path) -> None:
+def _report_iou(scene, prediction: Path) -> float:
     classes = sorted(set(scene.classes.tolist()))
     with rasterio.open(prediction) as src:
         predicted = src.read(1)
@@ -77,6 +77,7 @@ def _report_iou(scene, prediction: Path) -> None:
         ious.append(inter / union if union else 0.0)
         console.print(f"IoU {name}: {ious[-1]:.3f}")
     console.print(f"mIoU over the scene: {np.mean(ious):.3f}")
+    return float(np.mean(ious))
 
 
 def _report_map(scene, prediction: Path, work: Path) -> float:
