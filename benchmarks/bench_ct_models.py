@@ -101,8 +101,9 @@ def main() -> None:
         "",
         f"- recipe `pipelines/ct-demo.yaml`: {recipe['data']['cases']} generated CT cases of "
         f"{tuple(recipe['data']['shape'])} voxels, {recipe['shots']} train, 1 held out, roi "
-        f"{recipe['settings']['train']['roi']}; **{args.epochs} epochs instead of the recipe's "
-        f"{recipe['settings']['train']['max_epochs']}** (six runs on a shared 2-core CPU), the recipe's small sizes "
+        f"{recipe['settings']['train']['roi']}; **{args.epochs} epochs** (the recipe's: "
+        f"{recipe['settings']['train']['max_epochs']}; fewer keep six runs short on a shared CPU), the recipe's "
+        "small sizes "
         "(SwinUNETR width 12; UNETR ViT width 96, 12 blocks; SegResNet width 8) and Mona inner dim 16",
         "- Dice: mean foreground Dice of the held-out case after `predict` (scanner geometry) and `evaluate`; "
         "CPU s: this process's CPU seconds for the whole demo run (training, validation, prediction)",
