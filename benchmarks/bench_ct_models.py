@@ -26,7 +26,7 @@ from monai.inferers import sliding_window_inference
 from report import machine, write_markdown
 
 from domainmona.adapters import prepare_for_inference
-from domainmona.medical.demo import run_demo
+from domainmona.medical.demo import demo_settings, run_demo
 from domainmona.medical.model import assemble
 from domainmona.medical.settings import NETWORKS, load_settings
 from domainmona.medical.summary import parameter_counts
@@ -112,14 +112,15 @@ def main() -> None:
         f"- inference: sliding window over a {VOLUME} volume, merged+fused Mona network vs the plain network with "
         f"the same base weights, interleaved, median of {args.rounds} per-round CPU-time ratios (goal <= {GOAL}x)",
         "",
-        "| network | Dice Mona | Dice full | CPU s Mona | CPU s full | adapter file | Mona tensors (% of encoder) "
+        "| network | lr (recipe's `networks`) | Dice Mona | Dice full | CPU s Mona | CPU s full | adapter file | Mona tensors (% of encoder) "
         "| fused / plain inference |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         mona, full, inference = row["mona"], row["none"], row["inference"]
         share = 100 * inference["adapter_params"] / inference["encoder_params"]
-        lines.append(f"| {name} | {mona['dice']:.3f} | {full['dice']:.3f} | {mona['cpu_s']:.0f} | {full['cpu_s']:.0f} "
+        lr = demo_settings(recipe, model=name)["train"]["lr"]
+        lines.append(f"| {name} | {lr:g} | {mona['dice']:.3f} | {full['dice']:.3f} | {mona['cpu_s']:.0f} | {full['cpu_s']:.0f} "
                      f"| {mona['file_bytes'] / 2**20:.2f} MB | {inference['adapter_params'] * 4 / 2**20:.2f} MB "
                      f"({share:.1f}%) | {inference['ratio']:.3f}x "
                      f"({'met' if inference['ratio'] <= GOAL else 'not met'}) |")

@@ -1,5 +1,6 @@
 """segment-ct's UNETR (MONAI 3D ViT) and SegResNet (MONAI 3D CNN): adapter placement, counts, weights, the CLI."""
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -265,3 +266,21 @@ def test_train_predict_evaluate_with_mona(name, dataset, tmp_path):
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert list(scores["classes"]) == ["liver", "spleen", "kidney"]
     assert all(0.0 <= c["dice"] <= 1.0 and math.isfinite(c["dice"]) for c in scores["classes"].values())
+
+
+def test_demo_recipe_gives_each_network_its_own_lr():
+    """pipelines/ct-demo.yaml's `networks` entries update the recipe's settings for the chosen network only
+    (at the SwinUNETR lr of 1e-2 UNETR and SegResNet collapse to background)."""
+    from domainmona.medical.demo import demo_settings
+    from domainmona.recipes import load_recipe
+
+    recipe = load_recipe("ct-demo")
+    before = copy.deepcopy(recipe)
+    swin = demo_settings(recipe)
+    assert swin["model"]["name"] == "swinunetr" and swin["train"]["lr"] == 1e-2
+    for network in ("unetr", "segresnet"):
+        settings = demo_settings(recipe, max_epochs=3, model=network, adapter="lora")
+        assert settings["train"]["lr"] == settings["train"]["adapter_lr"] == 1e-3
+        assert settings["train"]["max_epochs"] == 3 and settings["model"]["adapter"] == "lora"
+        assert settings["train"]["roi"] == swin["train"]["roi"]  # the other keys of the section stay
+    assert recipe == before  # the recipe mapping itself is not changed

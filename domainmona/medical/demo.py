@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from domainmona.console import console
@@ -22,20 +23,12 @@ def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = 
     from domainmona.medical.data import load_split
     from domainmona.medical.predict import predict_volumes
     from domainmona.medical.report import evaluate_and_report
-    from domainmona.medical.settings import load_settings
     from domainmona.medical.synthetic import write_dataset
     from domainmona.medical.train import train
 
     out = Path(out)
     recipe = load_recipe(recipe_name)
-    overrides = recipe["settings"]
-    if max_epochs is not None:
-        overrides["train"]["max_epochs"] = max_epochs
-    if model is not None:
-        overrides["model"]["name"] = model
-    if adapter is not None and adapter != overrides["model"].get("adapter"):
-        overrides["model"].update(adapter=adapter, adapter_cfg={})
-    settings = load_settings(None, **overrides)
+    settings = demo_settings(recipe, max_epochs, model, adapter)
     claim_dir(out, COMMAND)
     data = recipe["data"]
     data_dir = write_dataset(out / "data", cases=data["cases"], shape=tuple(data["shape"]),
@@ -47,3 +40,21 @@ def run_demo(out: str | Path, max_epochs: int | None = None, recipe_name: str = 
     console.print(f"demo: mean foreground Dice {evaluation.mean_dice:.4f} on {len(split.val)} held-out case(s); "
                   f"outputs in {out}", highlight=False)
     return evaluation.mean_dice
+
+
+def demo_settings(recipe: dict, max_epochs: int | None = None, model: str | None = None,
+                  adapter: str | None = None) -> dict:
+    """The recipe's settings with the demo's flags applied, then the recipe's `networks` entry for the chosen
+    network (each network trains at its own lr on this tiny budget)."""
+    from domainmona.medical.settings import load_settings
+
+    overrides = copy.deepcopy(recipe["settings"])
+    if max_epochs is not None:
+        overrides["train"]["max_epochs"] = max_epochs
+    if model is not None:
+        overrides["model"]["name"] = model
+    for section, values in recipe.get("networks", {}).get(overrides["model"].get("name"), {}).items():
+        overrides.setdefault(section, {}).update(values)
+    if adapter is not None and adapter != overrides["model"].get("adapter"):
+        overrides["model"].update(adapter=adapter, adapter_cfg={})
+    return load_settings(None, **overrides)
