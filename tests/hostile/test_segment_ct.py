@@ -180,6 +180,11 @@ TRAIN_CASES = [
     _train("decoder-size-negative", ["--decoder-size", "-24"], "--decoder-size -24"),
     _train("merging-unknown", ["--merging", "zigzag"], "--merging zigzag"),
     _train("adapter-unknown", ["--adapter", "magic"], "'magic' is not one of"),
+    _train("model-unknown", ["--model", "magic"], "--model magic"),
+    _train("model-unetr-swin-size", ["--model", "unetr", "--feature-size", "24"], "a SwinUNETR option"),
+    _train("model-segresnet-merging", ["--model", "segresnet", "--merging", "mergingv2"], "a SwinUNETR option"),
+    _train("model-segresnet-lora", ["--model", "segresnet", "--adapter", "lora"], "lora"),
+    _train("model-unetr-vpt-shallow", ["--model", "unetr", "--adapter", "vpt-shallow"], "vpt-shallow"),
     # the same rules for values from --config
     _train("config-max-epochs-0", [], "--max-epochs: 0 must be >= 1", _config(train={"max_epochs": 0})),
     _train("config-lr-nan", [], "train.lr: nan is not a finite number", _config(train={"lr": float("nan")})),
