@@ -129,13 +129,32 @@ def test_methods_the_family_does_not_define_are_refused_in_one_line(name, method
     assert "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter", "vpt-deep", "convpass"])
+@pytest.mark.parametrize("method", ["lora", "adapter", "vpt-deep", "convpass", "fact-tt", "fact-tk"])
 def test_other_token_methods_train_in_unetr(method):
     model = build("unetr", method).train()
     model(torch.randn(1, 1, 32, 32, 32)).square().mean().backward()
     adapters = [p for p in encoder(model, "unetr").parameters() if p.requires_grad]
     assert adapters and all(p.grad is not None for p in adapters)  # zero-initialised halves get zero grads first
     assert sum(p.grad.abs().sum() for p in adapters) > 0
+
+
+@pytest.mark.parametrize("method", ["fact-tt", "fact-tk"])
+def test_fact_factors_of_monai_vit_blocks_merge_exactly(method):
+    """MONAI's blocks register their MLP before the attention: FacT must still factor qkv, out_proj, fc1, fc2
+    (in that order) and fold into them."""
+    from domainmona.adapters import merge
+
+    torch.manual_seed(0)
+    model = build("unetr", method).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.02)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        after = merge(model)(x)
+    assert (before - after).abs().max().item() < 1e-5 * before.abs().max().item() + 1e-5
 
 
 def test_an_adapter_file_of_another_family_is_refused(tmp_path):

@@ -33,6 +33,10 @@ class Family:
     spatial_dims: Callable[[nn.Module], int] = lambda block: 2
     transformer: bool = True  # False: CNN blocks with a single output slot
     prepare: Callable[[nn.Module, list["Site"]], None] = lambda root, sites: None  # after rewiring
+    # The block's qkv, attention output, MLP fc1 and fc2 linears in that order (FacT's four factors), where the
+    # block registers them in another order; default: registration order.
+    linears: Callable[[nn.Module], list[nn.Module]] = lambda block: [m for m in block.modules()
+                                                                     if isinstance(m, nn.Linear)]
     # The family's own block checkpointing: called with (root, True/False) it switches it, with (root, None) it
     # only reads it; returns whether it is on. None: the family has no such mechanism.
     checkpointing: Callable[[nn.Module, bool | None], bool] | None = None

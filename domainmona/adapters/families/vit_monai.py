@@ -91,6 +91,7 @@ FAMILY = register_family(Family(
     forward=MonaiViTBlockForward,
     dim=lambda block: block.norm1.normalized_shape[0],
     qkv=_qkv,
+    linears=lambda block: [block.attn.qkv, block.attn.out_proj, block.mlp.linear1, block.mlp.linear2],
     spatial_dims=lambda block: 3,
     prepare=_prepare,
 ))

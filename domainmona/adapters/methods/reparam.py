@@ -16,9 +16,9 @@ def require_transformer(method: str, site: Site) -> None:
 
 
 def block_linears(method: str, site: Site) -> list[nn.Linear]:
-    """The block's qkv, proj, fc1 and fc2 (the registration order in every transformer family)."""
+    """The block's qkv, proj, fc1 and fc2, in that order (`Family.linears`)."""
     require_transformer(method, site)
-    linears = [m for m in site.block.modules() if isinstance(m, nn.Linear)]
+    linears = site.family.linears(site.block)
     if len(linears) != 4 or linears[0] is not site.family.qkv(site.block):
         raise UserError(f"method '{method}': {site.family.name} block '{site.name}' lacks the qkv, proj, fc1, fc2 "
                         f"linears it adapts")
