@@ -283,3 +283,21 @@ def test_random_windows_hold_a_subset_object_whole_or_only_labelled_background(o
             assert whole or labelled[touched].all()
             kinds["object" if whole else "background"] += 1
     assert kinds["object"] > kinds["background"] > 0
+
+
+@pytest.mark.slow
+def test_train_geo_det_from_scenes_then_tile_predict(objects_scene, tmp_path):
+    """`train geo-det --scenes` (micro Oriented R-CNN, 2 iterations) writes no chip and its checkpoint predicts."""
+    import pyogrio
+
+    work = tmp_path / "work"
+    output = _cli("train", "geo-det", "--scenes", objects_scene.raster, "--labels", objects_scene.labels, "--size",
+                  SIZE, "--overlap", OVERLAP, "--shots", "2", "--work-dir", work, "--backbone", "micro",
+                  "--max-iters", "2")
+    checkpoint = Path(output.strip().splitlines()[-1])
+    assert checkpoint == work / "final.safetensors" and not (work / "split").exists()
+    assert not any(work.glob("**/*.png")) and not any(work.glob("**/annfiles"))
+    out = _cli("tile-predict", objects_scene.raster, "--checkpoint", checkpoint, "--out", tmp_path / "pred.gpkg",
+               "--score-thr", "0.0")
+    info = pyogrio.read_info(out.strip().splitlines()[-1])
+    assert info["crs"].endswith("32633") and set(info["fields"]) >= {"class", "score"}
