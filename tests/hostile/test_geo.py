@@ -492,6 +492,31 @@ GEO_DET_CASES = [
 ]
 
 
+# ------------------------------------------------------------------------- train geo-seg|geo-det --scenes
+
+
+def scene_cases(task: str, model_flags: tuple[str, ...]) -> list[Case]:
+    """`train geo-seg|geo-det --scenes`: tile's window flags, refused the way `tile` refuses them."""
+    run = ("train", task, "--scenes", "{ws}/scene.tif", "--labels", "{ws}/labels.gpkg", "--work-dir",
+           "{ws}/work", *model_flags, "--max-iters", "2")
+    return [
+        Case(f"{task}-scenes-size-0", (*run, "--size", "0"), "--size", SCENE),
+        Case(f"{task}-scenes-size-too-small", (*run, "--size", "31"), "--size", SCENE),
+        Case(f"{task}-scenes-overlap-negative", (*run, "--overlap", "-1"), "--overlap", SCENE),
+        Case(f"{task}-scenes-overlap-equals-size", (*run, "--size", "64", "--overlap", "64"), "--overlap", SCENE),
+        Case(f"{task}-scenes-shots-0", (*run, "--shots", "0"), "--shots", SCENE),
+        Case(f"{task}-scenes-nodata-nan-uint8", (*run, "--nodata", "nan"), "whole numbers", SCENE),
+        Case(f"{task}-scenes-nodata-text", (*run, "--nodata", "none"), "--nodata", SCENE),
+        Case(f"{task}-scenes-and-chips", (*run, "--chips", "{ws}/chips"), "--chips", SCENE),
+        Case(f"{task}-scenes-without-labels", (*run[:4], *run[6:]), "--labels", SCENE),
+        Case(f"{task}-scenes-missing", (*run[:3], "{ws}/none.tif", *run[4:]), "none.tif", SCENE),
+    ]
+
+
+SCENE_CASES = (scene_cases("geo-seg", ("--encoder", "micro", "--batch-size", "2"))
+               + scene_cases("geo-det", ("--backbone", "micro")))
+
+
 # ------------------------------------------------------------------------------------------------- geo-demo
 
 GEO_DEMO_CASES = [
@@ -504,7 +529,7 @@ GEO_DEMO_CASES = [
 ]
 
 
-CASES = TILE_CASES + PREDICT_CASES + GEO_SEG_CASES + GEO_DET_CASES + GEO_DEMO_CASES
+CASES = TILE_CASES + PREDICT_CASES + GEO_SEG_CASES + GEO_DET_CASES + SCENE_CASES + GEO_DEMO_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))
