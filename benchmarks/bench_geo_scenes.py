@@ -96,7 +96,7 @@ def main() -> None:
         heading = f"## {task}: {metric} over the whole demo scene, {iters} iterations, seed {args.seed}"
         sections[heading] = ["", f"{when}, {machine()}, 1 torch thread, shared with other jobs (times are indicative; chips' "
                   "train s leave out `tile`'s own time). "
-                  f"Scene {recipe['scene']}, windows {recipe['tile']}, training {recipe['train']}.", "",
+                  f"Scene {recipe['scene']}, windows {recipe['tile']}, training {recipe['train'] | {'max_iters': iters}}.", "",
                   f"| training data | {metric} | difference to chips | train s |", "| --- | ---: | ---: | ---: |"]
         sections[heading] += [f"| {source} | {score:.3f} | {score - rows[0][2]:+.3f} | {seconds:.0f} |"
                               for source, seconds, score in rows]
