@@ -28,7 +28,7 @@ from report import machine, write_markdown
 from domainmona.adapters import prepare_for_inference
 from domainmona.medical.demo import demo_settings, run_demo
 from domainmona.medical.model import assemble
-from domainmona.medical.settings import NETWORKS, load_settings
+from domainmona.medical.settings import NETWORKS
 from domainmona.medical.summary import parameter_counts
 from domainmona.recipes import load_recipe
 
@@ -49,9 +49,7 @@ def train_row(name: str, adapter: str, epochs: int, work: Path) -> dict:
 
 def inference_row(name: str, rounds: int) -> dict:
     """Merged and fused Mona network vs the plain one (same base weights) over one volume, sliding window."""
-    recipe = load_recipe("ct-demo")["settings"]
-    recipe["model"]["name"] = name
-    settings = load_settings(None, **recipe)
+    settings = demo_settings(load_recipe("ct-demo"), model=name)
     roi = settings["train"]["roi"]
     torch.manual_seed(0)
     mona = assemble(settings["model"], 4, roi=roi)
