@@ -47,14 +47,41 @@ for _domain in (adapters_cli, detection_cli, medical_cli, geo_cli):
 
 def run(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code: 0, or 2 with one `error: ...` line on stderr for bad
-    input (options click rejects, UserError, files the OS refuses), 130 after Ctrl-C. Nothing else is caught:
-    a traceback is a bug."""
+    input (options click rejects, UserError, files the OS refuses), 130 after Ctrl-C with one line saying
+    what was kept. Nothing else is caught: a traceback is a bug. A run that fails or is interrupted removes
+    the folders it made that hold nothing of its work (domainmona.io.undo_folders_on_failure)."""
+    from domainmona.io import undo_folders_on_failure
+
+    kept: list = []
+    try:
+        with undo_folders_on_failure(kept):
+            code = _dispatch(argv)
+            if code:
+                raise _Failed(code)
+    except _Failed as failed:
+        return failed.code
+    except (KeyboardInterrupt, typer.Abort):  # typer.Abort: click's name for Ctrl-C during a prompt
+        return _interrupted(kept)
+    return code
+
+
+class _Failed(Exception):
+    """A non-zero exit code carried out of `undo_folders_on_failure`, so that the run's folders are undone."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    """The command's exit code; bad input printed as one line (exit 2). Ctrl-C propagates as
+    KeyboardInterrupt, also when typer or click turned it into an exit of their own."""
     try:
         result = app(args=argv, prog_name="domainmona", standalone_mode=False)
     except typer.Exit as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt) or exc.exit_code == 130:
+            raise KeyboardInterrupt from None
         return exc.exit_code
-    except typer.Abort:  # click's name for Ctrl-C during a prompt or the command
-        return _interrupted()
     except typer.TyperException as exc:  # click's usage errors: unknown or missing options, out-of-range values
         if type(exc).__name__ == "NoArgsIsHelpError":  # a group called alone: its help, as click would show it
             console.print(exc.format_message(), highlight=False, markup=False)
@@ -63,16 +90,18 @@ def run(argv: list[str] | None = None) -> int:
     except UserError as exc:
         return _fail(str(exc))
     except (OSError, MemoryError) as exc:  # disk full, permission denied, ...: the user can act on it
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        return _fail(f"{getattr(exc, 'strerror', None) or exc}{where}")
-    except KeyboardInterrupt:
-        return _interrupted()
+        from domainmona.io import os_error_line
+
+        return _fail(os_error_line(exc))
     return result if isinstance(result, int) else 0
 
 
-def _interrupted() -> int:
-    return _fail("interrupted; nothing half-written was kept, rerun the command (with --resume to continue training)",
-                 code=130)
+def _interrupted(kept: list | None = None) -> int:
+    """The one line after Ctrl-C: that nothing half-written stays, and which folders this run made do
+    (those holding finished work, such as a training's checkpoints)."""
+    made = f"; it made and kept {', '.join(map(str, kept))}" if kept else "; no folder it made was kept"
+    return _fail(f"interrupted: nothing half-written was kept{made}; rerun the command (with --resume to continue "
+                 "a training)", code=130)
 
 
 def _fail(message: str, code: int = 2) -> int:

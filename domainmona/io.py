@@ -7,8 +7,12 @@
   record. A folder written as a whole (`atomic_dir`) is replaced only when it holds nothing but what its
   record lists. A named output file is never one of the command's inputs, and an existing one is replaced
   only when domainmona wrote it (`claim_file`).
+- **Nothing left by a refused or interrupted run**: every folder made for an output (parents included) goes
+  through `make_folders`, which remembers it; `undo_folders_on_failure` (around every command) removes, when
+  the command fails or is interrupted, those that still hold nothing but their record.
 - **No code execution from a file**: torch files load with `weights_only=True` and an explicit allow-list
-  (`load_torch`); everything else domainmona saves is safetensors or JSON.
+  (`load_torch`); everything else domainmona saves is safetensors or JSON. YAML is read without aliases
+  (`read_yaml`), so a small file cannot expand into gigabytes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,66 @@ from domainmona.errors import UserError
 
 RECORD = ".domainmona.json"  # in every output folder domainmona made
 PRODUCER = "domainmona"  # the mark in JSON outputs (`producer` key) and file metadata
+
+
+# ----------------------------------------------------------------------------------------- folders made
+
+_MADE: list[Path] = []  # folders this process made for outputs, in the order made
+
+
+def make_folders(folder: str | os.PathLike) -> Path:
+    """`mkdir -p` for an output, remembering each folder it makes (see `undo_folders_on_failure`)."""
+    folder = Path(folder)
+    missing = []
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        _MADE.append(path)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a folder")
+    return folder
+
+
+def _unmake(made: list[Path]) -> list[Path]:
+    """Remove the folders of ``made`` (newest first) that hold nothing but a record; the others are kept
+    and returned."""
+    kept = []
+    for folder in reversed(made):
+        try:
+            contents = list(folder.iterdir())
+        except OSError:
+            continue
+        if all(entry.name == RECORD and entry.is_file() for entry in contents):
+            for entry in contents:
+                entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+                continue
+        kept.append(folder)
+    return kept
+
+
+@contextlib.contextmanager
+def undo_folders_on_failure(kept: list[Path] | None = None) -> Iterator[None]:
+    """Around a command: if it raises (a refusal, an error, Ctrl-C), remove the folders it made that hold
+    nothing but a record, so that a failed run leaves nothing that did not exist before it. The folders it
+    made that hold work (a training's checkpoints) stay, and are added to ``kept``. On success the folders
+    stay remembered, for an enclosing call to undo if the command fails later."""
+    start = len(_MADE)
+    try:
+        yield
+    except BaseException:
+        remaining = _unmake(_MADE[start:])
+        del _MADE[start:]
+        if kept is not None:  # the deepest of them, in the order made
+            kept.extend(f for f in reversed(remaining) if not any(f in k.parents for k in remaining))
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- temporaries
@@ -88,15 +153,16 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     reserved: the writer creates the file, so it gets the usual permissions.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final)
-    tmp_path = _temp_path(final, _suffix(final))
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    finally:
-        if tmp_path.exists():
-            _remove(tmp_path)
+    with undo_folders_on_failure():
+        make_folders(final.parent)
+        remove_stale_temps(final)
+        tmp_path = _temp_path(final, _suffix(final))
+        try:
+            yield tmp_path
+            os.replace(tmp_path, final)
+        finally:
+            if tmp_path.exists() or tmp_path.is_symlink():
+                _remove(tmp_path)
 
 
 @contextlib.contextmanager
@@ -104,14 +170,15 @@ def scratch_dir(beside: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder beside ``beside`` (same filesystem), removed afterwards — or by the next run if
     this one is killed."""
     beside = Path(beside)
-    beside.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(beside)
-    tmp = _temp_path(beside)
-    tmp.mkdir()
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with undo_folders_on_failure():
+        make_folders(beside.parent)
+        remove_stale_temps(beside)
+        tmp = _temp_path(beside)
+        tmp.mkdir()
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -191,25 +258,28 @@ def atomic_dir(final: str | os.PathLike, command: str, inputs: Iterable[str | os
     run can tell its own files from anything a user adds later.
     """
     final = Path(final)
+    if final.is_symlink():  # a link to a folder: the output goes where it points, and the link stays
+        final = final.resolve()
     inputs = list(inputs)
     check_replaceable(final, command, inputs)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(final)
-    tmp = _temp_path(final)
-    tmp.mkdir(mode=0o777 & ~_umask())
-    old = None
-    try:
-        yield tmp
-        _write_record(tmp, command, _files_under(tmp))
-        check_replaceable(final, command, inputs)  # again: the user may have added files meanwhile
-        if final.exists():
-            old = _temp_path(final)
-            os.replace(final, old)
-        os.replace(tmp, final)
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+    with undo_folders_on_failure():
+        make_folders(final.parent)
+        remove_stale_temps(final)
+        tmp = _temp_path(final)
+        tmp.mkdir(mode=0o777 & ~_umask())
+        old = None
+        try:
+            yield tmp
+            _write_record(tmp, command, _files_under(tmp))
+            check_replaceable(final, command, inputs)  # again: the user may have added files meanwhile
+            if final.exists():
+                old = _temp_path(final)
+                os.replace(final, old)
+            os.replace(tmp, final)
+        finally:
+            for leftover in (tmp, old):
+                if leftover is not None and (leftover.exists() or leftover.is_symlink()):
+                    _remove(leftover)
 
 
 def claim_dir(folder: str | os.PathLike, command: str) -> Path:
@@ -226,7 +296,7 @@ def claim_dir(folder: str | os.PathLike, command: str) -> Path:
         if record is None or "files" in record:
             raise UserError(_foreign(folder))
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folders(folder)
     with atomic_path(folder / RECORD) as tmp:
         tmp.write_text(json.dumps({"producer": PRODUCER, "command": command}, indent=1), encoding="utf-8")
     return folder
@@ -281,7 +351,50 @@ def write_json(path: str | os.PathLike, content: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def os_error_line(exc: BaseException) -> str:
+    """One line for an OSError, naming its real cause: GDAL (through rasterio) says "Write failed. See
+    previous exception for details." and keeps the cause ("No space left on device") in the chained
+    exceptions; the messages are joined, innermost (the cause) first."""
+    messages, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+        if getattr(exc, "filename", None) and str(exc.filename) not in text:
+            text = f"{text}: {exc.filename}"
+        text = " ".join(text.replace("See previous exception for details.", "").split()).rstrip(".")
+        if text and text not in messages:
+            messages.insert(0, text)
+        exc = exc.__cause__ or exc.__context__
+    return "; ".join(messages)[:1000]
+
+
 # ------------------------------------------------------------------------------------------------ safe reads
+
+YAML_LIMIT = 1 << 20  # bytes: a settings file is a few KB
+
+
+def read_yaml(path: str | os.PathLike, what: str = "YAML file") -> Any:
+    """The data of a user's YAML file, read without aliases (`*name`) and at most `YAML_LIMIT` bytes long,
+    so that a few lines cannot expand into gigabytes (a "billion laughs" file); one-line UserError else."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise UserError(f"{path}: line {mark.line + 1}: YAML aliases (*name) are not supported; "
+                                f"write the {what}'s values out")
+            return super().compose_node(parent, index)
+
+    path = Path(path)
+    try:
+        if path.stat().st_size > YAML_LIMIT:
+            raise UserError(f"{path}: {path.stat().st_size:,} bytes; a {what} is at most {YAML_LIMIT:,}")
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=NoAliases)  # noqa: S506 (a SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise UserError(f"{path}: not a readable {what} ({reason})") from None
+
 
 def load_torch(path: str | os.PathLike, allow: Iterable[Any] = (), what: str = "checkpoint") -> Any:
     """`torch.load(weights_only=True)` with only ``allow`` added to torch's own safe types: no pickled code
@@ -293,8 +406,9 @@ def load_torch(path: str | os.PathLike, allow: Iterable[Any] = (), what: str = "
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} {path}: no such file")
-    try:
-        with torch.serialization.safe_globals(list(allow)):
+    try:  # torch warns (on stderr, before our one line) about what it refuses or finds odd: the error says it
+        with torch.serialization.safe_globals(list(allow)), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():  # not a refusal: the bytes are not a pickle torch can read
