@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import torch
-from mmcv.ops import RoIAlignRotated, batched_nms, box_iou_rotated, nms_rotated
 
+from domainmona.detection.mmcv_ext import COMPILE_HINT, compiled_ops_installed
 from domainmona.detection.rotated_ops import SWITCH, install_rotated_ops
+from mmcv.ops import RoIAlignRotated, batched_nms, box_iou_rotated, nms_rotated  # noqa: I001 (after domainmona)
 
 from report import machine, write_markdown
 
@@ -83,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
+    if not compiled_ops_installed():
+        raise SystemExit(f"error: this benchmark compares with mmcv's compiled kernels; {COMPILE_HINT}")
     install_rotated_ops()
     rows = []
     for name, fn in cases(torch.Generator().manual_seed(0)):

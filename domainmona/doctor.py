@@ -78,20 +78,22 @@ def _devices() -> list:
 
 
 def check_rotated_ops() -> list[Check]:
-    """Run the rotated-box ops mmrotate depends on, on tiny tensors on every visible device, through the
-    implementation DOMAINMONA_ROTATED_OPS picks there (mmcv's compiled kernel or domainmona's torch-native one)."""
+    """Say which mmcv build is installed, then run the rotated-box ops mmrotate depends on, on tiny tensors
+    on every visible device, through the implementation DOMAINMONA_ROTATED_OPS picks there (mmcv's
+    compiled kernel or domainmona's torch-native one)."""
     try:
         import torch
         from mmcv.ops import RoIAlignRotated, box_iou_rotated, nms_rotated
 
+        from domainmona.detection.mmcv_ext import build_name
         from domainmona.detection.rotated_ops import implementation, install_rotated_ops
 
-        install_rotated_ops()  # refuses an unknown DOMAINMONA_ROTATED_OPS value
+        checks = [Check("mmcv build", True, build_name())]
+        install_rotated_ops()  # refuses an unknown DOMAINMONA_ROTATED_OPS value, or mmcv without the build
     except UserError as exc:
-        return [Check("DOMAINMONA_ROTATED_OPS", False, str(exc))]
+        return checks + [Check("DOMAINMONA_ROTATED_OPS", False, str(exc))]
     except Exception as exc:
         return [Check("mmcv.ops", False, f"rotated ops missing: {exc}")]
-    checks = []
     for device in _devices():
         where = f"{device.type}: {implementation(device)}"
         boxes = torch.tensor([[10.0, 10.0, 8.0, 4.0, 0.3], [10.5, 10.0, 8.0, 4.0, 0.3], [30.0, 30.0, 6.0, 6.0, 0.0]],

@@ -3,7 +3,8 @@
 # borrowed GPU machine (Python 3.12, torch 2.11 preinstalled, no internet), at the versions of
 # scripts/constraints.txt, in three git-ignored folders, one per device command (each folder plus the working
 # tree must stay under the 64 MiB a command carries; this script checks that):
-#   .whl/prepare  OpenCV (mmcv's cv2, 52 MiB on its own), ninja, and onedl-mmcv's C++20-patched sdist
+#   .whl/prepare  OpenCV (mmcv's cv2, 52 MiB on its own) and onedl-mmcv without compiled ops (a pure-Python
+#                 wheel built here, as scripts/install.sh installs it: domainmona serves its kernels)
 #   .whl/run      the OpenMMLab stack, MONAI, nibabel, rasterio, shapely, smp and their small dependencies
 #   .whl/geo      pyogrio (33 MiB; GeoTIFF scenes come with vector labels)
 # Then, with the device tool, back to back (see scripts/device_check.sh):
@@ -15,7 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CONSTRAINTS="$ROOT/scripts/constraints.txt"
 PY="$ROOT/.venv/bin/python"  # its pip, setuptools and torch build the pure-Python wheels of sdist-only packages
 LIMIT=$(( 64 * 1024 * 1024 ))
-PREPARE=(opencv-python-headless ninja)
+PREPARE=(opencv-python-headless)
 RUN=(onedl-mmengine onedl-mmdetection onedl-mmrotate monai nibabel rasterio shapely segmentation_models_pytorch
      addict yapf platformdirs termcolor terminaltables pycocotools faster-coco-eval affine attrs certifi
      click-plugins cligj importlib_resources)
@@ -36,7 +37,8 @@ fetch() {  # folder, packages: cp312 manylinux wheels, or a pure-Python wheel bu
 
 rm -rf "$ROOT/.whl/prepare" "$ROOT/.whl/run" "$ROOT/.whl/geo"
 fetch "$ROOT/.whl/prepare" "${PREPARE[@]}"
-PYTHON_FOR_PIP="$PY" bash "$ROOT/scripts/patched_mmcv_sdist.sh" "$ROOT/.whl/prepare" >/dev/null
+# pip's isolated build environment has no torch, so mmcv's setup.py leaves the extension out: no compiler
+"$PY" -m pip wheel -q --disable-pip-version-check --no-deps -w "$ROOT/.whl/prepare" "$(pinned onedl-mmcv)"
 fetch "$ROOT/.whl/run" "${RUN[@]}"
 fetch "$ROOT/.whl/geo" "${GEO[@]}"
 

@@ -76,3 +76,10 @@ def test_an_unusable_python_is_refused_before_anything_is_made(tmp_path, python,
     result = _install(tmp_path, PYTHON=python, PATH=f"{fake}:{os.environ['PATH']}")
     assert (result.returncode, result.stderr.strip()) == (2, message)
     assert not (tmp_path / "repo" / ".venv").exists()
+
+
+def test_an_unknown_mmcv_ops_choice_is_refused_before_anything_is_made(tmp_path):
+    result = _install(tmp_path, DOMAINMONA_MMCV_OPS="cuda")
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "error: DOMAINMONA_MMCV_OPS=cuda is not one of torch (the default: no compiler), compile")
+    assert not (tmp_path / "repo" / ".venv").exists()

@@ -1,15 +1,22 @@
-"""The torch-native rotated ops equal mmcv's compiled CPU kernels, and the switch picks between them."""
+"""The torch-native rotated ops equal references that need no compiled code (shapely polygons for IoU, a
+brute-force loop for NMS, a naive float64 per-sample loop for RoIAlignRotated) and, where mmcv's compiled
+extension is installed, mmcv's own CPU kernels; the switch picks between them."""
 
 import math
 
+import numpy as np
 import pytest
+import shapely
 import torch
-from mmcv.ops import RoIAlignRotated, box_iou_rotated, nms_rotated
 
-from domainmona.detection import rotated_ops
+from domainmona.detection import mmcv_ext, rotated_ops  # before mmcv.ops: serves mmcv._ext without the build
 from domainmona.errors import UserError
+from mmcv.ops import RoIAlignRotated, box_iou_rotated, nms_rotated  # noqa: E402,I001
 
 torch.set_num_threads(1)
+needs_compiled = pytest.mark.skipif(
+    not mmcv_ext.compiled_ops_installed(),
+    reason="compares with mmcv's compiled kernels, which are not installed (DOMAINMONA_MMCV_OPS=compile make setup)")
 
 
 def random_boxes(n: int, seed: int, field: float = 100) -> torch.Tensor:
@@ -43,6 +50,7 @@ def switch(monkeypatch):
     return set_to
 
 
+@needs_compiled
 @pytest.mark.parametrize('mode', ['iou', 'iof'])
 @pytest.mark.parametrize('clockwise', [True, False])
 def test_box_iou_rotated_matches_mmcv(switch, mode, clockwise):
@@ -60,6 +68,7 @@ def test_box_iou_rotated_matches_mmcv(switch, mode, clockwise):
     torch.testing.assert_close(got_aligned, expected_aligned, atol=1e-4, rtol=0)
 
 
+@needs_compiled
 @pytest.mark.parametrize('threshold', [0.0, 0.1, 0.5, 0.9])
 def test_nms_rotated_keeps_what_mmcv_keeps(switch, threshold):
     boxes = random_boxes(2000, 3, field=250)
@@ -74,6 +83,7 @@ def test_nms_rotated_keeps_what_mmcv_keeps(switch, threshold):
     assert torch.equal(got_dets, expected_dets)
 
 
+@needs_compiled
 def test_batched_nms_rotated_as_the_roi_head_calls_it(switch):
     from mmcv.ops import batched_nms
 
@@ -90,6 +100,7 @@ def test_batched_nms_rotated_as_the_roi_head_calls_it(switch):
     assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
 
 
+@needs_compiled
 def test_horizontal_nms_as_the_rpn_calls_it(switch):
     from mmcv.ops import batched_nms
 
@@ -121,6 +132,7 @@ def random_rois(n: int, batch: int, size: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize('sampling_ratio,aligned,clockwise', [(2, False, True), (0, True, False),
                                                                 (0, False, True), (1, True, True)])
+@needs_compiled
 def test_roi_align_rotated_matches_mmcv(switch, sampling_ratio, aligned, clockwise):
     features = torch.randn(2, 16, 32, 32, generator=torch.Generator().manual_seed(8))
     rois = random_rois(400, 2, 32, 9)
@@ -148,6 +160,7 @@ def test_roi_align_rotated_gradcheck_in_double():
         lambda f: rotated_ops.roi_align_rotated(f, rois, (2, 3), 0.5, 0, True, True), (features,))
 
 
+@needs_compiled
 def test_switch_picks_the_kernel(switch):
     """mmcv's CPU IoU kernel reads float32 only, so a float64 call shows which kernel ran."""
     boxes = torch.tensor([[5.0, 5.0, 4.0, 2.0, 0.3], [6.0, 5.0, 4.0, 2.0, -0.2]], dtype=torch.float64)
@@ -162,6 +175,7 @@ def test_switch_picks_the_kernel(switch):
     assert iou[0, 0] == pytest.approx(1.0) and 0.3 < iou[0, 1] < 0.9
 
 
+@needs_compiled
 def test_auto_uses_torch_where_mmcv_has_no_kernel(switch):
     from mmcv.ops import get_compiling_cuda_version
 
@@ -177,4 +191,182 @@ def test_auto_uses_torch_where_mmcv_has_no_kernel(switch):
 def test_bad_switch_value_is_a_user_error(switch):
     switch('cuda')
     with pytest.raises(UserError, match="DOMAINMONA_ROTATED_OPS='cuda' is not one of auto, mmcv, torch"):
+        rotated_ops.install_rotated_ops()
+
+
+# ------------------------------------------------------- references that need no compiled code
+
+def polygons(boxes: torch.Tensor) -> np.ndarray:
+    """shapely polygons of (N, 5) boxes in float64, corners as mmcv's kernel places them
+    (box_iou_rotated_utils.hpp, get_rotated_vertices): (x + cos·dx - sin·dy, y + sin·dx + cos·dy)."""
+    b = boxes.double().numpy()
+    cos, sin = np.cos(b[:, 4])[:, None], np.sin(b[:, 4])[:, None]
+    dx = np.array([0.5, -0.5, -0.5, 0.5])[None] * b[:, 2:3]
+    dy = np.array([0.5, 0.5, -0.5, -0.5])[None] * b[:, 3:4]
+    x = b[:, :1] + cos * dx - sin * dy
+    y = b[:, 1:2] + sin * dx + cos * dy
+    return shapely.polygons(np.stack((x, y), -1))
+
+
+def shapely_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, mode: str = 'iou') -> np.ndarray:
+    """(N, M) IoU (or intersection over the first area) of exact polygons; 0 where either area is
+    below mmcv's 1e-14, as the kernel defines it."""
+    p1, p2 = polygons(boxes1)[:, None], polygons(boxes2)[None]
+    inter = shapely.area(shapely.intersection(p1, p2))
+    area1 = (boxes1[:, 2] * boxes1[:, 3]).double().numpy()[:, None]
+    area2 = (boxes2[:, 2] * boxes2[:, 3]).double().numpy()[None]
+    denominator = area1 + 0 * area2 if mode == 'iof' else area1 + area2 - inter
+    empty = (area1 < 1e-14) | (area2 < 1e-14)
+    return np.where(empty, 0.0, inter / np.where(empty, 1.0, denominator))
+
+
+@pytest.mark.parametrize('mode', ['iou', 'iof'])
+def test_box_iou_rotated_equals_shapely_polygons(mode):
+    boxes1, boxes2 = random_boxes(300, 11), random_boxes(250, 12)
+    boxes2[:100] = boxes1[:100]
+    expected = shapely_iou(boxes1, boxes2, mode)
+    got = rotated_ops.box_iou_rotated(boxes1, boxes2, 1 if mode == 'iof' else 0)
+    assert (expected > 0).sum() > 1_000 and (np.diag(expected[:100]) > 0.99).sum() > 70
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-4, rtol=0)
+    aligned = rotated_ops.box_iou_rotated(boxes1[:250], boxes2, 1 if mode == 'iof' else 0, aligned=True)
+    np.testing.assert_allclose(aligned.numpy(), np.diag(expected[:250]), atol=1e-4, rtol=0)
+
+
+def brute_force_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
+    """Greedy NMS, one box at a time in descending score order: a kept box removes every later box whose
+    exact polygon IoU with it is >= threshold."""
+    iou = shapely_iou(boxes, boxes)
+    keep, removed = [], set()
+    for i in np.argsort(-scores.numpy(), kind='stable'):
+        if i in removed:
+            continue
+        keep.append(int(i))
+        removed.update(np.flatnonzero(iou[i] >= threshold).tolist())
+    return keep
+
+
+@pytest.mark.parametrize('threshold', [0.1, 0.5, 0.9])
+def test_nms_rotated_keeps_what_brute_force_keeps(threshold):
+    boxes = random_boxes(400, 13, field=150)
+    scores = torch.rand(400, generator=torch.Generator().manual_seed(14))  # no ties: one order
+    keep = rotated_ops.nms_rotated(boxes, scores, threshold, block=32)  # several blocks
+    expected = brute_force_nms(boxes, scores, threshold)
+    assert 0 < len(expected) < 400
+    assert keep.tolist() == expected
+
+
+def test_horizontal_nms_with_offset_keeps_what_brute_force_keeps():
+    g = torch.Generator().manual_seed(15)
+    corner = torch.rand(300, 2, generator=g) * 100
+    boxes = torch.cat((corner, corner + torch.rand(300, 2, generator=g) * 40), 1).double()
+    scores = torch.rand(300, generator=g).double()
+    for offset in (0, 1):
+        b = boxes.numpy()
+        w, h = b[:, 2] - b[:, 0] + offset, b[:, 3] - b[:, 1] + offset
+        iw = np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]) + offset
+        ih = np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]) + offset
+        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        iou = inter / ((w * h)[:, None] + (w * h)[None] - inter)
+        keep, removed = [], set()
+        for i in np.argsort(-scores.numpy(), kind='stable'):
+            if i not in removed:
+                keep.append(int(i))
+                removed.update(np.flatnonzero(iou[i] > 0.3).tolist())  # mmcv's nms: IoU > threshold
+        assert rotated_ops.nms(boxes, scores, 0.3, offset).tolist() == keep
+
+
+def naive_roi_align_rotated(features, rois, pooled, spatial_scale, sampling_ratio, aligned, clockwise):
+    """mmcv's RoIAlignRotated CPU kernel (roi_align_rotated.cpp) as a float64 loop over every RoI, bin and
+    sample: returns the output and, for the backward, each output's (pixel index, weight) list."""
+    _, channels, height, width = features.shape
+    ph_n, pw_n = pooled
+    out = np.zeros((len(rois), channels, ph_n, pw_n))
+    taps = {}
+    f = features.double().numpy()
+    for n, roi in enumerate(rois.double().numpy()):
+        batch = int(roi[0])
+        offset = 0.5 if aligned else 0.0
+        cx, cy = roi[1] * spatial_scale - offset, roi[2] * spatial_scale - offset
+        rw, rh = roi[3] * spatial_scale, roi[4] * spatial_scale
+        theta = -roi[5] if clockwise else roi[5]
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bin_h, bin_w = rh / ph_n, rw / pw_n
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / ph_n)
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / pw_n)
+        count = max(grid_h * grid_w, 1)
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                bin_taps = []
+                for iy in range(grid_h):
+                    yy = -rh / 2 + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+                    for ix in range(grid_w):
+                        xx = -rw / 2 + pw * bin_w + (ix + 0.5) * bin_w / grid_w
+                        y = yy * math.cos(theta) - xx * math.sin(theta) + cy
+                        x = yy * math.sin(theta) + xx * math.cos(theta) + cx
+                        if y < -1.0 or y > height or x < -1.0 or x > width:
+                            continue
+                        y, x = max(y, 0.0), max(x, 0.0)
+                        y_low, x_low = int(y), int(x)
+                        if y_low >= height - 1:
+                            y_low = y_high = height - 1
+                            y = float(y_low)
+                        else:
+                            y_high = y_low + 1
+                        if x_low >= width - 1:
+                            x_low = x_high = width - 1
+                            x = float(x_low)
+                        else:
+                            x_high = x_low + 1
+                        ly, lx = y - y_low, x - x_low
+                        for (yi, xi), w in (((y_low, x_low), (1 - ly) * (1 - lx)), ((y_low, x_high), (1 - ly) * lx),
+                                            ((y_high, x_low), ly * (1 - lx)), ((y_high, x_high), ly * lx)):
+                            bin_taps.append((batch, yi, xi, w / count))
+                taps[n, ph, pw] = bin_taps
+                for b, yi, xi, w in bin_taps:
+                    out[n, :, ph, pw] += w * f[b, :, yi, xi]
+    return out, taps
+
+
+@pytest.mark.parametrize('sampling_ratio,aligned,clockwise', [(2, False, True), (0, True, False),
+                                                                (0, False, True), (1, True, True)])
+def test_roi_align_rotated_equals_the_naive_float64_loop(sampling_ratio, aligned, clockwise):
+    features = torch.randn(2, 3, 12, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(16))
+    rois = random_rois(30, 2, 12, 17).double()
+    rois[:, 3:5] /= 2
+    grad_out = torch.randn(30, 3, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(18))
+    expected, taps = naive_roi_align_rotated(features, rois, (3, 4), 0.5, sampling_ratio, aligned, clockwise)
+    expected_grad = np.zeros(features.shape)
+    g = grad_out.numpy()
+    for (n, ph, pw), bin_taps in taps.items():
+        for b, yi, xi, w in bin_taps:
+            expected_grad[b, :, yi, xi] += w * g[n, :, ph, pw]
+    assert np.abs(expected).sum() > 0 and any(not t for t in taps.values())  # some samples fall outside
+    for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        leaf = features.detach().to(dtype).clone().requires_grad_()
+        out = rotated_ops.roi_align_rotated(leaf, rois.to(dtype), (3, 4), 0.5, sampling_ratio, aligned, clockwise)
+        out.backward(grad_out.to(dtype))
+        np.testing.assert_allclose(out.detach().double().numpy(), expected, atol=tolerance, rtol=0)
+        np.testing.assert_allclose(leaf.grad.double().numpy(), expected_grad, atol=10 * tolerance, rtol=0)
+
+
+@pytest.mark.skipif(mmcv_ext.compiled_ops_installed(), reason="the stand-in serves mmcv._ext only without the build")
+def test_without_the_compiled_build_mmcv_ops_run_torch_and_refuse_the_rest_in_one_line(monkeypatch):
+    import importlib
+
+    import mmcv.ops
+
+    assert getattr(importlib.import_module('mmcv._ext'), mmcv_ext.MARKER)
+    monkeypatch.setenv(rotated_ops.SWITCH, 'auto')
+    rotated_ops.install_rotated_ops()
+    assert rotated_ops.implementation(torch.device('cpu')) == 'torch'
+    assert mmcv.ops.get_compiling_cuda_version() == 'not available'
+    boxes = random_boxes(50, 19)
+    _, keep = nms_rotated(boxes, torch.rand(50, generator=torch.Generator().manual_seed(20)), 0.5)
+    assert 0 < len(keep) <= 50
+    with pytest.raises(UserError, match="mmcv op 'sigmoid_focal_loss_forward' needs mmcv's compiled extension.*"
+                                        "DOMAINMONA_MMCV_OPS=compile make setup"):
+        mmcv.ops.sigmoid_focal_loss(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+    monkeypatch.setenv(rotated_ops.SWITCH, 'mmcv')
+    with pytest.raises(UserError, match="DOMAINMONA_ROTATED_OPS=mmcv asks for mmcv's compiled kernels"):
         rotated_ops.install_rotated_ops()

@@ -1,11 +1,12 @@
 """Torch-native twins of the compiled mmcv kernels the Oriented R-CNN (le90) path calls, and the switch
 that picks between them.
 
-Why by hand: mmcv's CUDA kernels are compiled only when nvcc is present at install time, so most pip users
-on GPUs get mmcv with CPU kernels alone and every detection command stops at
-"roi_align_rotated_forward_impl: implementation for device cuda:0 not found". No installed library has
-these ops in plain torch (torchvision has horizontal NMS only), so they are written here, vectorised,
-to run on any device torch runs on (CPU, CUDA, MPS).
+Why by hand: no wheel of onedl-mmcv with compiled ops exists for Python 3.11-3.13 with torch 2.x, so the
+default install leaves mmcv's extension out (`domainmona.detection.mmcv_ext` serves these kernels as
+`mmcv._ext`); and where it is compiled, its CUDA kernels exist only when nvcc was present at install time,
+so most GPU users would stop at "roi_align_rotated_forward_impl: implementation for device cuda:0 not
+found". No installed library has these ops in plain torch (torchvision has horizontal NMS only), so they are
+written here, vectorised, to run on any device torch runs on (CPU, CUDA, MPS).
 
 Compiled ops on the le90 Oriented R-CNN path (read off the installed mmrotate/mmdet/mmcv):
 - `nms` (horizontal): the RPN (`OrientedRPNHead` -> `mmcv.ops.batched_nms` with type 'nms' on the boxes'
@@ -27,7 +28,7 @@ import ...` in mmrotate's bbox_overlaps, mean_ap, dota_metric, mmdet's multiclas
 'RoIAlignRotated')`, domainmona's merge) reaches the dispatcher without being rebound one by one.
 
 `DOMAINMONA_ROTATED_OPS` = auto (default: mmcv's kernel where it was compiled for the tensor's device,
-else torch), mmcv, or torch; read at every call.
+else torch), mmcv (refused in one line without the compiled build), or torch; read at every call.
 
 Semantics copied from mmcv 2.3.6's kernels (box_iou_rotated_utils.hpp, nms_rotated.cpp,
 roi_align_rotated.cpp): vertices of (x, y, w, h, a) with the clockwise angle; IoU of the convex
@@ -65,8 +66,12 @@ def choice() -> str:
 
 
 def mmcv_supports(device: torch.device) -> bool:
-    """Whether the installed mmcv has compiled kernels for this device type (CPU always; CUDA only
-    when mmcv was built with nvcc)."""
+    """Whether the installed mmcv has compiled kernels for this device type: none without its compiled
+    extension (`domainmona.detection.mmcv_ext`); with it, CPU always and CUDA only when built with nvcc."""
+    from domainmona.detection.mmcv_ext import compiled_ops_installed
+
+    if not compiled_ops_installed():
+        return False
     if device.type == 'cpu':
         return True
     if device.type == 'cuda':
@@ -80,6 +85,12 @@ def implementation(device: torch.device) -> str:
     value = choice()
     if value == 'auto':
         return 'mmcv' if mmcv_supports(device) else 'torch'
+    if value == 'mmcv':
+        from domainmona.detection.mmcv_ext import COMPILE_HINT, compiled_ops_installed
+
+        if not compiled_ops_installed():
+            raise UserError(f"{SWITCH}=mmcv asks for mmcv's compiled kernels, which are not installed; "
+                            f"{COMPILE_HINT}")
     return value
 
 
@@ -320,49 +331,34 @@ def roi_align_rotated(features: torch.Tensor, rois: torch.Tensor, output_size: t
 
 # --------------------------------------------------------------------------------------- dispatching
 
-class DispatchingKernels:
-    """Stands in for mmcv's compiled `ext_module`: the rotated kernels go to mmcv or to this module per
-    call (see `implementation`), every other kernel straight to mmcv."""
+class TorchKernels:
+    """The torch-native kernels behind mmcv's `ext_module` calling convention (the arguments mmcv's Python
+    wrappers in mmcv/ops/*.py pass, positional or by name): served by `DispatchingKernels` and, where mmcv
+    was installed without its extension, by `domainmona.detection.mmcv_ext` as `mmcv._ext` itself."""
 
-    def __init__(self, compiled):
-        self.compiled = compiled
+    OPS = ('nms', 'nms_rotated', 'box_iou_rotated', 'roi_align_rotated_forward', 'roi_align_rotated_backward')
 
-    def __getattr__(self, name):
-        return getattr(self.compiled, name)
-
-    def nms(self, boxes, scores, iou_threshold, offset):
-        if implementation(boxes.device) == 'mmcv':
-            return self.compiled.nms(boxes, scores, iou_threshold=iou_threshold, offset=offset)
+    @staticmethod
+    def nms(boxes, scores, iou_threshold, offset):
         return nms(boxes, scores, iou_threshold, offset)
 
-    def nms_rotated(self, dets, scores, order, dets_sorted, labels, iou_threshold, multi_label):
-        if implementation(dets.device) == 'mmcv':
-            return self.compiled.nms_rotated(dets, scores, order, dets_sorted, labels, iou_threshold,
-                                             multi_label)
+    @staticmethod
+    def nms_rotated(dets, scores, order, dets_sorted, labels, iou_threshold, multi_label):
         return nms_rotated(dets, scores, iou_threshold)
 
-    def box_iou_rotated(self, boxes1, boxes2, ious, mode_flag, aligned):
-        if implementation(boxes1.device) == 'mmcv':
-            return self.compiled.box_iou_rotated(boxes1, boxes2, ious, mode_flag=mode_flag, aligned=aligned)
+    @staticmethod
+    def box_iou_rotated(boxes1, boxes2, ious, mode_flag, aligned):
         ious.copy_(box_iou_rotated(boxes1, boxes2, mode_flag, aligned).reshape(ious.shape))
 
-    def roi_align_rotated_forward(self, features, rois, output, pooled_height, pooled_width, spatial_scale,
+    @staticmethod
+    def roi_align_rotated_forward(features, rois, output, pooled_height, pooled_width, spatial_scale,
                                   sampling_ratio, aligned, clockwise):
-        if implementation(features.device) == 'mmcv':
-            return self.compiled.roi_align_rotated_forward(
-                features, rois, output, pooled_height=pooled_height, pooled_width=pooled_width,
-                spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
-                clockwise=clockwise)
         output.copy_(roi_align_rotated(features, rois, (pooled_height, pooled_width), spatial_scale,
                                        sampling_ratio, aligned, clockwise))
 
-    def roi_align_rotated_backward(self, grad_output, rois, grad_input, pooled_height, pooled_width,
+    @staticmethod
+    def roi_align_rotated_backward(grad_output, rois, grad_input, pooled_height, pooled_width,
                                    spatial_scale, sampling_ratio, aligned, clockwise):
-        if implementation(grad_output.device) == 'mmcv':
-            return self.compiled.roi_align_rotated_backward(
-                grad_output, rois, grad_input, pooled_height=pooled_height, pooled_width=pooled_width,
-                spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, aligned=aligned,
-                clockwise=clockwise)
         with torch.enable_grad():
             features = grad_input.new_zeros(grad_input.shape, requires_grad=True)
             pooled = roi_align_rotated(features, rois, (pooled_height, pooled_width), spatial_scale,
@@ -370,10 +366,28 @@ class DispatchingKernels:
             grad_input.copy_(torch.autograd.grad(pooled, features, grad_output)[0])
 
 
+class DispatchingKernels:
+    """Stands in for an mmcv module's `ext_module`: each call of a `TorchKernels.OPS` kernel goes to mmcv's
+    or to the torch one by the device of its first tensor (see `implementation`); every other kernel
+    straight to mmcv."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __getattr__(self, name):
+        if name not in TorchKernels.OPS:
+            return getattr(self.compiled, name)
+
+        def kernel(first, *args, **kwargs):
+            chosen = self.compiled if implementation(first.device) == 'mmcv' else TorchKernels
+            return getattr(chosen, name)(first, *args, **kwargs)
+        return kernel
+
+
 def install_rotated_ops() -> None:
     """Route mmcv's rotated kernels through `DispatchingKernels` (idempotent); checks the switch now so
-    a bad value stops a command before any work."""
-    choice()
+    a bad value (or `mmcv` without the compiled build) stops a command before any work."""
+    implementation(torch.device('cpu'))
     for name in PATCHED_MODULES:
         module = importlib.import_module(name)
         if not isinstance(module.ext_module, DispatchingKernels):
