@@ -78,10 +78,11 @@ def _dispatch(argv: list[str] | None) -> int:
     KeyboardInterrupt, also when typer or click turned it into an exit of their own."""
     try:
         result = app(args=argv, prog_name="domainmona", standalone_mode=False)
-    except typer.Exit as exc:
-        if isinstance(exc.__context__, KeyboardInterrupt) or exc.exit_code == 130:
+    except (typer.Exit, SystemExit) as exc:
+        code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
+        if isinstance(exc.__context__, KeyboardInterrupt) or code == 130:  # Ctrl-C made into a silent exit
             raise KeyboardInterrupt from None
-        return exc.exit_code
+        return code if isinstance(code, int) else 0 if code is None else _fail(str(code))
     except typer.TyperException as exc:  # click's usage errors: unknown or missing options, out-of-range values
         if type(exc).__name__ == "NoArgsIsHelpError":  # a group called alone: its help, as click would show it
             console.print(exc.format_message(), highlight=False, markup=False)

@@ -7,10 +7,14 @@ through (every comparison with NaN is false) and has no upper bound by default.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import typer
+
+from domainmona.errors import UserError
 
 
 def finite(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -29,6 +33,53 @@ def finite(low: float | None = None, high: float | None = None, *, low_open: boo
         return value
 
     return check
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a message never holds an unbounded value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def available_memory() -> int:
+    """Bytes of memory this process may still use: the kernel's MemAvailable, bounded by a cgroup limit
+    (containers), or the physical memory where /proc is missing."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable")))
+        available *= 1024
+    except (OSError, StopIteration, ValueError):
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit.isdigit():
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1024
+    return ""
+
+
+def check_memory(flag: str, value: Any, need: float, what: str) -> None:
+    """Refuse, before any buffer is made, a ``flag`` value whose buffers (``what``, ``need`` bytes: a lower
+    bound) cannot fit in the memory available: allocating them would only fail minutes later, or swap."""
+    available = available_memory()
+    if need > available:
+        raise UserError(f"{flag} {shown(value)}: {what} would need {_size(need)}, more than the "
+                        f"{_size(available)} of memory available")
+
+
+def window_bytes(size: int, bands: int = 1, batch: int = 1, dims: int = 2, itemsize: int = 4) -> float:
+    """The memory a batch of windows takes (``size`` pixels a side, ``dims`` sides; float32 by default)."""
+    return float(size) ** dims * bands * batch * itemsize
 
 
 positive = finite(0.0, low_open=True)  # learning rates, HU spans, ...

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from domainmona.errors import UserError
-from domainmona.io import (RECORD, atomic_dir, atomic_path, claim_dir, claim_file, load_torch, read_record,
-                           remove_stale_temps, scratch_dir, write_json)
+from domainmona.io import (RECORD, atomic_dir, atomic_path, claim_dir, claim_file, load_torch, os_error_line,
+                           read_record, read_yaml, remove_stale_temps, scratch_dir, undo_folders_on_failure,
+                           write_json)
 
 
 def test_atomic_path_keeps_double_suffix_so_nibabel_writes_gzip(tmp_path):
@@ -204,3 +205,66 @@ def test_a_zombie_writer_counts_as_dead(tmp_path):
         assert remove_stale_temps(tmp_path / "x.tif") == [stale]
     finally:
         child.wait()
+
+
+def test_a_failed_write_removes_the_parents_it_made(tmp_path):
+    """`--out out/x/chips` refused halfway: neither chips' temporary nor out/ nor out/x stays."""
+    with pytest.raises(UserError):
+        with atomic_dir(tmp_path / "out" / "x" / "chips", "tile") as tmp:
+            (tmp / "chip.tif").write_bytes(b"x")
+            raise UserError("truncated raster")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(tmp_path / "a" / "b.json") as tmp:
+            tmp.write_text("{")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_undo_keeps_folders_holding_work_and_says_which(tmp_path):
+    (tmp_path / "mine").mkdir()
+    kept: list = []
+    with pytest.raises(KeyboardInterrupt):
+        with undo_folders_on_failure(kept):
+            claim_dir(tmp_path / "mine" / "run", "segment-ct train")  # only its record: undone
+            claim_dir(tmp_path / "new" / "work", "train geo-seg")
+            (tmp_path / "new" / "work" / "state.pt").write_bytes(b"saved")  # finished work: kept
+            raise KeyboardInterrupt
+    assert kept == [tmp_path / "new" / "work"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "new"] and not any((tmp_path / "mine").iterdir())
+    with undo_folders_on_failure():  # success: what it made stays
+        claim_dir(tmp_path / "ok" / "run", "x")
+    assert read_record(tmp_path / "ok" / "run") is not None
+
+
+def test_an_out_that_links_to_a_folder_is_written_there_and_the_link_stays(tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for _ in range(2):
+        with atomic_dir(tmp_path / "link", "tile") as tmp:
+            (tmp / "a.txt").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]  # no renamed link left behind
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "target" / "a.txt").read_text() == "x"
+
+
+def test_read_yaml_refuses_aliases_and_huge_files(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x]\nb: [*a, *a]\n")
+    with pytest.raises(UserError, match="line 2: YAML aliases"):
+        read_yaml(bomb)
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * (1 << 20) + "\n")
+    with pytest.raises(UserError, match="at most"):
+        read_yaml(big)
+    (tmp_path / "ok.yaml").write_text("train: {roi: 96}\n")
+    assert read_yaml(tmp_path / "ok.yaml") == {"train": {"roi": 96}}
+
+
+def test_an_os_error_line_names_the_chained_cause():
+    try:
+        try:
+            raise OSError(28, "No space left on device", "/data/pred.tif")
+        except OSError as cause:
+            raise OSError("Write failed. See previous exception for details.") from cause
+    except OSError as exc:
+        line = os_error_line(exc)
+    assert line.startswith("No space left on device: /data/pred.tif") and "See previous" not in line

@@ -16,13 +16,21 @@ import ast
 import json
 import pickle
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, load_torch
 
 DETECTOR_KEYS = ('detector_config', 'classes', 'patch_size', 'patch_gap')
+SCENES_KEY = 'scenes'  # the metadata key of `DetectorInfo.scenes`
+# What `train dota|star` detectors see: DOTA/STAR patches, 8-bit RGB PNGs read as they are (the config's
+# data preprocessor then applies its mean/std). Also what a checkpoint from before domainmona recorded its
+# scenes (or an official .pth) is taken to have seen: every such detector was trained on those patches.
+RGB_PATCHES = {'bands': [1, 2, 3], 'scene_bands': [3], 'dtypes': ['uint8'], 'stats': None,
+               'normalisation': "8-bit RGB as read, then the detector config's mean/std"}
+UNRECORDED = ("a detector checkpoint without a record of its training scenes, so taken as trained on 3-band "
+              "uint8 RGB patches like every 'train dota|star' detector")
 
 
 @dataclass
@@ -33,10 +41,14 @@ class DetectorInfo:
     classes: tuple[str, ...]
     patch_size: int
     patch_gap: int
+    # The scenes it was trained on: bands taken, band counts, dtypes, the uint8 stretch (`stats`, None for
+    # uint8 scenes) and a word on the normalisation; `tile-predict` refuses scenes unlike them.
+    scenes: dict = field(default_factory=lambda: dict(RGB_PATCHES))
 
     def metadata(self) -> dict[str, str]:
         return dict(detector_config=self.config_text, classes=json.dumps(list(self.classes)),
-                    patch_size=str(self.patch_size), patch_gap=str(self.patch_gap))
+                    patch_size=str(self.patch_size), patch_gap=str(self.patch_gap),
+                    **{SCENES_KEY: json.dumps(self.scenes)})
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> "DetectorInfo":
@@ -49,10 +61,37 @@ class DetectorInfo:
         if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
                 and size is not None and 0 <= gap < size):
             raise UserError(f"{path}: malformed detector metadata (classes, patch_size, patch_gap)")
-        return cls(meta['detector_config'], tuple(classes), size, gap)
+        return cls(meta['detector_config'], tuple(classes), size, gap, _scenes(meta, path))
 
     def config(self, path: Path):
         return parse_config(self.config_text, path)
+
+
+def _scenes(meta: dict[str, str], path: Path) -> dict:
+    """The scenes record of a checkpoint's metadata; for one written before it existed, `RGB_PATCHES` with
+    a note saying so (`UNRECORDED`)."""
+    if SCENES_KEY not in meta:
+        return {**RGB_PATCHES, 'note': UNRECORDED}
+    try:
+        scenes = json.loads(meta[SCENES_KEY])
+    except ValueError:
+        scenes = None
+    if not (isinstance(scenes, dict) and isinstance(scenes.get('bands'), list) and scenes['bands']
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in scenes['bands'])
+            and all(isinstance(scenes.get(k), list) for k in ('scene_bands', 'dtypes'))):
+        raise UserError(f"{path}: malformed detector metadata (its record of the training scenes)")
+    return scenes
+
+
+def detector_scenes(meta: dict[str, str], path: Path) -> dict:
+    """What the detector checkpoint at ``path`` with this safetensors ``meta`` was trained on
+    (`DetectorInfo.scenes`), read without building it; a one-line error for a file that is no detector
+    checkpoint, naming what it is."""
+    if any(key not in meta for key in DETECTOR_KEYS):
+        what = (f"an adapter file ({meta.get('method', '?')} on {meta.get('backbone', '?')}), not a detector or "
+                "geo-seg checkpoint" if 'base_fingerprint' in meta else "neither a detector nor a geo-seg checkpoint")
+        raise UserError(f"{path}: {what}")
+    return _scenes(meta, path)
 
 
 def parse_config(text: str, path: Path):

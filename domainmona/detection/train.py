@@ -46,6 +46,7 @@ class TrainOptions:
     checkpoint_blocks: bool = False  # mmdet Swin's with_cp on every block, adapters inside
     adapter_cfg: dict = field(default_factory=dict)
     config_overrides: dict = field(default_factory=dict)  # mmengine dotted keys, applied last
+    scenes: dict | None = None  # what the images are (DetectorInfo.scenes); default DOTA/STAR's RGB patches
 
     def __post_init__(self) -> None:
         """Refuse numbers that would silently train something else (`--max-iters 0` used to mean 12 epochs,
@@ -232,5 +233,7 @@ def train(opts: TrainOptions) -> Path:
     if runner.rank == 0:
         model = runner.model.module if hasattr(runner.model, 'module') else runner.model
         info = DetectorInfo(runner.cfg.pretty_text, opts.class_names, opts.patch_size, opts.patch_gap)
+        if opts.scenes is not None:
+            info.scenes = opts.scenes
         save_detector(model, info, final)
     return final

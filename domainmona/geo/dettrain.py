@@ -43,6 +43,9 @@ def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = 
                             "or tile again with --task detection")
     if pretrained is None and backbone == "micro" and MICRO_WEIGHTS.is_file():
         pretrained = MICRO_WEIGHTS  # the detection pipeline's shipped micro Swin
+    uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
+    trained_on = {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],
+                  "normalisation": "uint8 as read" if uint8 else "stretched to uint8 with the chips' statistics"}
     # dataset only picks the Swin-T/B config family; the classes are the chips' own.
     opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=work_dir, backbone=backbone, adapter=adapter,
                         pretrained=pretrained, max_iters=max_iters, resume=resume,
@@ -50,11 +53,10 @@ def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = 
                         patch_gap=manifest["overlap"], seed=seed, amp=amp,
                         adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks,
                         config_overrides=band_overrides(len(manifest["rasters"][0]["bands"]), backbone,
-                                                        manifest["size"], scenes and scene_dataset(scenes, manifest)))
+                                                        manifest["size"], scenes and scene_dataset(scenes, manifest)),
+                        scenes=trained_on)
     final = train(opts)
-    uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
-    write_json(geo_sidecar(final), {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],
-                                    "classes": manifest["classes"]})
+    write_json(geo_sidecar(final), {**trained_on, "classes": manifest["classes"]})
     return final
 
 

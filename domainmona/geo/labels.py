@@ -54,10 +54,11 @@ def read_labels(path: str | Path, class_field: str) -> Labels:
         meta, _, wkb, field_data = pyogrio.raw.read(path, columns=[class_field])
     except (DataSourceError, DataLayerError, FeatureError, FieldError, GeometryError, OSError) as exc:
         raise UserError(f"{path}: not a readable vector file ({gdal_reason(exc)})") from None
-    geoms = shapely.from_wkb(wkb)
-    bad = _not_finite(geoms)
+    geoms = shapely.from_wkb(wkb, on_invalid="ignore")  # None for a ring GEOS cannot build (a NaN vertex)
+    bad = np.union1d(np.flatnonzero(shapely.is_missing(geoms) & np.not_equal(wkb, None)), _not_finite(geoms))
     if bad.size:
-        raise UserError(f"{path}: {bad.size} feature(s) have NaN or infinite coordinates (first: feature {bad[0]})")
+        raise UserError(f"{path}: {bad.size} feature(s) have NaN or infinite coordinates or an unclosed ring "
+                        f"(first: feature {bad[0]})")
     unnamed = [i for i, c in enumerate(field_data[0])
                if c is None or (isinstance(c, float) and np.isnan(c)) or not str(c).strip()]
     if unnamed:

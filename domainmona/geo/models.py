@@ -115,7 +115,7 @@ class Predictor:
         from domainmona.geo.segmodel import read_spec
 
         self.spec = read_spec(self.checkpoint)
-        self.trained = self.spec if self.spec is not None else read_sidecar(self.checkpoint)
+        self.trained = self.spec if self.spec is not None else detector_trained(self.checkpoint)
         self.model = self.info = None
         if self.segmentation:
             size = self.spec["size"] if s.size is None else s.size
@@ -194,6 +194,16 @@ def tile_predict(raster: Path, checkpoint: Path, out: Path, size: int | None, ov
     return out
 
 
+def detector_trained(checkpoint: Path) -> dict:
+    """What a detector checkpoint was trained on: its own record (`DetectorInfo.scenes`); for one written
+    before the record existed, the sidecar of `train geo-det`, else DOTA/STAR's RGB patches, noted so."""
+    from domainmona.detection.checkpoint import detector_scenes
+    from domainmona.geo.segmodel import read_metadata
+
+    scenes = detector_scenes(read_metadata(checkpoint), checkpoint)
+    return (read_sidecar(checkpoint) or scenes) if "note" in scenes else scenes
+
+
 def read_sidecar(checkpoint: Path) -> dict:
     """The geo sidecar of a detector checkpoint (empty for detectors trained on DOTA/STAR patches)."""
     sidecar = geo_sidecar(checkpoint)
@@ -217,18 +227,19 @@ def check_scene(raster: Path, trained: dict, checkpoint: Path, allow_no_crs: boo
     with open_raster(raster, bands, allow_no_crs, nodata) as src:
         warn_nodata(src)
         counts, dtypes = trained.get("scene_bands"), trained.get("dtypes")
+        note = f" ({trained['note']})" if trained.get("note") else ""
         if counts and src.count not in counts:
             raise UserError(f"{raster}: {src.count} band(s), but {checkpoint} was trained on scenes with "
-                            f"{' or '.join(map(str, counts))} band(s)")
+                            f"{' or '.join(map(str, counts))} band(s){note}")
         if dtypes and src.dtypes[0] not in dtypes:
             raise UserError(f"{raster}: {src.dtypes[0]} pixels, but {checkpoint} was trained on "
-                            f"{' or '.join(dtypes)} scenes")
+                            f"{' or '.join(dtypes)} scenes{note}")
 
 
 def _detection_inputs(raster: Path, geo: dict, allow_no_crs: bool,
                       nodata: float | None) -> tuple[tuple[int, ...], list | None]:
-    """Bands and uint8 stretch of the chips the detector saw (sidecar); without one, the first three bands
-    and, for scenes other than uint8, the scene's own statistics."""
+    """Bands and uint8 stretch of the chips the detector saw (its record, `detector_trained`); a sidecar
+    without them gives the first three bands and, for scenes other than uint8, the scene's own statistics."""
     bands = tuple(geo["bands"]) if geo.get("bands") else None
     with open_raster(raster, bands, allow_no_crs, nodata) as src:
         bands = bands or tuple(range(1, min(src.count, 3) + 1))

@@ -30,6 +30,7 @@ from domainmona.errors import UserError
 from domainmona.geo.blend import RollingBlender
 from domainmona.geo.raster import grid_origins, open_raster, read_tile, streaming_env
 from domainmona.io import PRODUCER, atomic_path, scratch_dir
+from domainmona.options import check_memory, window_bytes
 
 LABEL_NODATA = 255
 # What fails one scene (bad or unreadable input, a full disk) rather than the whole run.
@@ -173,6 +174,9 @@ def check_numbers(size: int | None = None, overlap: int | None = None, batch_siz
         raise UserError(f"--overlap must be >= 0, got {overlap}")
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if size is not None:
+        check_memory("--size", size, window_bytes(size, batch=batch_size or 1),
+                     f"a batch of {batch_size or 1} {size}x{size} float32 tile(s)")
     for name, value in (("--score-thr", score_thr), ("--iou-thr", iou_thr)):
         if not 0.0 <= value <= 1.0:  # NaN fails too
             raise UserError(f"{name} must be between 0 and 1, got {value}")

@@ -101,16 +101,21 @@ def save_segmenter(model, spec: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def read_spec(path: Path) -> dict[str, Any] | None:
-    """The spec of a geo-seg checkpoint, or None for any other safetensors file."""
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata in a safetensors checkpoint's header (its tensors are not read)."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            return dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{path}: not a safetensors checkpoint ({reason})") from None
+
+
+def read_spec(path: Path) -> dict[str, Any] | None:
+    """The spec of a geo-seg checkpoint, or None for any other safetensors file."""
+    meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         return None
     try:

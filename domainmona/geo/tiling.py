@@ -29,6 +29,7 @@ from domainmona.geo.labels import PixelIndex, read_labels, reproject
 from domainmona.geo.raster import open_raster, read_tile, selected_bands, streaming_env, warn_nodata
 from domainmona.geo.stats import BandValues, band_values, stretch_to_uint8, summarise
 from domainmona.io import atomic_dir, check_parent, check_replaceable
+from domainmona.options import check_memory, window_bytes
 from domainmona.tiling import (SLIVER_THR, ScaledObjects, grid_origins, objects_in_window, patch_name, scale_objects,
                                select_shots)
 
@@ -87,6 +88,8 @@ def check_options(opts: TileOptions) -> None:
         raise UserError(f"--task must be detection or segmentation, got '{opts.task}'")
     if opts.size < 32 or not 0 <= opts.overlap < opts.size:
         raise UserError(f"need --size >= 32 and 0 <= --overlap < --size (got {opts.size}, {opts.overlap})")
+    check_memory("--size", opts.size, window_bytes(opts.size, bands=2, itemsize=1),
+                 f"one {opts.size}x{opts.size} window (its pixels and validity, a byte each at least)")
     if opts.shots is not None and opts.shots < 1:
         raise UserError(f"--shots must be >= 1, got {opts.shots}")
     if not 0 <= opts.seed < 2**32:  # numpy's seeds

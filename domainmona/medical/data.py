@@ -59,7 +59,20 @@ def check_volume(path: str | Path):
         raise UserError(f"{path}: expected a 3-D volume, got shape {tuple(shape)}")
     if _truncated(path, image):
         raise UserError(f"{path}: truncated (the file ends before its {'x'.join(map(str, shape))} voxels)")
+    _check_affine(path, image.affine)
     return image
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> None:
+    """A voxel-to-world affine that places voxels: finite, and not singular (every reorientation and
+    resampling inverts it; MONAI fails deep inside its transforms on an all-zero one)."""
+    if not np.isfinite(affine).all():
+        raise UserError(f"{path}: its voxel-to-world affine holds NaN or infinite values; fix the header's "
+                        "sform/qform")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * max(float(np.prod(spacing)), 1e-300) or spacing.min() == 0:
+        raise UserError(f"{path}: its voxel-to-world affine is singular (voxel sizes "
+                        f"{', '.join(f'{v:.3g}' for v in spacing)} mm); fix the header's sform/qform")
 
 
 def _truncated(path: Path, image) -> bool:

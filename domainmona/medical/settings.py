@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
 from domainmona.errors import UserError
-from domainmona.options import finite, fraction, positive, probability
+from domainmona.io import read_yaml
+from domainmona.options import check_memory, finite, fraction, positive, probability, shown,\
+    window_bytes
 from domainmona.recipes import CONFIGS_DIR
 
 DEFAULTS_PATH = CONFIGS_DIR / "monai" / "swinunetr_ct.yaml"
@@ -75,11 +76,7 @@ NETWORK_NUMBERS: dict[tuple[str, str], Callable] = {
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        content = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise UserError(f"{path}: not a readable YAML settings file ({reason})") from None
+    content = read_yaml(path, "YAML settings file")
     if not isinstance(content, dict):
         raise UserError(f"{path}: settings must be a YAML mapping")
     return content
@@ -94,7 +91,7 @@ def load_settings(user_config: str | Path | None = None, **overrides: dict[str, 
     for layer in layers:
         for section, values in layer.items():
             if section not in SECTIONS or not isinstance(values, dict):
-                raise UserError(f"settings: unknown section '{section}' (known: {', '.join(SECTIONS)})")
+                raise UserError(f"settings: unknown section {shown(section)} (known: {', '.join(SECTIONS)})")
             _merge(settings[section], values, section)
     check_settings(settings)
     return settings
@@ -104,7 +101,8 @@ def _merge(target: dict[str, Any], values: dict[str, Any], where: str) -> None:
     """`target.update(values)`, refusing unknown keys; a network's own mapping (`model.unetr`) merges key by key."""
     unknown = set(values) - set(target)
     if unknown:
-        raise UserError(f"settings: unknown key(s) {', '.join(sorted(unknown))} in '{where}'")
+        raise UserError(f"settings: unknown key(s) {shown(', '.join(map(str, sorted(unknown, key=str))), 200)} in "
+                        f"'{where}'")
     for key, value in values.items():
         if where == "model" and key in NESTED and isinstance(value, dict):
             _merge(target[key], value, f"model.{key}")
@@ -137,7 +135,7 @@ def _number(section: str, key: str, value: Any, kind: type, check: Callable) -> 
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise UserError(f"{name} {value!r}: must be {'an integer' if kind is int else 'a number'}")
+        raise UserError(f"{name} {shown(value)}: must be {'an integer' if kind is int else 'a number'}")
     try:
         check(value)
     except typer.BadParameter as exc:
@@ -155,10 +153,10 @@ def check_settings(settings: dict[str, Any]) -> None:
         settings[section][key] = _number(section, key, settings[section].get(key), kind, check)
     for section, key in SWITCHES:
         if not isinstance(settings[section].get(key), bool):
-            raise UserError(f"{_name(section, key)} {settings[section].get(key)!r}: must be true or false")
+            raise UserError(f"{_name(section, key)} {shown(settings[section].get(key))}: must be true or false")
     pre, model, train = settings["preprocess"], settings["model"], settings["train"]
     if model.get("name") not in NETWORKS:
-        raise UserError(f"--model {model.get('name')}: choose from {', '.join(NETWORKS)}")
+        raise UserError(f"--model {shown(model.get('name'))}: choose from {', '.join(NETWORKS)}")
     _check_networks(model)
     _check_roi(model, train["roi"])
     for key in ("feature_size", "decoder_size"):
@@ -166,15 +164,16 @@ def check_settings(settings: dict[str, Any]) -> None:
         if size is None and key == "decoder_size":
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % WIDTH_MULTIPLE:
-            raise UserError(f"--{key.replace('_', '-')} {size}: must be a positive multiple of {WIDTH_MULTIPLE}")
+            raise UserError(f"--{key.replace('_', '-')} {shown(size)}: must be a positive multiple of {WIDTH_MULTIPLE}")
+    _check_roi_memory(model, train)
     if model.get("merging") not in MERGING_CHOICES:
-        raise UserError(f"--merging {model.get('merging')}: choose from {', '.join(MERGING_CHOICES)}")
+        raise UserError(f"--merging {shown(model.get('merging'))}: choose from {', '.join(MERGING_CHOICES)}")
     _check_adapter(model)
     if pre["hu_min"] >= pre["hu_max"]:
         raise UserError(f"--hu-min {pre['hu_min']} must be below --hu-max {pre['hu_max']}")
     spacing = pre.get("spacing")
     if not (isinstance(spacing, list) and len(spacing) == 3):
-        raise UserError(f"preprocess.spacing {spacing!r}: must be three voxel sizes in mm")
+        raise UserError(f"preprocess.spacing {shown(spacing)}: must be three voxel sizes in mm")
     pre["spacing"] = [_number("preprocess", "spacing", s, float, positive) for s in spacing]
     _check_orientation(pre.get("orientation"))
     if settings["augment"]["pos"] + settings["augment"]["neg"] <= 0:
@@ -201,8 +200,8 @@ def _check_networks(model: dict[str, Any]) -> None:
     counts_ok = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in [*down, *up]) \
         if isinstance(down, list) and isinstance(up, list) else False
     if not counts_ok or not down or len(up) != len(down) - 1:
-        raise UserError(f"model.segresnet.blocks_down {down!r} / blocks_up {up!r}: lists of block counts >= 1, "
-                        "blocks_up one shorter than blocks_down")
+        raise UserError(f"model.segresnet.blocks_down {shown(down)} / blocks_up {shown(up)}: lists of block counts "
+                        ">= 1, blocks_up one shorter than blocks_down")
     if model["name"] != "swinunetr" and model.get("use_checkpoint") is True:
         raise UserError(f"--checkpoint-blocks: SwinUNETR only (MONAI's {model['name']} has no block checkpointing)")
 
@@ -236,6 +235,16 @@ def _check_roi(model: dict[str, Any], roi: int) -> None:
         raise UserError(f"--roi {roi}: {network} needs a multiple of {multiple}, at least {least} (e.g. {examples})")
 
 
+def _check_roi_memory(model: dict[str, Any], train: dict[str, Any]) -> None:
+    """Refuse a patch whose first full-resolution feature map alone (the network's first width, per patch of
+    a batch) cannot fit in memory."""
+    width = {"unetr": model["unetr"]["feature_size"], "segresnet": model["segresnet"]["init_filters"]}.get(
+        model["name"], model["feature_size"])
+    batch = max(train["batch_size"], train["sw_batch_size"])
+    check_memory("--roi", train["roi"], window_bytes(train["roi"], bands=width, batch=batch, dims=3),
+                 f"the first feature map of {batch} {train['roi']}^3 patch(es) at width {width}")
+
+
 def _check_adapter(model: dict[str, Any]) -> None:
     """The adapter method and its options, as the adapters core will read them (before any model is built)."""
     from domainmona.adapters.methods import get_method
@@ -254,4 +263,4 @@ def _check_orientation(codes: Any) -> None:
     except ValueError:
         axes = [math.nan]
     if any(math.isnan(a) for a in axes) or len(set(axes)) != 3:  # unknown letters give NaN; RRS repeats an axis
-        raise UserError(f"preprocess.orientation {codes!r}: must be three axis codes such as RAS or LPS")
+        raise UserError(f"preprocess.orientation {shown(codes)}: must be three axis codes such as RAS or LPS")

@@ -189,6 +189,68 @@ def killed_then_rerun(argv: list[str], cwd: Path, ready: Callable[[], bool], tim
     return result
 
 
+# An output under folders that do not exist yet: a refused or interrupted run must not leave them behind.
+NEW = "{ws}/new/deep"
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A run interrupted by Ctrl-C once ``ready(ws)`` holds (work under way): ``argv`` writes under `NEW`."""
+
+    id: str
+    argv: tuple[str, ...]
+    ready: Callable[[Path], bool]
+    setup: Callable[[Path], None] | None = None
+
+    @property
+    def command(self) -> str:
+        return Case(self.id, self.argv, "").command
+
+
+def made_new(ws: Path) -> bool:
+    """Ready: the run made a folder under `NEW`'s parent."""
+    return (ws / "new").exists()
+
+
+def interrupted(case: Interrupt, ws: Path, timeout: float = 300) -> str:
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) once the case is ready: exit
+    130, one `error: interrupted...` line, no temporaries, and no folder of `NEW` left unless the line names
+    it as kept (a training's work). Returns the line."""
+    if case.setup is not None:
+        case.setup(ws)
+    before = snapshot(ws)
+    process = subprocess.Popen([sys.executable, "-m", "domainmona.cli", *case.args(ws)], cwd=ws,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not case.ready(ws):
+            if process.poll() is not None:
+                pytest.fail(f"{case.id}: finished (exit {process.returncode}) before it could be interrupted: "
+                            f"{process.stderr.read()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{case.id}: never reached the point to interrupt it")
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    _wait_until_gone(process.pid)
+    CASES_RUN[case.command] += 1
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == 130, f"exit {process.returncode}: {stderr}"
+    line = stderr.strip().splitlines()[-1]
+    errors = [s for s in stderr.splitlines() if s.startswith("error:")]
+    assert line.startswith("error: interrupted") and len(errors) == 1, stderr
+    assert not temporaries(ws), temporaries(ws)
+    added = diff(before, snapshot(ws))["added"]
+    left = [a for a in added if a.startswith("new/")]
+    if left:
+        assert "kept" in line and any(str(ws / a.rstrip("/")) in line for a in left), (line, left)
+    return line
+
+
 TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp")  # domainmona.io's `.NAME.PID.TOKEN.tmp...`
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from harness import (MARKER, Case, assert_one_error_line, crafted, ids, killed_then_rerun, refused,
-                     run_cli, run_subprocess, temporaries, write)
+from harness import (MARKER, NEW, Case, Interrupt, assert_one_error_line, crafted, ids, interrupted,
+                     killed_then_rerun, made_new, refused, run_cli, run_subprocess, temporaries, write)
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -364,7 +364,23 @@ DEMO_CASES = [
          both(claimed("demo", "demo"), write("demo/demo.json", '{"mine": 1}'))),
 ]
 
-CASES = SPLIT_CASES + EVAL_CASES + TEST_CASES + TRAIN_CASES + DEMO_CASES
+# Refused with the output under folders that do not exist yet: none may be left.
+NEW_PARENT_CASES = [
+    Case("new-parent-truncated-png", (*SPLIT[:5], f"{NEW}/out", *SPLIT[6:]), "truncated",
+         both(RAW, truncate("raw/images/scene0001.png"))),
+    Case("star-new-parent-truncated-png", (*STAR_SPLIT[:5], f"{NEW}/out", *STAR_SPLIT[6:]), "truncated",
+         both(STAR_RAW, truncate("raw/images/scene0000.png", 0.3))),
+    Case("new-parent-truncated-png", (*TRAIN[:5], f"{NEW}/work", *TRAIN[6:]), "truncated",
+         both(RAW, truncate("raw/images/scene0000.png"))),
+    Case("star-new-parent-truncated-png", (*STAR_TRAIN[:5], f"{NEW}/work", *STAR_TRAIN[6:]), "truncated",
+         both(STAR_RAW, truncate("raw/images/scene0000.png"))),
+    Case("new-parent-checkpoint-crafted", (*TEST_PTH[:7], f"{NEW}/out"), "could run code",
+         both(SCENES, crafted("model.pth"))),
+    Case("star-new-parent-checkpoint-missing", ("test", "star", *TEST[2:7], f"{NEW}/out"), "no such file", SCENES),
+    Case("new-parent-is-a-file", ("demo", "--out", f"{NEW}/demo"), "is a file", write("new/deep/demo", "mine")),
+]
+
+CASES = SPLIT_CASES + EVAL_CASES + TEST_CASES + TRAIN_CASES + DEMO_CASES + NEW_PARENT_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.command.replace(' ', '-')}:{c.id}" for c in CASES])
@@ -385,6 +401,46 @@ def trained(tmp_path_factory):
         pretrained=MICRO_WEIGHTS, max_iters=1, classes=SYNTHETIC_CLASSES, patch_size=128, patch_gap=32,
         batch_size=1, num_workers=0))
     return TRAINED["checkpoint"]
+
+
+INTERRUPT_CASES = [
+    Interrupt("split-interrupted", (*SPLIT[:5], f"{NEW}/out", *SPLIT[6:]), made_new,
+              scenes("raw", DOTA_NAMES, n=8, size=1024)),
+    Interrupt("split-star-interrupted", (*STAR_SPLIT[:5], f"{NEW}/out", *STAR_SPLIT[6:]), made_new,
+              scenes("raw", STAR_NAMES, n=8, size=1024)),
+    Interrupt("train-interrupted", (*TRAIN[:5], f"{NEW}/work", *TRAIN[6:], "--max-iters", "100"), made_new, RAW),
+    Interrupt("train-star-interrupted", (*STAR_TRAIN[:5], f"{NEW}/work", *STAR_TRAIN[6:], "--max-iters", "100"),
+              made_new, STAR_RAW),
+    Interrupt("test-interrupted", (*TEST[:7], f"{NEW}/out"), made_new,
+              both(scenes("scenes", n=4, size=1024), lambda ws: copy_trained()(ws))),
+    Interrupt("test-star-interrupted", ("test", "star", *TEST[2:7], f"{NEW}/out"), made_new,
+              both(scenes("scenes", STAR_NAMES, n=4, size=1024), lambda ws: copy_trained()(ws))),
+    Interrupt("demo-interrupted", ("demo", "--out", f"{NEW}/demo"), made_new),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", INTERRUPT_CASES, ids=ids(INTERRUPT_CASES))
+def test_interrupted(case, tmp_path, trained):
+    interrupted(case, tmp_path)
+
+
+def test_train_records_the_scenes_and_tile_predict_refuses_others(tmp_path, trained):
+    """A `train dota|star` detector records its 3-band uint8 RGB patches; a 4-band uint16 scene is refused."""
+    import rasterio
+    from affine import Affine
+
+    from domainmona.detection.checkpoint import RGB_PATCHES, detector_scenes
+    from domainmona.geo.segmodel import read_metadata
+
+    assert detector_scenes(read_metadata(trained), trained) == RGB_PATCHES
+    with rasterio.open(tmp_path / "u16.tif", "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16",
+                       crs="EPSG:32633", transform=Affine(0.5, 0, 400000, 0, -0.5, 5100000)) as dst:
+        dst.write(np.full((4, 64, 64), 1000, dtype="uint16"))
+    code, stdout, stderr = run_cli(["tile-predict", str(tmp_path / "u16.tif"), "--checkpoint", str(trained),
+                                    "--out", str(tmp_path / "d.gpkg")], tmp_path)
+    assert_one_error_line(code, stdout, stderr, "trained on scenes with 3 band(s)")
+    assert not (tmp_path / "d.gpkg").exists()
 
 
 @pytest.mark.parametrize("case", TEST_WITH_MODEL_CASES, ids=ids(TEST_WITH_MODEL_CASES))

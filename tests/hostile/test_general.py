@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer.main
-from harness import Case, ids, refused, run_cli
+from harness import NEW, Case, Interrupt, ids, refused, run_cli
 
 CASES = [
     Case("unknown-command", ("frobnicate",), "no such command", counted_as="command line as a whole"),
@@ -77,12 +77,12 @@ def _leaf_commands() -> dict:
     return leaves
 
 
-def _all_cases() -> list[Case]:
+def _all_cases(kind: type = Case) -> list:
     cases = []
     for module_path in sorted(Path(__file__).parent.glob("test_*.py")):
         module = importlib.import_module(module_path.stem)
         for value in vars(module).values():
-            if isinstance(value, (list, tuple)) and value and all(isinstance(v, Case) for v in value):
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, kind) for v in value):
                 cases += value
     return cases
 
@@ -110,3 +110,82 @@ def test_every_command_and_numeric_option_has_hostile_rows():
                 if not any(flag in c.argv for c in own for flag in param.opts):
                     missing.append(f"{name} {param.opts[0]}: no case")
     assert not missing, "hostile rows missing:\n" + "\n".join(missing)
+
+
+OUTPUT_FOLDERS = ("--out", "--work-dir", "--dst")  # the options naming what a command writes
+
+
+def test_every_output_has_a_refused_and_an_interrupted_row_under_new_folders():
+    """A command that writes an output has a row refusing bad input with its output under folders that do not
+    exist yet (`NEW`), and a Ctrl-C row writing there: neither may leave those folders behind."""
+    cases, interrupts = _all_cases(), _all_cases(Interrupt)
+    missing = []
+    for name, command in _leaf_commands().items():
+        flags = [opt for param in command.params for opt in param.opts if opt in OUTPUT_FOLDERS]
+        if not flags:
+            continue
+
+        def under_new(argv) -> bool:
+            return any(a in flags and b.startswith(NEW) for a, b in zip(argv, argv[1:]))
+
+        if not any(c.command == name and under_new(c.argv) for c in cases):
+            missing.append(f"{name}: no refused row writing under NEW")
+        if not any(c.command == name and under_new(c.argv) for c in interrupts):
+            missing.append(f"{name}: no interrupted row writing under NEW")
+    assert not missing, "hostile rows missing:\n" + "\n".join(missing)
+
+
+# ------------------------------------------------------------------------------------ resource bombs
+
+# Run in a fresh process: (exit code, seconds in `run`, peak resident memory in bytes) on its last line.
+MEASURE = """
+import resource, sys, time
+from domainmona.cli import run
+start = time.monotonic()
+code = run(sys.argv[1:])
+print(code, time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)) + "train: {roi: *i}\n"
+
+
+def _bomb_workspace(ws: Path) -> None:
+    from domainmona.medical.synthetic import write_dataset
+
+    write_dataset(ws / "task", cases=3, shape=(40, 40, 20), seed=3)
+    (ws / "bomb.yaml").write_text(BILLION_LAUGHS)
+    import numpy as np
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(ws / "scene.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(0.5, 0, 400000, 0, -0.5, 5100000)) as dst:
+        dst.write(np.zeros((3, 64, 64), dtype="uint8"))
+
+
+BOMBS = {
+    "yaml-alias-bomb": (["segment-ct", "train", "--data", "{ws}/task", "--work-dir", "{ws}/run", "--config",
+                         "{ws}/bomb.yaml"], "aliases"),
+    "tile-predict-size-1e9": (["tile-predict", "{ws}/scene.tif", "--checkpoint", "{ws}/none.safetensors", "--out",
+                               "{ws}/p.tif", "--size", "1000000000"], "would need"),
+    "tile-size-1e9": (["tile", "{ws}/scene.tif", "--labels", "{ws}/none.gpkg", "--out", "{ws}/chips", "--size",
+                       "1000000000"], "would need"),
+}
+
+
+@pytest.mark.parametrize("name", BOMBS)
+def test_resource_bombs_are_refused_fast_and_small(name, tmp_path):
+    """The alias bomb and a 10^9-pixel tile are refused before anything grows: in under 5 s and 1 GB
+    (the process's peak resident memory, its imports included)."""
+    import subprocess
+    import sys
+
+    argv, expect = BOMBS[name]
+    _bomb_workspace(tmp_path)
+    result = subprocess.run([sys.executable, "-c", MEASURE, *(a.replace("{ws}", str(tmp_path)) for a in argv)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    code, seconds, peak = result.stdout.split()[-3:]
+    line = [s for s in result.stderr.splitlines() if s.startswith("error:")]
+    assert int(code) == 2 and len(line) == 1 and expect in line[0], result.stderr
+    print(f"{name}: refused in {float(seconds):.2f} s, peak RSS {int(peak) / 2**20:.0f} MiB")
+    assert float(seconds) < 5 and int(peak) < 2**30, (seconds, peak)

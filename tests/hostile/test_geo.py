@@ -19,8 +19,9 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
-from harness import (CASES_RUN, MARKER, Case, Setup, crafted, ids, killed_then_rerun, refused,
-                     run_cli, run_subprocess, snapshot, steps, temporaries, write)
+from harness import (CASES_RUN, MARKER, NEW, Case, Interrupt, Setup, assert_one_error_line, crafted, ids, interrupted,
+                     killed_then_rerun, made_new, refused, run_cli, run_subprocess, snapshot, steps, temporaries,
+                     write)
 from rasterio.crs import CRS
 
 ASSETS: dict[str, Path] = {}  # name -> generated file or folder (see `assets`); cases copy them into `{ws}`
@@ -72,13 +73,13 @@ def truncated(name: str, source: str, keep: float) -> Setup:
 
 
 def raster(name: str, dtype: str = "uint8", count: int = 3, crs: str | None = "EPSG:32633",
-           driver: str = "GTiff") -> Setup:
-    """A 320-pixel raster on the scene's grid (so the scene's labels overlap it)."""
+           driver: str = "GTiff", value: float = 100, nodata: float | None = None) -> Setup:
+    """A 320-pixel raster of one ``value`` on the scene's grid (so the scene's labels overlap it)."""
 
     def setup(ws: Path) -> None:
         with rasterio.open(ws / name, "w", driver=driver, width=320, height=320, count=count, dtype=dtype,
-                           crs=crs, transform=TRANSFORM) as dst:
-            dst.write(np.full((count, 320, 320), 100, dtype=dtype))
+                           crs=crs, transform=TRANSFORM, nodata=nodata) as dst:
+            dst.write(np.full((count, 320, 320), value, dtype=dtype))
 
     return setup
 
@@ -261,15 +262,46 @@ def predict_with(*extra: str, raster_arg: str = "{ws}/scene.tif", checkpoint: st
     return ("tile-predict", raster_arg, "--checkpoint", checkpoint, "--out", out, *extra)
 
 
-def detector_like(ws: Path) -> None:
-    """A safetensors file that is no geo-seg checkpoint (so `tile-predict` takes it for a detector) with the
-    sidecar `train geo-det` writes, recording 3-band uint8 training scenes."""
+def detector_file(ws: Path, scenes: dict | None = None) -> None:
+    """`det.safetensors`: a detector checkpoint's header (`DetectorInfo.metadata`, the scenes it records or,
+    with ``scenes`` None, none, as before they were recorded) over a placeholder tensor: every check of
+    `tile-predict` reads the header before any model is built."""
     import torch
     from safetensors.torch import save_file
 
-    save_file({"w": torch.zeros(2)}, str(ws / "det.safetensors"))
+    from domainmona.detection.checkpoint import SCENES_KEY, DetectorInfo
+
+    meta = DetectorInfo("model = dict(type='OrientedRCNN')", ("plane",), 64, 16, scenes or {}).metadata()
+    if scenes is None:
+        del meta[SCENES_KEY]
+    save_file({"w": torch.zeros(2)}, str(ws / "det.safetensors"), metadata=meta)
+
+
+def detector_like(ws: Path) -> None:
+    """A detector checkpoint from before the scenes were recorded, with the sidecar `train geo-det` wrote
+    then, recording 3-band uint8 training scenes."""
+    detector_file(ws)
     (ws / "det.geo.json").write_text(json.dumps({"producer": "domainmona", "bands": [1, 2, 3], "scene_bands": [3],
                                                  "dtypes": ["uint8"], "stats": None, "classes": ["plane"]}))
+
+
+def dota_detector(recorded: bool) -> Setup:
+    """A `train dota|star` detector checkpoint (no sidecar): recording DOTA's 3-band uint8 RGB patches, or
+    from before the record (then taken to be one)."""
+    from domainmona.detection.checkpoint import RGB_PATCHES
+
+    return lambda ws: detector_file(ws, dict(RGB_PATCHES) if recorded else None)
+
+
+def ct_adapter_file(ws: Path) -> None:
+    """`ct.safetensors`: the adapter file `segment-ct train` writes beside its checkpoints (a tiny SwinUNETR
+    with Mona)."""
+    from domainmona.medical.model import assemble
+    from domainmona.medical.settings import load_settings
+    from domainmona.medical.weights import save_adapter_file
+
+    settings = load_settings(None, model={"feature_size": 12, "adapter_cfg": {"inner_dim": 8}}, train={"roi": 64})
+    save_adapter_file(assemble(settings["model"], 2), settings["model"], ws / "ct.safetensors")
 
 
 DET = steps(use("scene.tif"), detector_like)
@@ -529,7 +561,53 @@ GEO_DEMO_CASES = [
 ]
 
 
-CASES = TILE_CASES + PREDICT_CASES + GEO_SEG_CASES + GEO_DET_CASES + SCENE_CASES + GEO_DEMO_CASES
+# ------------------------------------------- refused with outputs under new folders, NaN rings, memory, kinds
+
+NAN_RING = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"class": "water"},
+            "geometry": {"type": "Polygon", "coordinates": [[[13.7, 46.0], [float("nan"), 46.0], [13.71, 46.01],
+                                                             [13.7, 46.0]]]}}]}
+HUGE = "1000000000"  # 10^9 pixels a side: no buffer of it fits any machine
+
+NEW_PARENT_CASES = [
+    # Refused after the output's parents would be made: none may be left (the rows below write under NEW).
+    Case("tile-new-parent-truncated-raster", tile_with(raster_arg="{ws}/cut.tif", out=f"{NEW}/chips"), "cut.tif",
+         steps(SCENE, truncated("cut.tif", "scene.tif", 0.5))),
+    Case("tile-new-parent-all-nodata", tile_with(raster_arg="{ws}/blank.tif", out=f"{NEW}/chips"), "valid pixels",
+         steps(SCENE, raster("blank.tif", value=0, nodata=0))),
+    Case("tile-new-parent-all-nan", tile_with(raster_arg="{ws}/nan.tif", out=f"{NEW}/chips"), "valid pixels",
+         steps(SCENE, raster("nan.tif", "float32", value=float("nan")))),
+    Case("tile-labels-geojson-nan-ring", tile_with(labels_arg="{ws}/nan.geojson", out=f"{NEW}/chips"),
+         "NaN or infinite", steps(SCENE, write("nan.geojson", json.dumps(NAN_RING)))),
+    Case("tile-size-beyond-memory", (*tile_with(out=f"{NEW}/chips"), "--size", HUGE), "would need", SCENE),
+    Case("predict-new-parent-truncated", predict_with(raster_arg="{ws}/cut.tif", out=f"{NEW}/pred.tif"), "cut.tif",
+         steps(SEG, truncated("cut.tif", "scene.tif", 0.5))),
+    Case("predict-size-beyond-memory", (*predict_with(out=f"{NEW}/pred.tif"), "--size", HUGE), "would need", SEG),
+    Case("predict-dota-detector-4-band-uint16", predict_with(raster_arg="{ws}/u16.tif",
+         checkpoint="{ws}/det.safetensors", out=f"{NEW}/d.gpkg"), "trained on scenes with 3 band(s)",
+         steps(use("scene.tif"), dota_detector(recorded=True), raster("u16.tif", "uint16", count=4))),
+    Case("predict-old-dota-detector-uint16", predict_with(raster_arg="{ws}/u16.tif",
+         checkpoint="{ws}/det.safetensors", out="{ws}/d.gpkg"), "taken as trained on 3-band uint8 RGB",
+         steps(use("scene.tif"), dota_detector(recorded=False), raster("u16.tif", "uint16"))),
+    Case("predict-ct-adapter-to-tif", predict_with(checkpoint="{ws}/ct.safetensors"),
+         "an adapter file (mona on", steps(use("scene.tif"), ct_adapter_file)),
+    Case("geo-seg-new-parent-damaged-chip", geo_seg_with(work_dir=f"{NEW}/work"), "chips",
+         steps(CHIPS, chip_damaged("truncated"))),
+    Case("geo-seg-scenes-new-parent-truncated", ("train", "geo-seg", "--scenes", "{ws}/cut.tif", "--labels",
+         "{ws}/labels.gpkg", "--work-dir", f"{NEW}/work", "--encoder", "micro", "--max-iters", "2"), "cut.tif",
+         steps(SCENE, truncated("cut.tif", "scene.tif", 0.5))),
+    Case("geo-seg-scenes-size-beyond-memory", ("train", "geo-seg", "--scenes", "{ws}/scene.tif", "--labels",
+         "{ws}/labels.gpkg", "--work-dir", f"{NEW}/work", "--encoder", "micro", "--size", HUGE), "would need", SCENE),
+    Case("geo-det-new-parent-manifest-corrupt", (*GEO_DET[:5], f"{NEW}/work", *GEO_DET[6:]),
+         "not a readable manifest", steps(DET_CHIPS, write("detchips/manifest.json", "\x00\x01"))),
+    Case("geo-det-scenes-size-beyond-memory", ("train", "geo-det", "--scenes", "{ws}/scene.tif", "--labels",
+         "{ws}/labels.gpkg", "--work-dir", f"{NEW}/work", "--backbone", "micro", "--size", HUGE), "would need",
+         SCENE),
+    Case("geo-demo-new-parent-bad-task", ("geo-demo", "--out", f"{NEW}/demo", "--task", "classification"), "--task",
+         None),
+]
+
+CASES = (TILE_CASES + PREDICT_CASES + GEO_SEG_CASES + GEO_DET_CASES + SCENE_CASES + GEO_DEMO_CASES
+         + NEW_PARENT_CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))
@@ -613,6 +691,30 @@ def test_polygon_outputs_are_marked_and_user_files_are_not(tmp_path, suffix):
     assert not polygons_are_ours(tmp_path / "absent.gpkg")
 
 
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit, a write fails with EFBIG as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
+from domainmona.cli import run
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def test_a_write_that_fails_names_its_cause(tmp_path):
+    """GDAL says "Write failed. See previous exception for details." and keeps the cause (here: the file
+    size limit, as a full disk gives "No space left on device") in the chained error: the line names it."""
+    import subprocess
+    import sys
+
+    SEG(tmp_path)
+    result = subprocess.run([sys.executable, "-c", LIMITED, *_argv((*PREDICT[:5], f"{NEW}/pred.tif"), tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    CASES_RUN["tile-predict"] += 1
+    line = assert_one_error_line(result.returncode, result.stdout, result.stderr, "file too large")
+    assert "see previous exception" not in line.lower()
+    assert not (tmp_path / "new").exists() and not temporaries(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------- interruptions
 
 def _argv(argv, ws: Path) -> list[str]:
@@ -649,6 +751,34 @@ def test_tile_predict_killed_then_rerun(tmp_path):
     assert not temporaries(tmp_path) and geotiff_is_ours(tmp_path / "pred.tif")
     with rasterio.open(tmp_path / "pred.tif") as src:
         assert src.shape == (768, 768)
+
+
+def big_scene(size: int) -> Setup:
+    def setup(ws: Path) -> None:
+        from domainmona.geo.synthetic import SceneSpec, write_scene
+
+        write_scene(ws / "big.tif", ws / "big.gpkg", SceneSpec(width=size, height=size, objects=60, seed=3))
+
+    return setup
+
+
+INTERRUPT_CASES = [
+    Interrupt("tile-interrupted", ("tile", "{ws}/big.tif", "--labels", "{ws}/big.gpkg", "--out", f"{NEW}/chips",
+                                   "--size", "64", "--overlap", "0", "--task", "segmentation"), made_new,
+              big_scene(2048)),
+    Interrupt("tile-predict-interrupted", ("tile-predict", "{ws}/big.tif", "--checkpoint", "{ws}/seg.safetensors",
+                                           "--out", f"{NEW}/pred.tif"), made_new, steps(SEG, big_scene(768))),
+    Interrupt("geo-seg-interrupted", geo_seg_with("--max-iters", "500", work_dir=f"{NEW}/work"), made_new, CHIPS),
+    Interrupt("geo-det-interrupted", (*GEO_DET[:5], f"{NEW}/work", *GEO_DET[6:], "--max-iters", "100"), made_new,
+              DET_CHIPS),
+    Interrupt("geo-demo-interrupted", ("geo-demo", "--out", f"{NEW}/demo"), made_new),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", INTERRUPT_CASES, ids=ids(INTERRUPT_CASES))
+def test_interrupted(case, tmp_path):
+    interrupted(case, tmp_path)
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from harness import (CASES_RUN, MARKER, Case, assert_one_error_line, crafted, ids, killed_then_rerun,
-                     refused, run_cli, run_subprocess, steps, temporaries, write)
+from harness import (CASES_RUN, MARKER, NEW, Case, Interrupt, assert_one_error_line, crafted, ids, interrupted,
+                     killed_then_rerun, made_new, refused, run_cli, run_subprocess, steps, temporaries, write)
 
 from domainmona.io import claim_dir
 from domainmona.medical import synthetic, transforms
@@ -428,7 +428,58 @@ DEMO_CASES = [
          lambda ws: synthetic.write_dataset(ws / "demo", cases=1, shape=SHAPE)),
 ]
 
-CASES = TRAIN_CASES + PREDICT_CASES + EVALUATE_CASES + DEMO_CASES
+# ------------------------------------- outputs under new folders, affines that place no voxel, memory bombs
+
+SINGULAR = np.zeros((4, 4))  # what an all-zero sform gives
+NAN_AFFINE = np.diag([1.0, np.nan, 1.0, 1.0])
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)) + "train: {roi: *i}\n"
+
+
+def _sform(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    """A NIfTI whose only affine is the sform ``affine``: nibabel writes no qform of a singular one and refuses
+    NaN, so those rows of the header are written as bytes (srow_x/y/z at byte 280 of the NIfTI-1 header)."""
+    import gzip
+
+    image = nib.Nifti1Image(array, np.eye(4))
+    image.set_qform(None, code=0)
+    image.set_sform(np.eye(4), code=1)
+    data = bytearray(image.to_bytes())
+    data[280:328] = np.asarray(affine[:3], dtype="<f4").tobytes()
+    path.write_bytes(gzip.compress(bytes(data)))
+    return path
+
+
+def _scan_with_affine(affine: np.ndarray):
+    return lambda ws: (_sform(ws / "scan.nii.gz", FLOAT_CT, affine), _checkpoint(ws / "model.pt"))
+
+
+def _case_affine(affine: np.ndarray):
+    def setup(ws: Path) -> None:
+        _data(ws)
+        image = ws / "task" / "imagesTr" / "case_000.nii.gz"
+        _sform(image, np.asarray(nib.load(image).dataobj), affine)
+    return setup
+
+
+NEW_PARENT_CASES = [
+    _train("new-parent-truncated-image", [], "truncated", _edit_case(truncate="imagesTr"),
+           argv=(*TRAIN[:5], f"{NEW}/run", *TRAIN[6:])),
+    _train("affine-singular", [], "singular", _case_affine(SINGULAR)),
+    _train("affine-nan", [], "NaN or infinite", _case_affine(NAN_AFFINE)),
+    _train("config-alias-bomb", ["--config", "{ws}/bomb.yaml"], "aliases",
+           steps(_data, write("bomb.yaml", ALIAS_BOMB))),
+    _train("roi-beyond-memory", ["--roi", "4096"], "would need"),
+    _predict("new-parent-affine-singular", [], "singular", _scan_with_affine(SINGULAR),
+             argv=(*PREDICT[:6], f"{NEW}/pred")),
+    _predict("affine-nan", [], "NaN or infinite", _scan_with_affine(NAN_AFFINE)),
+    _evaluate("gt-affine-singular", [], "singular", steps(_labels(), lambda ws: _sform(
+        ws / "gt" / "a.nii.gz", np.asarray(nib.load(ws / "gt" / "a.nii.gz").dataobj), SINGULAR))),
+    Case("demo-new-parent-max-epochs-0", ("segment-ct", "demo", "--out", f"{NEW}/demo", "--max-epochs", "0"),
+         "--max-epochs"),
+]
+
+CASES = TRAIN_CASES + PREDICT_CASES + EVALUATE_CASES + DEMO_CASES + NEW_PARENT_CASES
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))
@@ -493,6 +544,26 @@ def test_a_ct_with_nan_voxels_predicts_like_the_clean_one(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- kills
+
+def _scans(ws: Path) -> None:
+    for i in range(6):
+        _scan(ws / "scans" / f"s{i}.nii.gz", seed=i)
+    _checkpoint(ws / "model.pt")
+
+
+INTERRUPT_CASES = [
+    Interrupt("predict-interrupted", ("segment-ct", "predict", *(f"{{ws}}/scans/s{i}.nii.gz" for i in range(6)),
+                                      "--checkpoint", "{ws}/model.pt", "--out", f"{NEW}/pred"), made_new, _scans),
+    Interrupt("train-interrupted", (*TRAIN[:5], f"{NEW}/run", *TRAIN[6:]), made_new, _config(train={"max_epochs": 50})),
+    Interrupt("demo-interrupted", ("segment-ct", "demo", "--out", f"{NEW}/demo", "--max-epochs", "2"), made_new),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", INTERRUPT_CASES, ids=ids(INTERRUPT_CASES))
+def test_interrupted(case, tmp_path):
+    interrupted(case, tmp_path)
+
 
 @pytest.mark.slow
 def test_predict_killed_midway_completes_on_rerun(tmp_path):
