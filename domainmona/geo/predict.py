@@ -28,7 +28,7 @@ from rasterio.windows import Window
 from domainmona.console import progress
 from domainmona.errors import UserError
 from domainmona.geo.blend import RollingBlender
-from domainmona.geo.raster import grid_origins, open_raster, read_tile, streaming_env
+from domainmona.geo.raster import checked_write, grid_origins, open_raster, read_tile, streaming_env
 from domainmona.io import PRODUCER, atomic_path, scratch_dir
 from domainmona.options import check_memory, window_bytes
 
@@ -319,7 +319,7 @@ def write_class_map(src: rasterio.DatasetReader, out: Path, classes: list[str], 
                     fill: Callable[[rasterio.io.DatasetWriter], int]) -> int:
     """Create the class map on ``src``'s grid, let ``fill`` write its pixels, and rename it onto ``out`` (as
     a COG, converted from a tiled GTiff in ``scratch``: GDAL's COG driver would hold the map in memory)."""
-    with atomic_path(out) as tmp:
+    with atomic_path(out) as tmp, checked_write(out):
         tiled = scratch / "tiled.tif" if cog else tmp
         with rasterio.open(tiled, "w", **class_map_profile(src)) as dst:
             dst.update_tags(classes=",".join(["background", *classes]), PRODUCER=PRODUCER)

@@ -13,7 +13,10 @@ it is NaN or infinite; a *pixel* is nodata only when every band is invalid there
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -110,6 +113,52 @@ def gdal_reason(exc: BaseException) -> str:
     """GDAL's own words: rasterio's "Read failed. See previous exception" hides them in the cause."""
     exc = exc.__cause__ or exc
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _write_cause(folder: Path) -> str:
+    """What the OS would say about a failed write in ``folder``, which GDAL reports only as a write error
+    (libtiff prints the errno text on its own line)."""
+    import resource
+
+    with contextlib.suppress(OSError):
+        stat = os.statvfs(folder)
+        if stat.f_bavail * stat.f_frsize < 1 << 20:
+            return "No space left on device"
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        return f"File too large (this process may write files of at most {soft:,} bytes)"
+    return ""
+
+
+@contextlib.contextmanager
+def checked_write(path: Path) -> Iterator[None]:
+    """Around GDAL writes of ``path``: a failure is one UserError naming its cause. GDAL raises "Write failed.
+    See previous exception" with the cause chained, and reports a failure while flushing blocks at close (a
+    full disk) only to its log, after which the truncated file would be renamed into place."""
+    failures: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if "signalled an error" in text:
+                found = re.search(r"msg='(.*)'", text)
+                failures.append(found.group(1) if found else text)
+
+    logger, handler = logging.getLogger("rasterio._err"), Collect(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        try:
+            yield
+        except RasterioIOError as exc:
+            failures.insert(0, gdal_reason(exc))
+        if failures:
+            cause = _write_cause(Path(path).parent)
+            raise UserError(f"{path}: writing failed: {cause + '; ' if cause else ''}{failures[0]}")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def read_window(src: rasterio.DatasetReader, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:

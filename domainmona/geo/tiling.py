@@ -26,7 +26,8 @@ from domainmona.console import console, progress
 from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad, write_dota_labels
 from domainmona.errors import UserError
 from domainmona.geo.labels import PixelIndex, read_labels, reproject
-from domainmona.geo.raster import open_raster, read_tile, selected_bands, streaming_env, warn_nodata
+from domainmona.geo.raster import (checked_write, open_raster, read_tile, selected_bands, streaming_env,
+                                  warn_nodata)
 from domainmona.geo.stats import BandValues, band_values, stretch_to_uint8, summarise
 from domainmona.io import atomic_dir, check_parent, check_replaceable
 from domainmona.options import check_memory, window_bytes
@@ -249,7 +250,7 @@ def scene_statistics(rasters: list[Path], opts: TileOptions, scenes: list[dict],
 def _write_dataset(rasters: list[Path], out: Path, opts: TileOptions, classes: list[str], scenes: list[dict],
                    plans: list[ChipPlan], inputs: list[Path]) -> dict:
     chips, skipped = [], 0
-    with streaming_env(), atomic_dir(out, "tile", inputs) as tmp, progress() as bar:
+    with streaming_env(), atomic_dir(out, "tile", inputs) as tmp, checked_write(out), progress() as bar:
         for sub in LAYOUT[opts.task]:
             (tmp / sub).mkdir()
         stats = scene_statistics(rasters, opts, scenes, bar)
