@@ -35,9 +35,10 @@ def finite(low: float | None = None, high: float | None = None, *, low_open: boo
     return check
 
 
-def shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` for a message, cut to ``limit`` characters: a message never holds an unbounded value."""
-    text = repr(value)
+def shown(value: Any, limit: int = 60, plain: bool = False) -> str:
+    """``repr(value)`` (``str`` if ``plain``) for a message, cut to ``limit`` characters: a message never holds
+    an unbounded value."""
+    text = str(value) if plain else repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 

@@ -91,7 +91,8 @@ def load_settings(user_config: str | Path | None = None, **overrides: dict[str, 
     for layer in layers:
         for section, values in layer.items():
             if section not in SECTIONS or not isinstance(values, dict):
-                raise UserError(f"settings: unknown section {shown(section)} (known: {', '.join(SECTIONS)})")
+                raise UserError(f"settings: unknown section '{shown(section, plain=True)}' "
+                                f"(known: {', '.join(SECTIONS)})")
             _merge(settings[section], values, section)
     check_settings(settings)
     return settings
@@ -101,8 +102,8 @@ def _merge(target: dict[str, Any], values: dict[str, Any], where: str) -> None:
     """`target.update(values)`, refusing unknown keys; a network's own mapping (`model.unetr`) merges key by key."""
     unknown = set(values) - set(target)
     if unknown:
-        raise UserError(f"settings: unknown key(s) {shown(', '.join(map(str, sorted(unknown, key=str))), 200)} in "
-                        f"'{where}'")
+        names = ", ".join(map(str, sorted(unknown, key=str)))
+        raise UserError(f"settings: unknown key(s) {shown(names, 200, plain=True)} in '{where}'")
     for key, value in values.items():
         if where == "model" and key in NESTED and isinstance(value, dict):
             _merge(target[key], value, f"model.{key}")
@@ -156,7 +157,7 @@ def check_settings(settings: dict[str, Any]) -> None:
             raise UserError(f"{_name(section, key)} {shown(settings[section].get(key))}: must be true or false")
     pre, model, train = settings["preprocess"], settings["model"], settings["train"]
     if model.get("name") not in NETWORKS:
-        raise UserError(f"--model {shown(model.get('name'))}: choose from {', '.join(NETWORKS)}")
+        raise UserError(f"--model {shown(model.get('name'), plain=True)}: choose from {', '.join(NETWORKS)}")
     _check_networks(model)
     _check_roi(model, train["roi"])
     for key in ("feature_size", "decoder_size"):
@@ -164,10 +165,12 @@ def check_settings(settings: dict[str, Any]) -> None:
         if size is None and key == "decoder_size":
             continue
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % WIDTH_MULTIPLE:
-            raise UserError(f"--{key.replace('_', '-')} {shown(size)}: must be a positive multiple of {WIDTH_MULTIPLE}")
+            raise UserError(f"--{key.replace('_', '-')} {shown(size, plain=True)}: must be a positive multiple of "
+                            f"{WIDTH_MULTIPLE}")
     _check_roi_memory(model, train)
     if model.get("merging") not in MERGING_CHOICES:
-        raise UserError(f"--merging {shown(model.get('merging'))}: choose from {', '.join(MERGING_CHOICES)}")
+        raise UserError(f"--merging {shown(model.get('merging'), plain=True)}: choose from "
+                        f"{', '.join(MERGING_CHOICES)}")
     _check_adapter(model)
     if pre["hu_min"] >= pre["hu_max"]:
         raise UserError(f"--hu-min {pre['hu_min']} must be below --hu-max {pre['hu_max']}")
