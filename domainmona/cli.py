@@ -94,6 +94,8 @@ def _dispatch(argv: list[str] | None) -> int:
         from domainmona.io import os_error_line
 
         return _fail(os_error_line(exc))
+    if result == 130:  # typer turns Ctrl-C into Exit(130), whose code it returns in non-standalone mode
+        raise KeyboardInterrupt
     return result if isinstance(result, int) else 0
 
 

@@ -206,6 +206,9 @@ class Interrupt:
     def command(self) -> str:
         return Case(self.id, self.argv, "").command
 
+    def args(self, ws: Path) -> list[str]:
+        return Case(self.id, self.argv, "").args(ws)
+
 
 def made_new(ws: Path) -> bool:
     """Ready: the run made a folder under `NEW`'s parent."""
