@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import typer
 
-from domainmona import __version__
+from domainmona import __version__, logs
 
 
 @dataclass(frozen=True)
@@ -60,5 +60,9 @@ def _print_version(requested: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                       help="Print domainmona's version and exit.")) -> None:
-    """The root's own options: only --version, answered by its eager callback before any command."""
+                                       help="Print domainmona's version and exit."),
+          verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Show the frameworks' logs (mmengine, MONAI, GDAL) on the terminal "
+                                            "too; they always go to the command's log file.")) -> None:
+    """The root's own options: --version, answered by its eager callback before any command, and --verbose."""
+    logs.set_verbose(verbose)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-console = Console()
-err_console = Console(stderr=True)
+FILE_WIDTH = 1000  # columns when writing to a file or pipe: no table cell or line is cut or wrapped there
+
+
+class _Console(Console):
+    """A rich Console that keeps the terminal's width on a terminal, and never cuts a name when its output
+    is a file or a pipe (`domainmona adapters report ... > report.txt`): rich would otherwise take the width
+    of whichever standard stream is a terminal, or 80 columns, and shorten table cells to fit."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(FILE_WIDTH, size.height)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 def progress(transient: bool = False) -> Progress:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from shapely.geometry import Polygon
 
+from domainmona.detection import mmcv_ext
 from domainmona.doctor import STACK
 
 
@@ -69,8 +70,10 @@ def test_doctor_exits_zero_after_running_the_ops():
     exe = Path(sys.executable).with_name("domainmona")
     result = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    for op in ("nms_rotated", "box_iou_rotated", "RoIAlignRotated"):
-        assert f"{op} (cpu: mmcv)" in result.stdout  # default: mmcv's compiled kernel on the CPU
+    compiled = mmcv_ext.compiled_ops_installed()
+    assert ("with compiled ops" if compiled else "without compiled ops") in result.stdout
+    for op in ("nms_rotated", "box_iou_rotated", "RoIAlignRotated"):  # default: mmcv's CPU kernel where built
+        assert f"{op} (cpu: {'mmcv' if compiled else 'torch'})" in result.stdout
     forced = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "DOMAINMONA_ROTATED_OPS": "torch"})
     assert forced.returncode == 0, forced.stdout + forced.stderr
@@ -78,6 +81,10 @@ def test_doctor_exits_zero_after_running_the_ops():
     bad = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "DOMAINMONA_ROTATED_OPS": "bogus"})
     assert bad.returncode == 2 and "is not one of auto, mmcv, torch" in bad.stderr
+    if not compiled:
+        asked = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "DOMAINMONA_ROTATED_OPS": "mmcv"})
+        assert asked.returncode == 2 and "DOMAINMONA_MMCV_OPS=compile make setup" in asked.stderr
 
 
 def test_unknown_command_exits_nonzero_without_traceback():

@@ -48,8 +48,12 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
 def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float) -> None:
     from domainmona.console import console
     from domainmona.detection.inference import run_test
+    from domainmona.detection.runner import quiet_frameworks
+    from domainmona.logs import framework_log
 
-    result = run_test(checkpoint, data, out, iou_thr, dataset)
+    with framework_log(out):
+        quiet_frameworks()
+        result = run_test(checkpoint, data, out, iou_thr, dataset)
     if result.map is not None:
         console.print(f"full-image mAP ({dataset.upper()}, VOC07, IoU 0.5): {result.map:.4f}")
     console.print(str(result.zip_path), highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from domainmona.console import console
 from domainmona.errors import UserError
 from domainmona.io import claim_dir, claim_file, write_json
+from domainmona.logs import framework_log
 from domainmona.recipes import load_recipe
 
 
@@ -43,12 +44,7 @@ class DemoResult:
 
 def run_demo(out: Path, settings: DemoSettings | None = None) -> DemoResult:
     """Settings default to pipelines/demo.yaml."""
-    import torch
-
-    from domainmona.detection.draw import draw_detections
-    from domainmona.detection.inference import run_test
-    from domainmona.detection.synthetic import SYNTHETIC_CLASSES, generate_dota_scenes
-    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train
+    from domainmona.detection.train import MICRO_WEIGHTS
 
     if not MICRO_WEIGHTS.is_file():
         raise UserError(f"{MICRO_WEIGHTS} is missing: run `python -m domainmona.detection.pretrain_micro`")
@@ -56,6 +52,18 @@ def run_demo(out: Path, settings: DemoSettings | None = None) -> DemoResult:
     s = settings or DemoSettings(**load_recipe('demo')['settings'])
     claim_dir(out, 'demo')  # new, empty, or an earlier demo's: nothing of the user's is replaced
     summary = claim_file(out / 'demo.json', what='--out')
+    with framework_log(out):
+        return _run(out, s, summary, start)
+
+
+def _run(out: Path, s: DemoSettings, summary: Path, start: float) -> DemoResult:
+    import torch
+
+    from domainmona.detection.draw import draw_detections
+    from domainmona.detection.inference import run_test
+    from domainmona.detection.synthetic import SYNTHETIC_CLASSES, generate_dota_scenes
+    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train
+
     scenes = out / 'scenes'
     console.print(f"[bold]1/3[/] generating {s.train_scenes}+{s.test_scenes} scenes of {s.scene_size} px in {scenes}")
     generate_dota_scenes(scenes / 'train', s.train_scenes, s.scene_size, seed=s.seed, prefix='train')

@@ -199,14 +199,14 @@ def random_backbone(cfg, path: Path, seed: int) -> Path:
 
 def train_runner(opts: TrainOptions):
     """Split, subset, configure and train; returns mmengine's Runner after training."""
-    from mmengine.runner import Runner
-
     from domainmona.detection.amp import keep_box_work_in_float32
     from domainmona.detection.checkpoint import install_safe_checkpoint_loader
     from domainmona.detection.fewshot import select_shots
     from domainmona.detection.rotated_ops import install_rotated_ops
+    from domainmona.detection.runner import LoggedRunner, quiet_frameworks
     from domainmona.devices import default_device, describe
 
+    quiet_frameworks()
     resume_from = prepare(opts)
     subsets = training_subsets(opts)
     if opts.shots is not None:
@@ -215,7 +215,7 @@ def train_runner(opts: TrainOptions):
     install_safe_checkpoint_loader()
     install_rotated_ops()
     cfg = build_train_config(opts, subsets, resume_from)
-    runner = Runner.from_cfg(cfg)
+    runner = LoggedRunner.from_cfg(cfg)
     dtype = cfg.optim_wrapper.get('dtype')
     if dtype is not None:
         keep_box_work_in_float32(runner.model.module if hasattr(runner.model, 'module') else runner.model)
@@ -227,13 +227,15 @@ def train_runner(opts: TrainOptions):
 def train(opts: TrainOptions) -> Path:
     """Train and return the final checkpoint (see domainmona.detection.checkpoint)."""
     from domainmona.detection.checkpoint import DetectorInfo, save_detector
+    from domainmona.logs import framework_log
 
-    runner = train_runner(opts)
-    final = opts.work_dir / 'final.safetensors'
-    if runner.rank == 0:
-        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
-        info = DetectorInfo(runner.cfg.pretty_text, opts.class_names, opts.patch_size, opts.patch_gap)
-        if opts.scenes is not None:
-            info.scenes = opts.scenes
-        save_detector(model, info, final)
+    with framework_log(opts.work_dir):
+        runner = train_runner(opts)
+        final = opts.work_dir / 'final.safetensors'
+        if runner.rank == 0:
+            model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+            info = DetectorInfo(runner.cfg.pretty_text, opts.class_names, opts.patch_size, opts.patch_gap)
+            if opts.scenes is not None:
+                info.scenes = opts.scenes
+            save_detector(model, info, final)
     return final
