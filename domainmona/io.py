@@ -30,6 +30,7 @@ from typing import Any
 from domainmona.errors import UserError
 
 RECORD = ".domainmona.json"  # in every output folder domainmona made
+LOG = "domainmona.log"  # the frameworks' log (domainmona.logs), in a work or output folder once it is claimed
 PRODUCER = "domainmona"  # the mark in JSON outputs (`producer` key) and file metadata
 
 
@@ -58,15 +59,15 @@ def make_folders(folder: str | os.PathLike) -> Path:
 
 
 def _unmake(made: list[Path]) -> list[Path]:
-    """Remove the folders of ``made`` (newest first) that hold nothing but a record; the others are kept
-    and returned."""
+    """Remove the folders of ``made`` (newest first) that hold nothing but a record (and the frameworks' log
+    of the failed run); the others are kept and returned."""
     kept = []
     for folder in reversed(made):
         try:
             contents = list(folder.iterdir())
         except OSError:
             continue
-        if all(entry.name == RECORD and entry.is_file() for entry in contents):
+        if all(entry.name in (RECORD, LOG) and entry.is_file() for entry in contents):
             for entry in contents:
                 entry.unlink(missing_ok=True)
             with contextlib.suppress(OSError):

@@ -8,8 +8,9 @@ sent there by `route`, and what frameworks `print` at import by `printed_to_log`
 are printed by the commands, not logged). The root option `--verbose`/`-v` keeps the frameworks' terminal
 output as well.
 
-The folder is often made only after the command's checks pass, so records wait in memory until it exists:
-a refused run leaves no log file and no folder behind, and prints nothing but its one error line.
+Records wait in memory until the command has claimed the folder (its `.domainmona.json` record exists, which
+`claim_dir` writes once the checks have passed): a refused run leaves no log file, not even in a folder that
+existed before, and prints nothing but its one error line.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from domainmona.console import err_console
+from domainmona.io import LOG, RECORD
 
-LOG_NAME = 'domainmona.log'
 PENDING_LIMIT = 10_000  # records kept while the folder does not exist yet; older ones are dropped
 _state: dict = {'verbose': False, 'handler': None}
 
@@ -35,7 +36,7 @@ def set_verbose(verbose: bool) -> None:
 
 
 class FolderLog(logging.Handler):
-    """Appends records to `path` once its folder exists; earlier records wait (bounded) in memory."""
+    """Appends records to `path` once its folder is claimed; earlier records wait (bounded) in memory."""
 
     def __init__(self, path: Path):
         super().__init__()
@@ -46,7 +47,7 @@ class FolderLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            if self.file is None and not self.path.parent.is_dir():
+            if self.file is None and not (self.path.parent / RECORD).is_file():
                 self.pending = self.pending[-PENDING_LIMIT + 1:] + [record]
                 return
             if self.file is None:
@@ -74,7 +75,7 @@ def framework_log(folder: Path) -> Iterator[Path]:
     if _state['handler'] is not None:
         yield _state['handler'].path
         return
-    handler = FolderLog(Path(folder) / LOG_NAME)
+    handler = FolderLog(Path(folder) / LOG)
     root = logging.getLogger()
     level = root.level
     added: list[logging.Handler] = [handler]

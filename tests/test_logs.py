@@ -8,27 +8,32 @@ from rich.table import Table
 
 from domainmona import logs
 from domainmona.console import FILE_WIDTH, _Console
+from domainmona.io import claim_dir
 
 
-def test_records_wait_for_the_folder_and_a_run_that_never_makes_it_leaves_nothing(tmp_path, capsys):
+def test_records_wait_for_the_claimed_folder_and_a_run_refused_before_leaves_nothing(tmp_path, capsys):
     folder = tmp_path / 'work'
     with logs.framework_log(folder) as path:
         logging.getLogger('rasterio._env').warning('CPLE_NotSupported in driver option')
         assert not folder.exists()  # nothing made for a log line
         folder.mkdir()
+        logging.getLogger('rasterio._env').warning('still checking')
+        assert list(folder.iterdir()) == []  # nor written into a folder the command has not claimed
+        claim_dir(folder, 'test')
         logging.getLogger('monai.transforms').info('loaded 3 volumes')
         warnings.warn('a framework deprecation', DeprecationWarning)
     records = [line for line in path.read_text().splitlines() if line[:4].isdigit()]  # each starts with its time
-    assert path == folder / 'domainmona.log' and len(records) == 3
-    assert 'CPLE_NotSupported' in records[0] and 'loaded 3 volumes' in records[1]
-    assert 'DeprecationWarning: a framework deprecation' in records[2]
+    assert path == folder / 'domainmona.log' and len(records) == 4
+    assert 'CPLE_NotSupported' in records[0] and 'loaded 3 volumes' in records[2]
+    assert 'DeprecationWarning: a framework deprecation' in records[3]
     terminal = capsys.readouterr()
     assert 'CPLE' not in terminal.out + terminal.err and f'framework log: {path}' in terminal.err.replace('\n', '')
 
-    refused = tmp_path / 'refused'
-    with logs.framework_log(refused):
+    existing = tmp_path / 'existing'
+    existing.mkdir()
+    with logs.framework_log(existing):
         logging.getLogger('mmengine').warning('said before the checks refused the run')
-    assert not refused.exists()
+    assert list(existing.iterdir()) == []
 
 
 def test_route_drops_the_terminal_handler_unless_verbose(tmp_path):
@@ -38,7 +43,7 @@ def test_route_drops_the_terminal_handler_unless_verbose(tmp_path):
         logger.propagate = False
         stream = io.StringIO()
         logger.addHandler(logging.StreamHandler(stream))
-        tmp_path.joinpath(str(verbose)).mkdir()
+        claim_dir(tmp_path / str(verbose), 'test')
         with logs.framework_log(tmp_path / str(verbose)) as path:
             logs.route(logger).warning('backbone.norm.weight is skipped since its requires_grad=False')
         assert 'requires_grad=False' in path.read_text()
@@ -47,6 +52,7 @@ def test_route_drops_the_terminal_handler_unless_verbose(tmp_path):
 
 
 def test_nested_logs_share_the_outer_file(tmp_path):
+    claim_dir(tmp_path, 'test')
     with logs.framework_log(tmp_path) as outer:
         with logs.framework_log(tmp_path / 'inner') as inner:
             logging.getLogger('x').warning('inner record')
