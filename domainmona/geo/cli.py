@@ -198,13 +198,16 @@ def register(groups: CommandGroups) -> None:
         """Fine-tune a Mona-Swin segmentation model (smp) on chips or straight on scenes; prints the checkpoint
         path last."""
         from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
+        from domainmona.logs import framework_log
 
         source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
                               allow_no_crs)
         opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed,
                                overrides={"save_every": save_every, "amp": amp, "adapter_recompute": adapter_recompute,
                                           "checkpoint_blocks": checkpoint_blocks}, resume=resume, scenes=source)
-        console.print(str(train_segmentation(opts)), soft_wrap=True)
+        with framework_log(opts.work_dir):  # GDAL's, timm's and torch's logs and warnings
+            final = train_segmentation(opts)
+        console.print(str(final), soft_wrap=True)
 
     @groups.train.command("geo-det")
     def train_geo_det(chips: Optional[Path] = typer.Option(None, "--chips", help="Detection chips from 'tile'."),

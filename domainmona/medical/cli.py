@@ -69,9 +69,11 @@ def register(groups: CommandGroups) -> None:
         if gpus > 1 and not under_torchrun():
             relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint
             return
+        from domainmona.logs import framework_log
         from domainmona.medical.train import train as run
 
-        final = run(split, settings, work_dir, pretrained=pretrained, resume=resume, gpus=gpus)
+        with framework_log(work_dir):  # MONAI's and torch's logs and warnings
+            final = run(split, settings, work_dir, pretrained=pretrained, resume=resume, gpus=gpus)
         if is_main_process():
             typer.echo(str(final))
 
