@@ -107,8 +107,13 @@ def _interrupted(kept: list | None = None) -> int:
                  "a training)", code=130)
 
 
+MESSAGE_LIMIT = 2000  # characters of an error line: a message must never carry an unbounded value
+
+
 def _fail(message: str, code: int = 2) -> int:
-    line = " ".join(str(message).split())  # one line, whatever the message held
+    line = " ".join(str(message)[:4 * MESSAGE_LIMIT].split())  # one line, whatever the message held
+    if len(line) > MESSAGE_LIMIT:
+        line = line[:MESSAGE_LIMIT] + " [...]"
     err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return code
 

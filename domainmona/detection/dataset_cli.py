@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.options import positive
+from domainmona.options import check_memory, positive, window_bytes
 
 # `split dota` accepts every DOTA version's classes (v2.0 is a superset of v1.0 and v1.5).
 _SPLIT_CLASSES = {"dota": "dota2.0", "star": "star"}
@@ -19,6 +19,7 @@ def _split(dataset: str, src: Path, dst: Path, size: int, gap: int, rates: list[
     from domainmona.detection.classes import DATASETS
     from domainmona.detection.dota.split import split_dataset
 
+    check_memory("--size", size, window_bytes(size, bands=3, itemsize=1), "one SIZE x SIZE RGB patch")
     summary = split_dataset(src, dst, size=size, gap=gap, rates=rates, workers=workers,
                             classes=DATASETS[_SPLIT_CLASSES[dataset]])
     counts = summary.objects

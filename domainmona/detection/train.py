@@ -15,6 +15,7 @@ from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir
+from domainmona.options import check_memory, window_bytes
 from domainmona.launch import under_torchrun
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / 'assets'
@@ -58,6 +59,8 @@ class TrainOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
         if self.patch_gap >= self.patch_size:
             raise UserError(f"the patch gap ({self.patch_gap}) must be smaller than the patch size ({self.patch_size})")
+        size = self.image_size or self.patch_size
+        check_memory('--patch-size', size, window_bytes(size, bands=3), f"one {size}x{size} RGB float32 network input")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"the learning rate must be a positive finite number, got {self.lr}")
 
