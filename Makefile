@@ -8,7 +8,7 @@ setup:
 	bash scripts/install.sh
 
 demo: setup
-	$(VENV)/bin/domainmona doctor
+	$(VENV)/bin/domainmona doctor --brief
 	$(VENV)/bin/domainmona demo
 
 test: setup

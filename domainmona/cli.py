@@ -23,22 +23,26 @@ from domainmona.medical import cli as medical_cli
 
 
 @app.command()
-def doctor() -> None:
-    """Print the stack's versions, GDAL and CUDA, and run mmcv's compiled rotated-box ops."""
+def doctor(brief: bool = typer.Option(False, "--brief", help="One line when every check passes; the table only "
+                                                              "when one fails.")) -> None:
+    """Print the stack's versions, GDAL and CUDA, the mmcv build, and run the rotated-box ops on each device."""
     from domainmona.doctor import run_checks
 
     checks = run_checks()
-    table = Table(title="domainmona doctor")
-    for column in ("check", "status", "detail"):
-        table.add_column(column)
-    for check in checks:
-        table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
-    console.print(table)
     failed = [c for c in checks if not c.ok]
+    if not (brief and not failed):
+        table = Table(title="domainmona doctor")
+        for column in ("check", "status", "detail"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
+        console.print(table)
     if failed:
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
         raise UserError(f"{failed[0].name}: {failed[0].detail}{more}")
-    console.print("[green]all checks passed[/]")
+    build = next((c.detail for c in checks if c.name == "mmcv build"), "")
+    console.print(f"[green]all {len(checks)} checks passed[/]" + (f" ({build})" if brief and build else ""),
+                  highlight=False)
 
 
 for _domain in (adapters_cli, detection_cli, medical_cli, geo_cli):

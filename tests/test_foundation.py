@@ -74,6 +74,9 @@ def test_doctor_exits_zero_after_running_the_ops():
     assert ("with compiled ops" if compiled else "without compiled ops") in result.stdout
     for op in ("nms_rotated", "box_iou_rotated", "RoIAlignRotated"):  # default: mmcv's CPU kernel where built
         assert f"{op} (cpu: {'mmcv' if compiled else 'torch'})" in result.stdout
+    brief = subprocess.run([str(exe), "doctor", "--brief"], capture_output=True, text=True, timeout=300)
+    assert brief.returncode == 0 and brief.stdout.strip().splitlines() == [result.stdout.strip().splitlines()[-1] +
+                                                                           f" ({mmcv_ext.build_name()})"]
     forced = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "DOMAINMONA_ROTATED_OPS": "torch"})
     assert forced.returncode == 0, forced.stdout + forced.stderr
