@@ -3,9 +3,9 @@ not to the terminal, which is the user's: progress, key figures, the result.
 
 A command that runs a framework opens `framework_log(folder)` once, around its work: every record of the
 standard `logging` tree and every Python warning lands in `folder/domainmona.log` (named in one line when
-its first record is written, at the start of the framework work); loggers that print to stdout through handlers of their own and do not propagate (mmengine's) are
-sent there by `route`, and what frameworks `print` at import by `printed_to_log` (domainmona's own warnings
-are printed by the commands, not logged). The root option `--verbose`/`-v` keeps the frameworks' terminal
+its first record is written, at the start of the framework work); loggers that print to stdout through
+handlers of their own and do not propagate (mmengine's) are sent there by `route`, and what frameworks
+`print` at import by `printed_to_log` (domainmona's own warnings are printed by the commands, not logged). The root option `--verbose`/`-v` keeps the frameworks' terminal
 output as well.
 
 Records wait in memory until the command has claimed the folder (its `.domainmona.json` record exists, which
@@ -27,7 +27,7 @@ from domainmona.console import err_console
 from domainmona.io import LOG, RECORD
 
 PENDING_LIMIT = 10_000  # records kept while the folder does not exist yet; older ones are dropped
-_state: dict = {'verbose': False, 'handler': None}
+_state: dict = {'verbose': False, 'handler': None, 'routed': []}
 
 
 def set_verbose(verbose: bool) -> None:
@@ -42,11 +42,14 @@ class FolderLog(logging.Handler):
         super().__init__()
         self.path = path
         self.file = None
+        self.closed = False
         self.pending: list[logging.LogRecord] = []
         self.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s'))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.closed:  # the command is over: a later record belongs to no run of it
+                return
             if self.file is None and not (self.path.parent / RECORD).is_file():
                 self.pending = self.pending[-PENDING_LIMIT + 1:] + [record]
                 return
@@ -62,6 +65,7 @@ class FolderLog(logging.Handler):
             self.handleError(record)
 
     def close(self) -> None:
+        self.closed = True
         if self.file is not None:
             self.file.close()
             self.file = None
@@ -92,6 +96,9 @@ def framework_log(folder: Path) -> Iterator[Path]:
             yield handler.path
     finally:
         _state['handler'] = None
+        for logger in _state['routed']:
+            logger.removeHandler(handler)
+        _state['routed'] = []
         logging.captureWarnings(False)
         for each in added:
             root.removeHandler(each)
@@ -111,6 +118,7 @@ def route(logger: logging.Logger) -> logging.Logger:
                 logger.removeHandler(old)
     if handler not in logger.handlers:
         logger.addHandler(handler)
+        _state['routed'].append(logger)
     return logger
 
 

@@ -48,6 +48,8 @@ def test_route_drops_the_terminal_handler_unless_verbose(tmp_path):
             logs.route(logger).warning('backbone.norm.weight is skipped since its requires_grad=False')
         assert 'requires_grad=False' in path.read_text()
         assert ('requires_grad=False' in stream.getvalue()) is terminal_kept
+        logger.warning('after the command')  # the command's log is detached from the logger it routed
+        assert 'after the command' not in path.read_text()
     logs.set_verbose(False)
 
 
