@@ -125,3 +125,22 @@ def method_choice(*extra: str) -> Any:
 def adapter_option(default: Optional[str], help: str) -> Optional[str]:
     """`--adapter` of every train command; its type, `method_choice()`, gives the choices."""
     return typer.Option(default, "--adapter", help=help)
+
+
+def backbone_option(default: str, dims: int = 2, what: str = "Backbone") -> Any:
+    """`--backbone NAME`: a registered backbone of `dims` dimensions (domainmona.adapters.backbones; names read
+    without torch) or, in 2D, `timm:NAME`; anything else is refused in one line."""
+    from domainmona.adapters.backbones import TIMM_PREFIX, backbone_names
+
+    names = backbone_names(dims or None)  # 0: every dimension
+
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is None or value in names or (dims != 3 and value.startswith(TIMM_PREFIX) and value[5:]):
+            return value
+        extra = ", or timm:NAME" if dims != 3 else ""
+        raise typer.BadParameter(f"'{shown(value, plain=True)}' is not a registered backbone (choose from: "
+                                 f"{', '.join(names)}{extra})")
+
+    timm_help = " or timm:NAME (any timm model with feature maps)" if dims != 3 else ""
+    return typer.Option(default, "--backbone", "-b", callback=check, metavar="NAME",
+                        help=f"{what}: {', '.join(names)}{timm_help}.")

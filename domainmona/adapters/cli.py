@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.adapters.backbones import BACKBONES, PROBE_BACKBONES
-from domainmona.options import method_choice
+from domainmona.options import backbone_option, method_choice
 
-# Choices from the registries (without torch): the named backbones, the probe's, the methods or 'all'.
-BackboneName = Literal[tuple(BACKBONES)]
-ProbeBackboneName = Literal[PROBE_BACKBONES]
+# Choices from the registries (without torch): the methods or 'all'.
 MethodOrAll = method_choice("all")
 
 
@@ -31,8 +28,7 @@ def _parse_options(options: list[str]) -> dict[str, str]:
 def register(groups: CommandGroups) -> None:
     @groups.adapters.command("report")
     def report(
-        backbone: BackboneName = typer.Option("swin-t", "--backbone", "-b",
-                                              help="a named backbone, built with random weights"),
+        backbone: str = backbone_option("swin-t", dims=0, what="a registered backbone, built with random weights"),
         method: MethodOrAll = typer.Option("mona", "--method", "-m", help="an adapter method, or 'all'"),
         option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE (repeatable)"),
     ) -> None:
@@ -59,10 +55,9 @@ def register(groups: CommandGroups) -> None:
 
     @groups.adapters.command("probe")
     def probe(
-        backbone: ProbeBackboneName = typer.Option("swin-t", "--backbone", "-b",
-                                                   help="a named Swin or SwinUNETR, built with random weights"),
+        backbone: str = backbone_option("swin-t", dims=0, what="a registered backbone, built with random weights"),
         size: Optional[int] = typer.Option(None, "--size", help="input side in pixels/voxels, a multiple of 32 "
-                                                                 "[default: 256; swinunetr 96]"),
+                                                                 "[default: 256; 3D networks 96]"),
         batch: int = typer.Option(1, "--batch", help="images (volumes) per step"),
         method: str = typer.Option("mona,lora,full", "--method", "-m",
                                    help="comma-separated adapter methods, or 'all'"),
@@ -85,7 +80,7 @@ def register(groups: CommandGroups) -> None:
         if no_recompute and compare_recompute:
             raise UserError("--no-recompute and --compare-recompute exclude each other")
         names = list(METHODS) if method.strip() == "all" else [m.strip() for m in method.split(",") if m.strip()]
-        size = size if size is not None else (96 if backbone in p.VOLUME_NAMES else 256)
+        size = size if size is not None else (96 if p.is_volume(backbone) else 256)
         p.check_request(backbone, size, batch, names, steps)
         budget = p.parse_budget(memory_budget) if memory_budget is not None else None
         import torch

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from domainmona.adapters.backbones import PROBE_BACKBONES, VOLUME_NAMES
+from domainmona.adapters.backbones import get_backbone
 from domainmona.errors import UserError
 
 SIZE_MULTIPLE = 32  # Swin: patch 4 and three 2x downsamplings; SwinUNETR: inputs divisible by 32
@@ -76,13 +76,16 @@ def parse_budget(text: str) -> int:
     return int(value)
 
 
+def is_volume(backbone: str) -> bool:
+    """A 3D network (volumes in, not images); unknown names are refused in one line."""
+    return get_backbone(backbone).dims == 3
+
+
 def check_request(backbone: str, size: int, batch: int, methods: list[str], steps: int) -> None:
     """Refuse a request the probe cannot measure, before any model is built."""
     from domainmona.adapters.methods import get_method
 
-    if backbone not in PROBE_BACKBONES:
-        raise UserError(f"unknown backbone '{backbone}' for the probe (choose from: {', '.join(PROBE_BACKBONES)})")
-    limit = MAX_SIZE["3d" if backbone in VOLUME_NAMES else "2d"]
+    limit = MAX_SIZE["3d" if is_volume(backbone) else "2d"]
     if not SIZE_MULTIPLE <= size <= limit or size % SIZE_MULTIPLE:
         raise UserError(f"--size must be a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to {limit} for "
                         f"{backbone}, got {size}")
@@ -158,7 +161,7 @@ def build(setting: Setting, device):
     trainable = [p for p in model.parameters() if p.requires_grad]
     # A frozen backbone ('fixed') only runs forward: its features feed a head trained elsewhere.
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.05) if trainable else None
-    shape = (setting.batch, 1, *(setting.size,) * 3) if setting.backbone in VOLUME_NAMES else \
+    shape = (setting.batch, 1, *(setting.size,) * 3) if is_volume(setting.backbone) else \
         (setting.batch, 3, setting.size, setting.size)
     image = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
     cuda = device.type == "cuda"
@@ -194,7 +197,7 @@ def measure(setting: Setting) -> Row:
     device = torch.device("cuda" if cuda else "cpu")
     # Libraries load before the baseline: their import-time allocations are no part of a training step.
     for library in ("domainmona.adapters.inject",
-                    "monai.networks.nets" if setting.backbone in VOLUME_NAMES else "mmdet.models.backbones.swin"):
+                    "monai.networks.nets" if is_volume(setting.backbone) else "mmdet.models.backbones.swin", "timm"):
         importlib.import_module(library)
     before = AnonymousPeak.now()
     with contextlib.nullcontext() if cuda else AnonymousPeak() as sampler:

@@ -1,5 +1,5 @@
-"""CNN stages (ResNet from timm/torchvision/mmdet, timm ConvNeXt): one adapter on every residual block's
-output feature map (B, C, H, W)."""
+"""CNN stages (ResNet from timm/torchvision/mmdet, timm ConvNeXt, timm EfficientNet/MobileNetV2): one adapter on
+every block's output feature map (B, C, H, W)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from domainmona.adapters.families.host import AdapterHost
 from domainmona.adapters.families.spec import Family, register_family, timm_checkpointing
 
 _RESNET_MODULES = ("timm.models.resnet", "torchvision.models.resnet", "mmdet.models.backbones.resnet")
+_EFFICIENTNET_BLOCKS = tuple(("timm.models._efficientnet_blocks", c) for c in ("InvertedResidual",
+                                                                              "DepthwiseSeparableConv"))
 
 
 class CNNBlockForward(AdapterHost):
@@ -17,8 +19,9 @@ class CNNBlockForward(AdapterHost):
 
 
 def _out_channels(block: nn.Module) -> int:
-    """Bottleneck ends in conv3, BasicBlock in conv2; a ConvNeXt block keeps the width of its conv_dw."""
-    for name in ("conv3", "conv2", "conv_dw"):
+    """An inverted residual ends in conv_pwl, Bottleneck in conv3, BasicBlock in conv2, a depthwise-separable
+    block in conv_pw; a ConvNeXt block keeps the width of its conv_dw."""
+    for name in ("conv_pwl", "conv3", "conv2", "conv_pw", "conv_dw"):
         conv = getattr(block, name, None)
         if isinstance(conv, nn.Conv2d):
             return conv.out_channels
@@ -28,8 +31,9 @@ def _out_channels(block: nn.Module) -> int:
 FAMILY = register_family(Family(
     name="cnn",
     blocks=tuple((m, c) for m in _RESNET_MODULES for c in ("Bottleneck", "BasicBlock"))
-    + (("timm.models.convnext", "ConvNeXtBlock"),),
-    roots=tuple((m, "ResNet") for m in _RESNET_MODULES) + (("timm.models.convnext", "ConvNeXt"),),
+    + (("timm.models.convnext", "ConvNeXtBlock"),) + _EFFICIENTNET_BLOCKS,
+    roots=tuple((m, "ResNet") for m in _RESNET_MODULES) + (("timm.models.convnext", "ConvNeXt"),)
+    + tuple(("timm.models.efficientnet", c) for c in ("EfficientNet", "EfficientNetFeatures")),
     forward=CNNBlockForward,
     dim=_out_channels,
     transformer=False,

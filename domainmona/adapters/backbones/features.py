@@ -1,0 +1,56 @@
+"""Feature modules of the 2D backbones built with timm: the stride-4-to-32 maps as NCHW tensors, and ViTDet's
+simple feature pyramid for plain ViTs (Li et al., "Exploring Plain Vision Transformer Backbones for Object
+Detection", ECCV 2022, sec. 3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (ViTDet's norm in the pyramid)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """From the last ViT block's stride-16 map (C channels) to maps at strides 4, 8, 16 and 32 with C/4, C/2,
+    C and C channels: two deconvolutions up (with LayerNorm and GELU between), one deconvolution, the map
+    itself, a 2x2 max-pooling down. ViTDet follows each with 1x1 and 3x3 convolutions to the detector's width;
+    here the FPN or decoder after it does that. Trains with the head (it is not part of the pretrained ViT)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
+                                 nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2))
+        self.up2 = nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)
+        self.down = nn.MaxPool2d(2, stride=2)
+
+    @staticmethod
+    def channels(dim: int) -> tuple[int, int, int, int]:
+        return dim // 4, dim // 2, dim, dim
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.up4(x), self.up2(x), x, self.down(x)]
+
+
+class TimmFeatures(nn.Module):
+    """A timm model as `features_only` (`body`, the adapted backbone) and, for a plain ViT, the simple pyramid
+    on its last block; forward gives NCHW maps whatever layout timm returns (Swin's are NHWC)."""
+
+    def __init__(self, model: str, in_chans: int = 3, out_indices: tuple[int, ...] | None = None,
+                 simple_pyramid: bool = False, **kwargs):
+        super().__init__()
+        import timm
+
+        if out_indices is not None:
+            kwargs["out_indices"] = out_indices
+        self.body = timm.create_model(model, pretrained=False, features_only=True, in_chans=in_chans, **kwargs)
+        self.nhwc = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
+        self.pyramid = SimpleFeaturePyramid(self.body.feature_info.channels()[-1]) if simple_pyramid else None
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        maps = [m.permute(0, 3, 1, 2) if self.nhwc else m for m in self.body(x)]
+        return self.pyramid(maps[-1]) if self.pyramid is not None else maps
