@@ -127,7 +127,7 @@ def adapter_option(default: Optional[str], help: str) -> Optional[str]:
     return typer.Option(default, "--adapter", help=help)
 
 
-def backbone_option(default: str, dims: int = 2, what: str = "Backbone") -> Any:
+def backbone_option(default: Optional[str], dims: int = 2, what: str = "Backbone", *aliases: str) -> Any:
     """`--backbone NAME`: a registered backbone of `dims` dimensions (domainmona.adapters.backbones; names read
     without torch) or, in 2D, `timm:NAME`; anything else is refused in one line."""
     from domainmona.adapters.backbones import TIMM_PREFIX, backbone_names
@@ -142,5 +142,5 @@ def backbone_option(default: str, dims: int = 2, what: str = "Backbone") -> Any:
                                  f"{', '.join(names)}{extra})")
 
     timm_help = " or timm:NAME (any timm model with feature maps)" if dims != 3 else ""
-    return typer.Option(default, "--backbone", "-b", callback=check, metavar="NAME",
+    return typer.Option(default, "--backbone", *(aliases or ("-b",)), callback=check, metavar="NAME",
                         help=f"{what}: {', '.join(names)}{timm_help}.")

@@ -10,15 +10,14 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
-from domainmona.options import (adapter_option, amp_option, checkpoint_blocks_option, method_choice, probability,
-                                recompute_option, shots_option)
+from domainmona.options import (adapter_option, amp_option, backbone_option, checkpoint_blocks_option,
+                                method_choice, probability, recompute_option, shots_option)
 
-Backbone = Enum('Backbone', {b: b for b in ('swin-t', 'swin-b', 'micro')}, type=str)
 Method = method_choice()  # the registered adapter methods
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 
-def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter: Method,
+def _train(dataset: str, data: Path, work_dir: Path, backbone: str, adapter: Method,
            pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: int,
            resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: bool, adapter_recompute: bool,
            checkpoint_blocks: bool) -> None:
@@ -27,10 +26,10 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Backbone, adapter
     from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
     from domainmona.recipes import load_recipe
 
-    if pretrained is None and backbone.value == 'micro':
+    if pretrained is None and backbone == 'micro':
         pretrained = MICRO_WEIGHTS  # the shipped micro Swin, pretrained by domainmona.detection.pretrain_micro
     split = load_recipe('star' if dataset == 'star' else 'dota')['split']  # patch grid
-    opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone.value,
+    opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone,
                         adapter=adapter, pretrained=pretrained, shots=shots, max_iters=max_iters,
                         gpus=gpus, resume=resume, patch_size=patch_size or split['size'],
                         patch_gap=split['gap'] if patch_gap is None else patch_gap, amp=amp,
@@ -71,9 +70,9 @@ def register(groups: CommandGroups) -> None:
 
     data_opt = typer.Option(..., "--data", help="Raw scenes (images/ + labelTxt/) or split patches (images/ + annfiles/).")
     work_opt = typer.Option(..., "--work-dir", help="Where checkpoints, logs and the split patches go.")
-    backbone_opt = typer.Option(Backbone['swin-t'], "--backbone")
+    backbone_opt = backbone_option('swin-t')
     adapter_opt = adapter_option("mona", "Adapter method trained inside the backbone.")
-    pretrained_opt = typer.Option(None, "--pretrained", help="ImageNet Swin weights (Microsoft, timm or OpenMMLab).")
+    pretrained_opt = typer.Option(None, "--pretrained", help="Pretrained backbone weights (timm, torchvision, OpenMMLab, Microsoft Swin, MAE, DINO, MoCo layouts).")
     shots_opt = shots_option()
     iters_opt = typer.Option(None, "--max-iters", min=1, help="Iterations instead of the 12-epoch schedule.")
     gpus_opt = typer.Option(1, "--gpus", min=1, help="More than 1 launches torchrun.")
@@ -85,25 +84,25 @@ def register(groups: CommandGroups) -> None:
 
     @groups.train.command("dota")
     def train_dota(data: Path = data_opt, work_dir: Path = work_opt, version: Version = typer.Option(
-            Version['1.0'], "--version"), backbone: Backbone = backbone_opt, adapter: Method = adapter_opt,
+            Version['1.0'], "--version"), backbone: str = backbone_opt, adapter: Method = adapter_opt,
                    pretrained: Optional[Path] = pretrained_opt, shots: Optional[int] = shots_opt,
                    max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt, resume: bool = resume_opt,
                    patch_size: Optional[int] = size_opt, patch_gap: Optional[int] = gap_opt,
                    amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
                    checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
-        """Oriented R-CNN with a Mona-Swin backbone on DOTA; prints the final checkpoint last."""
+        """Oriented R-CNN with an adapted backbone on DOTA; prints the final checkpoint last."""
         _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume,
                patch_size, patch_gap, amp, adapter_recompute, checkpoint_blocks)
 
     @groups.train.command("star")
-    def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: Backbone = backbone_opt,
+    def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: str = backbone_opt,
                    adapter: Method = adapter_opt, pretrained: Optional[Path] = pretrained_opt,
                    shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt,
                    resume: bool = resume_opt, patch_size: Optional[int] = size_opt,
                    patch_gap: Optional[int] = gap_opt, amp: bool = amp_option(),
                    adapter_recompute: bool = recompute_option(),
                    checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
-        """Oriented R-CNN with a Mona-Swin backbone on STAR; prints the final checkpoint last."""
+        """Oriented R-CNN with an adapted backbone on STAR; prints the final checkpoint last."""
         _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume, patch_size,
                patch_gap, amp, adapter_recompute, checkpoint_blocks)
 

@@ -10,8 +10,8 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.console import console
-from domainmona.options import (adapter_option, amp_option, checkpoint_blocks_option, method_choice, positive,
-                                probability, recompute_option, shots_option)
+from domainmona.options import (adapter_option, amp_option, backbone_option, checkpoint_blocks_option, method_choice,
+                                positive, probability, recompute_option, shots_option)
 
 Method = method_choice()  # the registered adapter methods
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
@@ -61,12 +61,6 @@ def _scenes_option():
 class Task(str, Enum):
     detection = "detection"
     segmentation = "segmentation"
-
-
-class DetBackbone(str, Enum):
-    swin_t = "swin-t"
-    swin_b = "swin-b"
-    micro = "micro"
 
 
 def register(groups: CommandGroups) -> None:
@@ -181,10 +175,11 @@ def register(groups: CommandGroups) -> None:
                       allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
-                      encoder: Optional[str] = typer.Option(None, "--encoder", help="swin-t, swin-b or micro."),
+                      encoder: Optional[str] = backbone_option(None, 2, "Encoder (default: the settings', swin-t)",
+                                                               "--encoder"),
                       arch: Optional[str] = typer.Option(None, "--arch", help="smp decoder: UPerNet, FPN, ..."),
                       adapter: Optional[Method] = adapter_option(None, "Adapter method (mona)."),
-                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
+                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local pretrained encoder weights."),
                       batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
                       lr: Optional[float] = typer.Option(None, "--lr", callback=positive),
                       seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX),
@@ -219,9 +214,9 @@ def register(groups: CommandGroups) -> None:
                       allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
-                      backbone: DetBackbone = typer.Option(DetBackbone.swin_t, "--backbone"),
+                      backbone: str = backbone_option("swin-t"),
                       adapter: Method = adapter_option("mona", "Adapter method trained inside the backbone."),
-                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local Swin weights."),
+                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local pretrained backbone weights."),
                       seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from the last checkpoint in --work-dir."),
@@ -233,7 +228,7 @@ def register(groups: CommandGroups) -> None:
 
         source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
                               allow_no_crs)
-        console.print(str(train_detection(chips, work_dir, max_iters, backbone.value, adapter, pretrained, seed,
+        console.print(str(train_detection(chips, work_dir, max_iters, backbone, adapter, pretrained, seed,
                                           resume, amp, adapter_recompute, checkpoint_blocks, source)),
                       soft_wrap=True)
 
