@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from domainmona.adapters.backbones import backbone_names
 from domainmona.errors import UserError
 from domainmona.io import read_yaml
 from domainmona.options import check_memory, finite, fraction, positive, probability, shown,\
@@ -23,7 +24,7 @@ from domainmona.recipes import CONFIGS_DIR
 
 DEFAULTS_PATH = CONFIGS_DIR / "monai" / "swinunetr_ct.yaml"
 SECTIONS = ("preprocess", "augment", "model", "train")
-NETWORKS = ("swinunetr", "unetr", "segresnet")  # model.name (--model)
+NETWORKS = backbone_names(dims=3)  # model.name (--model): the registry's 3D networks
 SWIN_MULTIPLE = 32  # SwinUNETR: patch size 2 then four 2x downsamplings
 UNETR_PATCH = 16  # UNETR's ViT patch size (fixed by MONAI)
 MERGING_CHOICES = ("legacy", "merging", "mergingv2")  # see domainmona.medical.model
