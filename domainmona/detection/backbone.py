@@ -1,50 +1,69 @@
-"""MonaSwinTransformer: mmdet's Swin with any domainmona adapter method, registered in mmrotate's MODELS.
+"""Detection backbones with any domainmona adapter method, registered in mmrotate's MODELS.
 
-A config selects it by type and picks the method with one field: `adapter=dict(type='mona', ...)`.
-Importing this module registers it (configs do so through `custom_imports`).
+`MonaBackbone` takes any registered 2D backbone by name (domainmona.adapters.backbones: CNN stages, ViTs through
+the simple feature pyramid, `timm:NAME`); `MonaSwinTransformer` is mmdet's Swin itself, so Swin checkpoints keep
+mmdet's key layout. A config selects one by type and picks the method with one field:
+`adapter=dict(type='mona', ...)`. Importing this module registers both (configs do so through `custom_imports`).
 """
 
 from __future__ import annotations
 
 from mmdet.models.backbones import SwinTransformer
 from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
 from mmrotate.registry import MODELS
+from torch import nn
 
-from domainmona.adapters import apply_freeze, inject
+from domainmona.adapters import apply_freeze, inject, set_block_checkpointing
+from domainmona.adapters.backbones import build_backbone
+from domainmona.adapters.backbones.features import input_convolution
 
 
-@MODELS.register_module()
-class MonaSwinTransformer(SwinTransformer):
-    """Swin with adapters injected right after construction, so the optimizer and DDP see them.
+class _Adapted:
+    """What both backbones share: injection right after construction (so the optimizer and DDP see the
+    adapters), pretrained loading in `init_weights` (which mmengine's Runner calls after building the model),
+    an input convolution that trains on other than 3 bands, and the base weights without adapters."""
 
-    `weights` is a local ImageNet-pretrained Swin file (official Microsoft, timm or OpenMMLab format),
-    loaded in `init_weights` (which mmengine's Runner calls after building the model). Only the
-    parameters the adapter method leaves trainable train; the neck and heads are outside this module
-    and train fully. With other than 3 input bands the RGB patch embedding is inflated
-    (domainmona.geo.bands) and trains.
-    """
-
-    def __init__(self, adapter: dict | None = None, weights: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def _adapt(self, module: nn.Module, adapter: dict | None, weights: str | None) -> None:
         adapter_cfg = dict(adapter or dict(type='mona'))
         self.adapter_method = adapter_cfg.pop('type')
         self.weights = weights
         base_names = {name for name, _ in self.named_parameters()}
-        inject(self, self.adapter_method, **adapter_cfg)
+        inject(module, self.adapter_method, **adapter_cfg)
         self._adapter_names = {name for name, _ in self.named_parameters()} - base_names
-        self._train_patch_embedding_for_other_bands()  # before mmengine builds the optimizer from requires_grad
+        self._train_input_for_other_bands()  # before mmengine builds the optimizer from requires_grad
+
+    def _load_weights(self, module: nn.Module) -> None:
+        """Pretrained weights in any layout the backbone loads; with other than 3 bands the RGB filters of
+        the input convolution are inflated (domainmona.adapters.bands)."""
+        from domainmona.adapters.pretrained import load_pretrained
+
+        report = load_pretrained(module, self.weights)
+        MMLogger.get_current_instance().info(f'{type(self).__name__}: {report}')
+
+    def _train_input_for_other_bands(self) -> None:
+        conv = input_convolution(self)
+        if conv.in_channels != 3:  # no pretrained filter fits other bands
+            conv.requires_grad_(True)
+
+    def base_state(self) -> dict:
+        """The backbone's own weights without adapters, e.g. to save as a weights file."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if k not in self._adapter_names}
+
+
+@MODELS.register_module()
+class MonaSwinTransformer(_Adapted, SwinTransformer):
+    """mmdet's Swin with adapters. `weights` is a local pretrained Swin file (Microsoft, timm or OpenMMLab
+    layout). Only what the adapter method leaves trainable trains; the neck and heads train fully."""
+
+    def __init__(self, adapter: dict | None = None, weights: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._adapt(self, adapter, weights)
 
     def init_weights(self) -> None:
-        logger = MMLogger.get_current_instance()
         if self.weights:
-            from domainmona.adapters.pretrained import load_pretrained
-            from domainmona.geo.bands import inflate_patch_embedding
-
-            report = load_pretrained(self, self.weights)
-            logger.info(f'MonaSwinTransformer: {report}')
-            if inflate_patch_embedding(self.patch_embed.projection, self.weights):
-                logger.info(f'MonaSwinTransformer: RGB patch embedding inflated to '
-                            f'{self.patch_embed.projection.in_channels} bands')
+            self._load_weights(self)
         else:
             # Swin's from-scratch init would also redraw the adapters' own (often zero) init: keep those.
             adapter_state = {n: p.detach().clone() for n, p in self.named_parameters() if n in self._adapter_names}
@@ -53,13 +72,28 @@ class MonaSwinTransformer(SwinTransformer):
             for name, value in adapter_state.items():
                 params[name].data.copy_(value)
         apply_freeze(self)  # weight loading must not leave the backbone unfrozen
-        self._train_patch_embedding_for_other_bands()
+        self._train_input_for_other_bands()
 
-    def _train_patch_embedding_for_other_bands(self) -> None:
-        if self.patch_embed.projection.in_channels != 3:  # no pretrained filter fits other bands
-            self.patch_embed.requires_grad_(True)
 
-    def base_state(self) -> dict:
-        """The backbone's own weights without adapters (OpenMMLab Swin layout), e.g. to save as a weights file."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                if k not in self._adapter_names}
+@MODELS.register_module()
+class MonaBackbone(_Adapted, BaseModule):
+    """Any registered 2D backbone (`backbone`: its name) with adapters; gives its four feature maps (strides 4
+    to 32, channels as registered) to the FPN. `with_cp` switches the family's block checkpointing."""
+
+    def __init__(self, backbone: str, adapter: dict | None = None, weights: str | None = None,
+                 in_channels: int = 3, with_cp: bool = False, init_cfg=None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.body = build_backbone(backbone, in_chans=in_channels)
+        self._adapt(self.body, adapter, weights)
+        if with_cp:
+            set_block_checkpointing(self.body)
+
+    def init_weights(self) -> None:
+        """Built with timm's own initialisation (seeded by the Runner); pretrained weights over it."""
+        if self.weights:
+            self._load_weights(self.body)
+        apply_freeze(self.body)
+        self._train_input_for_other_bands()
+
+    def forward(self, x):
+        return tuple(self.body(x))

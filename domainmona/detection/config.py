@@ -8,33 +8,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from domainmona.adapters.backbones import get_backbone
 from domainmona.adapters.registry import method_names
 from domainmona.errors import UserError
 from domainmona.recipes import CONFIGS_DIR
 
-BACKBONES = ('swin-t', 'swin-b', 'micro')
 # dataset key (as in domainmona.detection.classes.DATASETS) -> config suffix
 DATASET_CONFIGS = {'dota1.0': 'dota', 'dota1.5': 'dotav15', 'dota2.0': 'dotav2', 'star': 'star'}
 MICRO_CONFIG = 'oriented-rcnn-le90_mona-swin-micro_fpn_synthetic.py'
 
 
 def config_path(dataset: str, backbone: str) -> Path:
-    """The shipped config for a dataset key and backbone; micro has one config for any classes."""
-    if backbone not in BACKBONES:
-        raise UserError(f"unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
+    """The shipped config for a dataset key and backbone: micro has one slim config for any classes; Swin-T
+    and Swin-B have their own (as mmrotate's); any other backbone takes the dataset's Swin-T config, whose
+    backbone `set_backbone` replaces."""
+    get_backbone(backbone)  # an unknown name is refused in one line
     if backbone == 'micro':
         return CONFIGS_DIR / 'oriented_rcnn' / MICRO_CONFIG
     if dataset not in DATASET_CONFIGS:
         raise UserError(f"no {backbone} config for dataset '{dataset}' (choose from {', '.join(DATASET_CONFIGS)})")
-    return CONFIGS_DIR / 'oriented_rcnn' / f'oriented-rcnn-le90_mona-{backbone}_fpn_12e_{DATASET_CONFIGS[dataset]}.py'
+    own = CONFIGS_DIR / 'oriented_rcnn' / f'oriented-rcnn-le90_mona-{backbone}_fpn_12e_{DATASET_CONFIGS[dataset]}.py'
+    return own if own.is_file() else own.with_name(own.name.replace(f'-{backbone}_', '-swin-t_'))
+
+
+def load_config(dataset: str, backbone: str):
+    """The shipped config for (dataset, backbone) with the registry's backbone in it."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(config_path(dataset, backbone)))
+    set_backbone(cfg, backbone)
+    return cfg
 
 
 def build_config(dataset: str, backbone: str, method: str, classes: tuple[str, ...],
                  weights: str | None = None, image_size: int | None = None, **adapter_cfg):
     """The shipped config for (dataset, backbone) with the adapter method, weights file and classes set."""
-    from mmengine.config import Config
-
-    cfg = Config.fromfile(str(config_path(dataset, backbone)))
+    cfg = load_config(dataset, backbone)
     set_adapter(cfg, method, weights, **adapter_cfg)
     set_classes(cfg, classes)
     if image_size:
@@ -52,6 +61,22 @@ def set_classes(cfg, classes: tuple[str, ...]) -> None:
         loader.dataset.type = 'DOTADataset'
         loader.dataset.metainfo = dict(classes=tuple(classes))
     cfg.model.roi_head.bbox_head.num_classes = len(classes)
+
+
+def set_backbone(cfg, name: str) -> None:
+    """The registered backbone `name` as the config's backbone (its shape, for mmdet's Swin; `MonaBackbone`
+    otherwise), the FPN's inputs sized to its feature maps and the input normalised as it was pretrained."""
+    spec = get_backbone(name)
+    backbone = cfg.model.backbone
+    if spec.family == 'mmdet-swin' and backbone.type == 'MonaSwinTransformer':
+        backbone.update(spec.options['mmdet'])
+    else:
+        cfg.model.backbone = dict(type='MonaBackbone', backbone=name, adapter=backbone.get('adapter'),
+                                  weights=backbone.get('weights'), with_cp=backbone.get('with_cp', False))
+    cfg.model.neck.in_channels = list(spec.channels)
+    preprocessor = cfg.model.data_preprocessor
+    preprocessor.mean = [round(255 * m, 3) for m in spec.mean]  # on uint8 pixels
+    preprocessor.std = [round(255 * s, 3) for s in spec.std]
 
 
 def set_adapter(cfg, method: str, weights: str | None = None, **adapter_cfg) -> None:

@@ -14,6 +14,7 @@ the pipeline starts after the image loader.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainmona.errors import UserError
@@ -23,17 +24,57 @@ from domainmona.geo.tiling import detection_chip_suffix, json_nodata, read_manif
 from domainmona.io import write_json
 
 
+@dataclass
+class GeoDetSettings:
+    """The settings of `train geo-det`: defaults and checks here, filled by `domainmona.settings.resolve` from
+    `--config` and the flags, saved whole in the checkpoint (`DetectorInfo.settings`). The chips' manifest
+    (or the scenes) give the rest of the detection run: classes, patch grid, bands."""
+
+    work_dir: Path
+    chips: Path | None = None  # chips from `tile`, or None with ``scenes``
+    scenes: SceneOptions | None = None  # train on windows read from scenes instead of chips
+    max_iters: int | None = None
+    backbone: str = "swin-t"
+    adapter: str = "mona"
+    adapter_cfg: dict = field(default_factory=dict)  # the adapter method's options (--adapter-opt)
+    pretrained: Path | None = None
+    seed: int = 0
+    resume: bool = False
+    amp: bool = True
+    adapter_recompute: bool = True
+    checkpoint_blocks: bool = False
+
+    def __post_init__(self) -> None:
+        from domainmona.detection.train import default_weights
+        from domainmona.settings import check_adapter_options
+
+        self.pretrained = default_weights(self.backbone, self.pretrained)
+        if (self.chips is None) == (self.scenes is None):
+            raise UserError("train on --chips (from 'tile') or on --scenes with --labels, exactly one of the two")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise UserError(f"--max-iters must be at least 1, got {self.max_iters}")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise UserError(f"--seed {self.seed}: must be in 0..{2**32 - 1}")
+        check_adapter_options(self.adapter, self.adapter_cfg, "--adapter-opt")
+
+
 def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = None, backbone: str = "swin-t",
                     adapter: str = "mona", pretrained: Path | None = None, seed: int = 0,
                     resume: bool = False, amp: bool = True, adapter_recompute: bool = True,
                     checkpoint_blocks: bool = False, scenes: SceneOptions | None = None) -> Path:
-    """Train on ``chips`` or on ``scenes`` (``resume``: continue the run in ``work_dir``) and return the final
-    checkpoint. The numbers, the weights files and the work dir are checked by `domainmona.detection.train`
-    before it writes anything."""
-    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, train
+    """`train_geo_det` with these settings."""
+    return train_geo_det(GeoDetSettings(work_dir, chips, scenes, max_iters, backbone, adapter, {}, pretrained, seed,
+                                        resume, amp, adapter_recompute, checkpoint_blocks))
 
-    if (chips is None) == (scenes is None):
-        raise UserError("train on --chips (from 'tile') or on --scenes with --labels, exactly one of the two")
+
+def train_geo_det(settings: GeoDetSettings) -> Path:
+    """Train on the chips or the scenes (``resume``: continue the run in ``work_dir``) and return the final
+    checkpoint, which records ``settings``. The numbers, the weights files and the work dir are checked by
+    `domainmona.detection.train` before it writes anything."""
+    from domainmona.detection.train import TrainOptions, train
+    from domainmona.settings import plain
+
+    chips, scenes, seed, backbone = settings.chips, settings.scenes, settings.seed, settings.backbone
     if scenes is not None:
         manifest = SceneWindows.open(scenes, "detection", seed).manifest
     else:
@@ -41,21 +82,20 @@ def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = 
         if manifest["task"] != "detection":
             raise UserError(f"{chips}: chips were made for {manifest['task']}; use 'domainmona train geo-seg' "
                             "or tile again with --task detection")
-    if pretrained is None and backbone == "micro" and MICRO_WEIGHTS.is_file():
-        pretrained = MICRO_WEIGHTS  # the detection pipeline's shipped micro Swin
     uint8 = all(scene["dtype"] == "uint8" for scene in manifest["rasters"])
     trained_on = {**scene_record(manifest), "stats": None if uint8 else manifest["stats"],
                   "normalisation": "uint8 as read" if uint8 else "stretched to uint8 with the chips' statistics"}
     # dataset only picks the Swin-T/B config family; the classes are the chips' own.
-    opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=work_dir, backbone=backbone, adapter=adapter,
-                        pretrained=pretrained, max_iters=max_iters, resume=resume,
+    opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=settings.work_dir, backbone=backbone,
+                        adapter=settings.adapter, adapter_cfg=dict(settings.adapter_cfg),
+                        pretrained=settings.pretrained, max_iters=settings.max_iters, resume=settings.resume,
                         classes=tuple(manifest["classes"]), patch_size=manifest["size"],
-                        patch_gap=manifest["overlap"], seed=seed, amp=amp,
-                        adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks,
+                        patch_gap=manifest["overlap"], seed=seed, amp=settings.amp,
+                        adapter_recompute=settings.adapter_recompute, checkpoint_blocks=settings.checkpoint_blocks,
                         config_overrides=band_overrides(len(manifest["rasters"][0]["bands"]), backbone,
                                                         manifest["size"], scenes and scene_dataset(scenes, manifest)),
                         scenes=trained_on)
-    final = train(opts)
+    final = train(opts, record=plain(settings))
     write_json(geo_sidecar(final), {**trained_on, "classes": manifest["classes"]})
     return final
 
@@ -77,13 +117,11 @@ def band_overrides(bands: int, backbone: str, size: int, dataset: dict | None = 
     training on ``dataset`` (`scene_dataset`) instead of chip files: its pipeline starts after the loader."""
     if detection_chip_suffix(bands) == "png" and dataset is None:
         return {}
-    from mmengine.config import Config
-
     import domainmona.geo.chipload  # noqa: F401  (registers LoadGeoChip and SceneWindowDataset for the Runner)
-    from domainmona.detection.config import config_path, set_image_size
+    from domainmona.detection.config import load_config, set_image_size
     from domainmona.geo.bands import band_normalisation
 
-    cfg = Config.fromfile(str(config_path("dota1.0", backbone)))
+    cfg = load_config("dota1.0", backbone)
     set_image_size(cfg, size)  # as the training config does: the pipelines below replace its own
     overrides = {}
     loaders = {"train_dataloader": dataset is None, "test_dataloader": True}  # which ones load chip files

@@ -54,3 +54,9 @@ class TimmFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = [m.permute(0, 3, 1, 2) if self.nhwc else m for m in self.body(x)]
         return self.pyramid(maps[-1]) if self.pyramid is not None else maps
+
+
+def input_convolution(module: nn.Module) -> nn.Conv2d:
+    """The convolution that sees the image bands: the first one in module order (a ResNet's conv1, a ConvNeXt
+    or EfficientNet stem, a ViT's or Swin's patch embedding)."""
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
