@@ -33,8 +33,8 @@ from typing import NamedTuple
 import numpy as np
 import shapely
 
-from domainmona.detection.dota.geometry import normalise_quads
-from domainmona.detection.dota.labels import DotaObject
+from domainmona.boxes.geometry import normalise_quads
+from domainmona.boxes.labels import DotaObject
 from domainmona.errors import UserError
 
 IOF_THR = 0.7

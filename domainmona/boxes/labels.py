@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from domainmona.detection.dota.geometry import normalise_quads, obb_to_poly, poly_to_obb, polygon_to_dota_quad
+from domainmona.boxes.geometry import normalise_quads, obb_to_poly, poly_to_obb, polygon_to_dota_quad
 from domainmona.errors import UserError
 from domainmona.io import atomic_path
 

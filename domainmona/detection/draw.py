@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from domainmona.detection.dota.geometry import obb_to_poly
-from domainmona.detection.dota.merge import Detections
+from domainmona.boxes.detections import Detections
+from domainmona.boxes.geometry import obb_to_poly
 from domainmona.io import atomic_path
 
 

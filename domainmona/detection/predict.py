@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from domainmona.boxes.detections import Detections
 from domainmona.console import progress
-from domainmona.detection.dota.merge import Detections
 
 
 def patch_loader(cfg, image_dir: Path, batch_size: int = 1, num_workers: int = 0):

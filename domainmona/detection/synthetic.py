@@ -18,8 +18,8 @@ import numpy as np
 import shapely
 from PIL import Image, ImageDraw
 
-from domainmona.detection.dota.geometry import normalise_quads, obb_to_poly
-from domainmona.detection.dota.labels import DotaObject, write_dota_labels
+from domainmona.boxes.geometry import normalise_quads, obb_to_poly
+from domainmona.boxes.labels import DotaObject, write_dota_labels
 from domainmona.errors import UserError
 from domainmona.io import atomic_dir
 

@@ -85,10 +85,10 @@ def _report_map(scene, prediction: Path, work: Path) -> float:
     evaluator: labels and predictions are written as one DOTA image ('scene') in pixel coordinates."""
     import pyogrio
 
+    from domainmona.boxes.detections import Detections
+    from domainmona.boxes.labels import DotaObject, polygon_to_dota_quad, write_dota_labels
     from domainmona.detection.dota.evaluate import evaluate_task1
-    from domainmona.detection.dota.geometry import polygon_to_dota_quad
-    from domainmona.detection.dota.labels import DotaObject, write_dota_labels
-    from domainmona.detection.dota.merge import Detections, write_task1
+    from domainmona.detection.dota.merge import write_task1
 
     classes = sorted(set(scene.classes.tolist()))
     write_dota_labels(work / "labelTxt" / "scene.txt",

@@ -49,7 +49,7 @@ def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
 
-    from domainmona.detection.dota.merge import Detections
+    from domainmona.boxes.detections import Detections
     from domainmona.geo.chipload import detector_image
 
     init_default_scope("mmrotate")

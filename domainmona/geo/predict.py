@@ -359,8 +359,9 @@ def predict_polygons(raster: Path, out: Path, infer: DetectInfer, classes: list[
     rank 0; a failure on any rank is a UserError there, the others return 0)."""
     import shapely
 
-    from domainmona.detection.dota.geometry import obb_to_poly
-    from domainmona.detection.dota.merge import Detections, merge_patch_detections
+    from domainmona.boxes.detections import Detections
+    from domainmona.boxes.geometry import obb_to_poly
+    from domainmona.detection.dota.merge import merge_patch_detections
     from domainmona.geo.labels import affine_polygons
     from domainmona.geo.vectors import vector_driver, write_polygons
 
@@ -385,8 +386,8 @@ def predict_polygons(raster: Path, out: Path, infer: DetectInfer, classes: list[
 def detect_rows(raster: Path, infer: DetectInfer, opts: StreamOptions, score_thr: float, ranks: Ranks) -> dict:
     """The detections (score >= ``score_thr``, centred in the scene) of every tile of this rank's band of
     tile rows, by patch name, in row-major order."""
-    from domainmona.detection.dota.merge import Detections
-    from domainmona.detection.dota.patch_names import patch_name
+    from domainmona.boxes.detections import Detections
+    from domainmona.tiling import patch_name
 
     per_tile = {}
     with streaming_env(), open_raster(raster, opts.bands, opts.allow_no_crs, opts.nodata) as src, \

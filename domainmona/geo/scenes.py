@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from domainmona.boxes.labels import DotaObject, polygon_to_dota_quad
 from domainmona.console import progress
 from domainmona.errors import UserError
 from domainmona.geo.raster import open_raster, read_tile, streaming_env
-from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad
 from domainmona.geo.stats import normalise, stretch_to_uint8
 from domainmona.geo.tiling import (IGNORE, ChipPlan, TileOptions, TilePlan, check_options, class_mask,
                                    plan_tiles, scene_statistics, visible_labels)

@@ -22,8 +22,8 @@ from affine import Affine
 from PIL import Image
 from rasterio.features import rasterize
 
+from domainmona.boxes.labels import DotaObject, polygon_to_dota_quad, write_dota_labels
 from domainmona.console import console, progress
-from domainmona.detection.dota.labels import DotaObject, polygon_to_dota_quad, write_dota_labels
 from domainmona.errors import UserError
 from domainmona.geo.labels import PixelIndex, read_labels, reproject
 from domainmona.geo.raster import (checked_write, open_raster, read_tile, selected_bands, streaming_env,

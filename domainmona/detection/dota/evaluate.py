@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from domainmona.detection.dota.labels import read_dota_labels
+from domainmona.boxes.labels import read_dota_labels
 from domainmona.detection.dota.merge import TASK1_PREFIX
 from domainmona.detection.dota.polygon_iou import quad_pair_iou
 from domainmona.errors import UserError

@@ -1,4 +1,8 @@
-"""Patch detections -> full-image detections (rotated NMS) -> DOTA Task1 submission files and zip."""
+"""Patch detections -> full-image detections (rotated NMS) -> DOTA Task1 submission files and zip.
+
+`Detections` lives in `domainmona.boxes` (numpy only); it is re-exported here for the imports that name
+this module.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +10,18 @@ import os
 import zipfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from domainmona.detection.dota.geometry import obb_to_poly, poly_to_obb
-from domainmona.detection.dota.patch_names import parse_patch_name
+from domainmona.boxes.detections import Detections
+from domainmona.boxes.geometry import obb_to_poly
 from domainmona.errors import UserError
 from domainmona.io import atomic_dir, atomic_path
+from domainmona.tiling import parse_patch_name
 
 TASK1_PREFIX = "Task1_"
 TASK1_WRITER = "task1"  # the command name in a submission folder's record (`domainmona.io.atomic_dir`)
-
-
-@dataclass
-class Detections:
-    """Rotated detections of one patch or image: le90 `boxes` (N, 5), `scores` (N,), class `labels` (N,)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-
-    @classmethod
-    def of(cls, boxes, scores, labels) -> "Detections":
-        """Accept le90 boxes (N, 5) or polygons (N, 8) / (N, 4, 2), as numpy arrays or CPU tensors."""
-        boxes = np.asarray(boxes, dtype=np.float64)
-        if boxes.ndim == 2 and boxes.shape[1] == 5:
-            obbs = boxes.copy()
-        elif boxes.size == 0:
-            obbs = np.zeros((0, 5))
-        else:
-            obbs = poly_to_obb(boxes.reshape(-1, 8))
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if not len(obbs) == len(scores) == len(labels):
-            raise UserError(f"detections disagree in length: {len(obbs)} boxes, {len(scores)} scores, "
-                            f"{len(labels)} labels")
-        return cls(obbs, scores, labels)
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 def _as_detections(dets: "Detections | tuple") -> Detections:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from domainmona.detection.dota.geometry import signed_areas
+from domainmona.boxes.geometry import signed_areas
 
 _CHUNK = 65536
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from domainmona.boxes.labels import DotaLabels, format_dota_line, read_dota_labels
 from domainmona.console import progress
-from domainmona.detection.dota.labels import DotaLabels, format_dota_line, read_dota_labels
 from domainmona.detection.layout import refuse_overlap
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir
