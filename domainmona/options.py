@@ -144,3 +144,20 @@ def backbone_option(default: Optional[str], dims: int = 2, what: str = "Backbone
     timm_help = " or timm:NAME (any timm model with feature maps)" if dims != 3 else ""
     return typer.Option(default, "--backbone", *(aliases or ("-b",)), callback=check, metavar="NAME",
                         help=f"{what}: {', '.join(names)}{timm_help}.")
+
+
+def config_option(help: str = "YAML settings over the defaults (keys: see --print-config); flags win.") -> Any:
+    """`--config FILE` of every train command (domainmona.settings)."""
+    return typer.Option(None, "--config", help=help)
+
+
+def print_config_option() -> bool:
+    """`--print-config` of every train command: the resolved settings as YAML, then exit (domainmona.settings)."""
+    return typer.Option(False, "--print-config", help="Print the resolved settings (defaults, --config, flags) as "
+                        "YAML and exit without writing anything.")
+
+
+def adapter_opt_option() -> Any:
+    """`--adapter-opt KEY=VALUE` of every train command, checked against the method's config dataclass."""
+    return typer.Option(None, "--adapter-opt", metavar="KEY=VALUE", help="An option of the adapter method's config "
+                        "(e.g. inner_dim=32 for mona); repeatable.")

@@ -35,3 +35,9 @@ def load_recipe(name: str) -> dict[str, Any]:
     if not isinstance(recipe, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping")
     return recipe
+
+
+def patch_grid(name: str = "dota") -> tuple[int, int]:
+    """(size, gap) of the DOTA/STAR patch grid: the `split` of `pipelines/<name>.yaml`, its one home."""
+    split = load_recipe(name)["split"]
+    return split["size"], split["gap"]

@@ -24,6 +24,7 @@ from domainmona.io import atomic_path, load_torch
 
 DETECTOR_KEYS = ('detector_config', 'classes', 'patch_size', 'patch_gap')
 SCENES_KEY = 'scenes'  # the metadata key of `DetectorInfo.scenes`
+SETTINGS_KEY = 'settings'  # the metadata key of `DetectorInfo.settings`
 # What `train dota|star` detectors see: DOTA/STAR patches, 8-bit RGB PNGs read as they are (the config's
 # data preprocessor then applies its mean/std). Also what a checkpoint from before domainmona recorded its
 # scenes (or an official .pth) is taken to have seen: every such detector was trained on those patches.
@@ -44,11 +45,15 @@ class DetectorInfo:
     # The scenes it was trained on: bands taken, band counts, dtypes, the uint8 stretch (`stats`, None for
     # uint8 scenes) and a word on the normalisation; `tile-predict` refuses scenes unlike them.
     scenes: dict = field(default_factory=lambda: dict(RGB_PATCHES))
+    # The training command's resolved settings as plain data (domainmona.settings.plain), as `--print-config`
+    # printed them; None for a checkpoint from before they were recorded (or an official .pth).
+    settings: dict | None = None
 
     def metadata(self) -> dict[str, str]:
+        extra = {} if self.settings is None else {SETTINGS_KEY: json.dumps(self.settings)}
         return dict(detector_config=self.config_text, classes=json.dumps(list(self.classes)),
                     patch_size=str(self.patch_size), patch_gap=str(self.patch_gap),
-                    **{SCENES_KEY: json.dumps(self.scenes)})
+                    **{SCENES_KEY: json.dumps(self.scenes)}, **extra)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> "DetectorInfo":
@@ -61,10 +66,23 @@ class DetectorInfo:
         if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
                 and size is not None and 0 <= gap < size):
             raise UserError(f"{path}: malformed detector metadata (classes, patch_size, patch_gap)")
-        return cls(meta['detector_config'], tuple(classes), size, gap, _scenes(meta, path))
+        return cls(meta['detector_config'], tuple(classes), size, gap, _scenes(meta, path), _settings(meta, path))
 
     def config(self, path: Path):
         return parse_config(self.config_text, path)
+
+
+def _settings(meta: dict[str, str], path: Path) -> dict | None:
+    """The recorded training settings, None where the checkpoint has none."""
+    if SETTINGS_KEY not in meta:
+        return None
+    try:
+        settings = json.loads(meta[SETTINGS_KEY])
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise UserError(f"{path}: malformed detector metadata (settings)")
+    return settings
 
 
 def _scenes(meta: dict[str, str], path: Path) -> dict:
@@ -256,6 +274,7 @@ def load_official_detector(path: Path, dataset: str):
     from domainmona.adapters.weights import read_state_dict, strip_prefix
     from domainmona.detection import config as C
     from domainmona.detection.classes import DATASETS
+    from domainmona.recipes import patch_grid
 
     tensors = strip_prefix(read_state_dict(path), 'module.')
     embed = next((t.shape[0] for k, t in tensors.items() if k.startswith('backbone.patch_embed.proj')), None)
@@ -273,4 +292,4 @@ def load_official_detector(path: Path, dataset: str):
     if report.missing:
         raise UserError(f"checkpoint from another backbone or head: {path} lacks {len(report.missing)} weights "
                         f"of a {backbone} Oriented R-CNN, e.g. '{report.missing[0]}'")
-    return model.eval(), DetectorInfo(cfg.pretty_text, classes, 1024, 200)
+    return model.eval(), DetectorInfo(cfg.pretty_text, classes, *patch_grid())

@@ -10,34 +10,41 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
-from domainmona.options import (adapter_option, amp_option, backbone_option, checkpoint_blocks_option,
-                                method_choice, probability, recompute_option, shots_option)
+from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
+                                checkpoint_blocks_option, config_option, method_choice, print_config_option,
+                                probability, recompute_option, shots_option)
 
 Method = method_choice()  # the registered adapter methods
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 
-def _train(dataset: str, data: Path, work_dir: Path, backbone: str, adapter: Method,
-           pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: int,
+def _train(dataset: str, data: Path, work_dir: Path, backbone: Optional[str], adapter: Optional[str],
+           pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: Optional[int],
            resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: bool, adapter_recompute: bool,
-           checkpoint_blocks: bool) -> None:
+           checkpoint_blocks: bool, config: Optional[Path], adapter_opt: Optional[list[str]],
+           print_config: bool) -> None:
     from domainmona.console import console
-    from domainmona.detection.train import MICRO_WEIGHTS, TrainOptions, prepare, train, training_subsets
+    from domainmona.detection.train import TrainOptions, prepare, train, training_subsets
     from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
-    from domainmona.recipes import load_recipe
+    from domainmona.recipes import patch_grid
+    from domainmona.settings import adapter_layer, given, print_settings, read_config, resolve, switch
 
-    if pretrained is None and backbone == 'micro':
-        pretrained = MICRO_WEIGHTS  # the shipped micro Swin, pretrained by domainmona.detection.pretrain_micro
-    split = load_recipe('star' if dataset == 'star' else 'dota')['split']  # patch grid
-    opts = TrainOptions(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone,
-                        adapter=adapter, pretrained=pretrained, shots=shots, max_iters=max_iters,
-                        gpus=gpus, resume=resume, patch_size=patch_size or split['size'],
-                        patch_gap=split['gap'] if patch_gap is None else patch_gap, amp=amp,
-                        adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks)
-    if gpus > 1 and not under_torchrun():
+    size, gap = patch_grid('star' if dataset == 'star' else 'dota')
+    recipe = dict(dataset=dataset, patch_size=size, patch_gap=gap)
+    flags = given(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone, adapter=adapter,
+                  pretrained=pretrained, shots=shots, max_iters=max_iters, gpus=gpus,
+                  resume=switch(resume, False), patch_size=patch_size, patch_gap=patch_gap, amp=switch(amp, True),
+                  adapter_recompute=switch(adapter_recompute, True),
+                  checkpoint_blocks=switch(checkpoint_blocks, False))
+    layer = read_config(config)
+    flags.update(adapter_layer(layer, adapter_opt))
+    opts = resolve(TrainOptions, ('recipe', recipe), (f'--config {config}', layer), ('flags', flags))
+    if print_config:
+        print_settings(opts)
+    if opts.gpus > 1 and not under_torchrun():
         prepare(opts)  # check inputs and split once here, not in every process
         training_subsets(opts)
-        relaunch_under_torchrun(gpus)  # rank 0 of the children prints the final checkpoint
+        relaunch_under_torchrun(opts.gpus)  # rank 0 of the children prints the final checkpoint
         return
     final = train(opts)
     if is_main_process():
@@ -70,12 +77,12 @@ def register(groups: CommandGroups) -> None:
 
     data_opt = typer.Option(..., "--data", help="Raw scenes (images/ + labelTxt/) or split patches (images/ + annfiles/).")
     work_opt = typer.Option(..., "--work-dir", help="Where checkpoints, logs and the split patches go.")
-    backbone_opt = backbone_option('swin-t')
-    adapter_opt = adapter_option("mona", "Adapter method trained inside the backbone.")
+    backbone_opt = backbone_option(None, 2, "Backbone (default swin-t)")
+    adapter_opt = adapter_option(None, "Adapter method trained inside the backbone (default mona).")
     pretrained_opt = typer.Option(None, "--pretrained", help="Pretrained backbone weights (timm, torchvision, OpenMMLab, Microsoft Swin, MAE, DINO, MoCo layouts).")
     shots_opt = shots_option()
     iters_opt = typer.Option(None, "--max-iters", min=1, help="Iterations instead of the 12-epoch schedule.")
-    gpus_opt = typer.Option(1, "--gpus", min=1, help="More than 1 launches torchrun.")
+    gpus_opt = typer.Option(None, "--gpus", min=1, help="More than 1 launches torchrun (default 1).")
     resume_opt = typer.Option(False, "--resume", help="Continue from the last checkpoint in --work-dir.")
     size_opt = typer.Option(None, "--patch-size", min=1,
                             help="Patch size for raw scenes and network input (default: the recipe's, 1024).")
@@ -84,27 +91,33 @@ def register(groups: CommandGroups) -> None:
 
     @groups.train.command("dota")
     def train_dota(data: Path = data_opt, work_dir: Path = work_opt, version: Version = typer.Option(
-            Version['1.0'], "--version"), backbone: str = backbone_opt, adapter: Method = adapter_opt,
+            Version['1.0'], "--version"), backbone: Optional[str] = backbone_opt,
+                   adapter: Optional[Method] = adapter_opt,
                    pretrained: Optional[Path] = pretrained_opt, shots: Optional[int] = shots_opt,
-                   max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt, resume: bool = resume_opt,
+                   max_iters: Optional[int] = iters_opt, gpus: Optional[int] = gpus_opt, resume: bool = resume_opt,
                    patch_size: Optional[int] = size_opt, patch_gap: Optional[int] = gap_opt,
                    amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
-                   checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
+                   checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
+                   adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                   print_config: bool = print_config_option()) -> None:
         """Oriented R-CNN with an adapted backbone on DOTA; prints the final checkpoint last."""
         _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume,
-               patch_size, patch_gap, amp, adapter_recompute, checkpoint_blocks)
+               patch_size, patch_gap, amp, adapter_recompute, checkpoint_blocks, config, adapter_opt, print_config)
 
     @groups.train.command("star")
-    def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: str = backbone_opt,
-                   adapter: Method = adapter_opt, pretrained: Optional[Path] = pretrained_opt,
-                   shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt, gpus: int = gpus_opt,
+    def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: Optional[str] = backbone_opt,
+                   adapter: Optional[Method] = adapter_opt, pretrained: Optional[Path] = pretrained_opt,
+                   shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt,
+                   gpus: Optional[int] = gpus_opt,
                    resume: bool = resume_opt, patch_size: Optional[int] = size_opt,
                    patch_gap: Optional[int] = gap_opt, amp: bool = amp_option(),
                    adapter_recompute: bool = recompute_option(),
-                   checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
+                   checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
+                   adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                   print_config: bool = print_config_option()) -> None:
         """Oriented R-CNN with an adapted backbone on STAR; prints the final checkpoint last."""
         _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume, patch_size,
-               patch_gap, amp, adapter_recompute, checkpoint_blocks)
+               patch_gap, amp, adapter_recompute, checkpoint_blocks, config, adapter_opt, print_config)
 
     for dataset in ("dota", "star"):
         groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint on full scenes: patches, merge, "

@@ -39,13 +39,16 @@ def _positive_rates(rates: Optional[list[float]]) -> Optional[list[float]]:
 
 
 def _register_split(groups: CommandGroups, dataset: str) -> None:
+    from domainmona.recipes import patch_grid
+
+    grid = patch_grid(dataset)  # the recipe's (pipelines/<dataset>.yaml)
     @groups.split.command(dataset, help=f"Split raw {dataset.upper()} images (SRC/images, SRC/labelTxt) into "
                                         "overlapping patches for mmrotate (DST/images, DST/annfiles).")
     def split(
         src: Annotated[Path, typer.Option(help="Raw dataset folder holding images/ and optionally labelTxt/.")],
         dst: Annotated[Path, typer.Option(help="Output folder; rerunning resumes an interrupted split.")],
-        size: Annotated[int, typer.Option(min=1, help="Patch size in pixels.")] = 1024,
-        gap: Annotated[int, typer.Option(min=0, help="Overlap between neighbouring patches in pixels.")] = 200,
+        size: Annotated[int, typer.Option(min=1, help="Patch size in pixels.")] = grid[0],
+        gap: Annotated[int, typer.Option(min=0, help="Overlap between neighbouring patches in pixels.")] = grid[1],
         rates: Annotated[Optional[list[float]], typer.Option(
             callback=_positive_rates,
             help="Rescaling rates, repeat for multi-scale (e.g. --rates 0.5 --rates 1.0 --rates 1.5).")] = None,

@@ -17,6 +17,8 @@ from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir
 from domainmona.options import check_memory, window_bytes
 from domainmona.launch import under_torchrun
+from domainmona.recipes import patch_grid
+from domainmona.settings import check_adapter_options, plain
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / 'assets'
 MICRO_WEIGHTS = ASSETS_DIR / 'micro_swin.safetensors'
@@ -24,6 +26,10 @@ MICRO_WEIGHTS = ASSETS_DIR / 'micro_swin.safetensors'
 
 @dataclass
 class TrainOptions:
+    """The settings of `train dota|star` (and the run `train geo-det` builds): defaults and checks here, filled
+    by `domainmona.settings.resolve` from the recipe, `--config` and the flags, saved whole in the checkpoint
+    (`DetectorInfo.settings`)."""
+
     dataset: str  # a key of domainmona.detection.classes.DATASETS
     data: Path | None  # None: config_overrides set the training dataset (train geo-det --scenes)
     work_dir: Path
@@ -35,8 +41,8 @@ class TrainOptions:
     gpus: int = 1
     resume: bool = False
     classes: tuple[str, ...] | None = None  # default: the dataset's classes
-    patch_size: int = 1024
-    patch_gap: int = 200
+    patch_size: int = field(default_factory=lambda: patch_grid()[0])  # the recipe's grid (pipelines/dota.yaml)
+    patch_gap: int = field(default_factory=lambda: patch_grid()[1])
     image_size: int | None = None  # network input; default the patch size
     batch_size: int | None = None
     num_workers: int | None = None
@@ -63,6 +69,8 @@ class TrainOptions:
         check_memory('--patch-size', size, window_bytes(size, bands=3), f"one {size}x{size} RGB float32 network input")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"the learning rate must be a positive finite number, got {self.lr}")
+        check_adapter_options(self.adapter, self.adapter_cfg, '--adapter-opt')
+        self.pretrained = default_weights(self.backbone, self.pretrained)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -81,6 +89,13 @@ class TrainOptions:
         if not self.pretrained.is_file():
             raise UserError(f"--pretrained {self.pretrained}: no such file")
         return self.pretrained.resolve()
+
+
+def default_weights(backbone: str, pretrained: Path | None) -> Path | None:
+    """``pretrained``, or for the micro Swin the shipped weights (pretrained by detection.pretrain_micro)."""
+    if pretrained is None and backbone == 'micro' and MICRO_WEIGHTS.is_file():
+        return MICRO_WEIGHTS
+    return pretrained
 
 
 def resume_checkpoint(work_dir: Path) -> Path | None:
@@ -227,8 +242,9 @@ def train_runner(opts: TrainOptions):
     return runner
 
 
-def train(opts: TrainOptions) -> Path:
-    """Train and return the final checkpoint (see domainmona.detection.checkpoint)."""
+def train(opts: TrainOptions, record: dict | None = None) -> Path:
+    """Train and return the final checkpoint (see domainmona.detection.checkpoint); it holds ``record``, the
+    pipeline's settings as plain data (default: ``opts``'s, what `--print-config` prints)."""
     from domainmona.detection.checkpoint import DetectorInfo, save_detector
     from domainmona.logs import framework_log
 
@@ -240,5 +256,6 @@ def train(opts: TrainOptions) -> Path:
             info = DetectorInfo(runner.cfg.pretty_text, opts.class_names, opts.patch_size, opts.patch_gap)
             if opts.scenes is not None:
                 info.scenes = opts.scenes
+            info.settings = plain(opts) if record is None else record
             save_detector(model, info, final)
     return final

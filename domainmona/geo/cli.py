@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.console import console
-from domainmona.options import (adapter_option, amp_option, backbone_option, checkpoint_blocks_option, method_choice,
-                                positive, probability, recompute_option, shots_option)
+from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
+                                checkpoint_blocks_option, config_option, method_choice, positive, print_config_option,
+                                probability, recompute_option, shots_option)
 
 Method = method_choice()  # the registered adapter methods
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
@@ -53,6 +54,15 @@ def scene_inputs(chips: Optional[Path], scenes: Optional[list[Path]], labels: Op
                         (sampler or Sampler.random).value)
 
 
+def source_flags(chips: Optional[Path], scenes: Optional[list[Path]], *scene_flags: Any) -> dict[str, Any]:
+    """The `chips`/`scenes` settings the flags give (`scene_inputs`); none when no input flag is given, so that
+    a `--config` may name them."""
+    if chips is None and not scenes and all(flag in (None, False) for flag in scene_flags):
+        return {}
+    source = scene_inputs(chips, scenes, *scene_flags)
+    return {"chips": chips} if source is None else {"scenes": source}
+
+
 def _scenes_option():
     return typer.Option(None, "--scenes", help="Train on windows read from these GeoTIFF scenes (repeat the flag; "
                         "@LIST names one scene per line) instead of --chips: nothing written to disk.")
@@ -64,13 +74,17 @@ class Task(str, Enum):
 
 
 def register(groups: CommandGroups) -> None:
+    from domainmona.recipes import patch_grid
+
+    grid = patch_grid()  # the DOTA/STAR patch grid (pipelines/dota.yaml): tile's and the scene windows' default
+
     @groups.root.command("tile")
     def tile(rasters: list[Path] = typer.Argument(..., help="GeoTIFF scene(s)."),
              labels: Path = typer.Option(..., "--labels", help="Polygons (GeoPackage, GeoJSON, ...), any CRS."),
              out: Path = typer.Option(..., "--out", help="Chip folder to write (new, empty, or an earlier "
                                       "tile output, replaced atomically)."),
-             size: int = typer.Option(1024, "--size", min=32, help="Chip size in pixels."),
-             overlap: int = typer.Option(200, "--overlap", min=0, help="Overlap between chips in pixels."),
+             size: int = typer.Option(grid[0], "--size", min=32, help="Chip size in pixels."),
+             overlap: int = typer.Option(grid[1], "--overlap", min=0, help="Overlap between chips in pixels."),
              bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands, e.g. 1,2,3 (default all)."),
              task: Task = typer.Option(Task.detection, "--task"),
              class_field: str = typer.Option("class", "--class-field", help="Attribute holding the class name."),
@@ -154,9 +168,9 @@ def register(groups: CommandGroups) -> None:
         console.print(str(out_dir), soft_wrap=True)
 
     scene_labels = typer.Option(None, "--labels", help="With --scenes: polygons (GeoPackage, GeoJSON, ...), any CRS.")
-    scene_size = typer.Option(None, "--size", min=32, help="With --scenes: window size in pixels (default 1024).")
+    scene_size = typer.Option(None, "--size", min=32, help=f"With --scenes: window size in pixels (default {grid[0]}).")
     scene_overlap = typer.Option(None, "--overlap", min=0, help="With --scenes: overlap of the grid's windows "
-                                 "(default 200).")
+                                 f"(default {grid[1]}).")
     scene_bands = typer.Option(None, "--bands", help="With --scenes: 1-based bands, e.g. 1,2,3 (default all).")
     scene_class_field = typer.Option(None, "--class-field", help="With --scenes: attribute holding the class name "
                                      "(default class).")
@@ -189,17 +203,29 @@ def register(groups: CommandGroups) -> None:
                                                   help="Continue from WORK_DIR/state.pt (same chips and flags; "
                                                        "a larger --max-iters extends the run)."),
                       amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
-                      checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
+                      checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
+                      adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                      print_config: bool = print_config_option()) -> None:
         """Fine-tune a Mona-Swin segmentation model (smp) on chips or straight on scenes; prints the checkpoint
         path last."""
+        from domainmona.geo.segmodel import resolve_settings
         from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
         from domainmona.logs import framework_log
+        from domainmona.settings import adapter_layer, print_settings, read_config, switch
 
         source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
                               allow_no_crs)
-        opts = SegTrainOptions(chips, work_dir, max_iters, encoder, arch, adapter, pretrained, batch_size, lr, seed,
-                               overrides={"save_every": save_every, "amp": amp, "adapter_recompute": adapter_recompute,
-                                          "checkpoint_blocks": checkpoint_blocks}, resume=resume, scenes=source)
+        layer = read_config(config)
+        flags = dict(max_iters=max_iters, backbone=encoder, arch=arch, adapter=adapter, batch_size=batch_size, lr=lr,
+                     seed=seed, save_every=save_every, amp=switch(amp, True),
+                     adapter_recompute=switch(adapter_recompute, True),
+                     checkpoint_blocks=switch(checkpoint_blocks, False))
+        flags.update(adapter_layer(layer, adapter_opt))
+        settings = resolve_settings(layer, f"--config {config}", **flags)
+        if print_config:
+            print_settings(settings)
+        opts = SegTrainOptions(chips, work_dir, resume=resume, scenes=source, pretrained=pretrained,
+                               settings=settings)
         with framework_log(opts.work_dir):  # GDAL's, timm's and torch's logs and warnings
             final = train_segmentation(opts)
         console.print(str(final), soft_wrap=True)
@@ -214,23 +240,34 @@ def register(groups: CommandGroups) -> None:
                       allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
-                      backbone: str = backbone_option("swin-t"),
-                      adapter: Method = adapter_option("mona", "Adapter method trained inside the backbone."),
+                      backbone: Optional[str] = backbone_option(None, 2, "Backbone (default swin-t)"),
+                      adapter: Optional[Method] = adapter_option(None, "Adapter method trained inside the backbone "
+                                                                 "(default mona)."),
                       pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local pretrained backbone weights."),
-                      seed: int = typer.Option(0, "--seed", min=0, max=SEED_MAX),
+                      seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX, help="Seed (default 0)."),
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from the last checkpoint in --work-dir."),
                       amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
-                      checkpoint_blocks: bool = checkpoint_blocks_option()) -> None:
+                      checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
+                      adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                      print_config: bool = print_config_option()) -> None:
         """Fine-tune the Mona-Swin Oriented R-CNN on detection chips or straight on scenes; prints the checkpoint
         path last."""
-        from domainmona.geo.dettrain import train_detection
+        from domainmona.geo.dettrain import GeoDetSettings, train_geo_det as run
+        from domainmona.settings import adapter_layer, given, print_settings, read_config, resolve, switch
 
-        source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
+        source = source_flags(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
                               allow_no_crs)
-        console.print(str(train_detection(chips, work_dir, max_iters, backbone, adapter, pretrained, seed,
-                                          resume, amp, adapter_recompute, checkpoint_blocks, source)),
-                      soft_wrap=True)
+        layer = read_config(config)
+        flags = given(work_dir=work_dir, max_iters=max_iters, backbone=backbone, adapter=adapter,
+                      pretrained=pretrained, seed=seed, resume=switch(resume, False), amp=switch(amp, True),
+                      adapter_recompute=switch(adapter_recompute, True),
+                      checkpoint_blocks=switch(checkpoint_blocks, False), **source)
+        flags.update(adapter_layer(layer, adapter_opt))
+        settings = resolve(GeoDetSettings, (f"--config {config}", layer), ("flags", flags))
+        if print_config:
+            print_settings(settings)
+        console.print(str(run(settings)), soft_wrap=True)
 
     @groups.root.command("geo-demo")
     def geo_demo(out: Path = typer.Option(Path("domainmona-geo-demo"), "--out"),

@@ -8,46 +8,93 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from domainmona.errors import UserError
-from domainmona.io import atomic_path, load_safetensors
+from domainmona.io import atomic_path, load_safetensors, read_yaml
 from domainmona.recipes import CONFIGS_DIR
 
 FORMAT = "domainmona.geo-seg/1"
 SETTINGS = CONFIGS_DIR / "geo" / "geo-seg.yaml"
 
 
-COUNTS = ("max_iters", "batch_size", "log_every", "save_every")  # settings that are whole numbers >= 1
+@dataclass
+class GeoSegSettings:
+    """The settings of `train geo-seg`: every value comes from `configs/geo/geo-seg.yaml` (their one home),
+    then `--config`, then the flags (`domainmona.settings.resolve`); checked here, saved whole in the
+    checkpoint (`save_segmenter`'s `settings` metadata). `encoder` is read as `backbone`."""
+
+    arch: str  # an smp architecture that accepts transformer features: UPerNet, FPN, ...
+    decoder_kwargs: dict
+    backbone: str  # a registered 2D backbone (domainmona.adapters.backbones) or timm:NAME
+    adapter: str
+    adapter_cfg: dict
+    batch_size: int
+    lr: float
+    weight_decay: float
+    max_iters: int
+    seed: int
+    log_every: int
+    save_every: int
+    amp: bool
+    adapter_recompute: bool
+    checkpoint_blocks: bool
+
+    def __post_init__(self) -> None:
+        from domainmona.adapters.backbones import TIMM_PREFIX, backbone_names
+        from domainmona.settings import check_adapter_options
+
+        for key in ("max_iters", "batch_size", "log_every", "save_every"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be a whole number >= 1, got {getattr(self, key)!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise UserError(f"seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}")
+        names = backbone_names(2)
+        if self.backbone not in names and not (self.backbone.startswith(TIMM_PREFIX) and self.backbone[5:]):
+            raise UserError(f"unknown backbone '{self.backbone}' (choose from {', '.join(names)}, or timm:NAME)")
+        check_adapter_options(self.adapter, self.adapter_cfg)
+
+
+ALIASES = {"encoder": "backbone"}  # the setting's name before the backbone registry
+
+
+def packaged_settings() -> dict[str, Any]:
+    """configs/geo/geo-seg.yaml: the settings' defaults (without a table of encoders, where it still has one)."""
+    return {k: v for k, v in read_yaml(SETTINGS, "settings file").items() if k != "encoders"}
+
+
+def resolve_settings(config: dict[str, Any] | None = None, where: str = "--config",
+                     **flags: Any) -> GeoSegSettings:
+    """The packaged defaults, then ``config`` (a `--config` YAML's mapping), then the non-None ``flags``."""
+    from domainmona.settings import given, resolve
+
+    return resolve(GeoSegSettings, (str(SETTINGS), packaged_settings()), (where, config or {}),
+                   ("flags", given(**flags)), aliases=ALIASES)
+
+
+def settings_dict(settings: GeoSegSettings) -> dict[str, Any]:
+    """The settings as the model spec reads them: plain values, the backbone also as `encoder`, and the
+    packaged table of encoders where it still has one."""
+    from domainmona.settings import plain
+
+    values = {**plain(settings), "encoder": settings.backbone}
+    encoders = read_yaml(SETTINGS, "settings file").get("encoders")
+    if encoders is not None:
+        if settings.backbone not in encoders:
+            raise UserError(f"unknown encoder '{settings.backbone}' (choose from {', '.join(encoders)})")
+        values["encoders"] = encoders
+    return values
 
 
 def load_settings(**overrides: Any) -> dict[str, Any]:
-    """configs/geo/geo-seg.yaml with the non-None overrides applied, its numbers checked."""
-    settings = yaml.safe_load(SETTINGS.read_text())
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    if settings["encoder"] not in settings["encoders"]:
-        raise UserError(f"unknown encoder '{settings['encoder']}' (choose from {', '.join(settings['encoders'])})")
-    for key in COUNTS:
-        if not _is_number(settings[key], int) or settings[key] < 1:
-            raise UserError(f"{key} must be a whole number >= 1, got {settings[key]!r}")
-    for key, zero_allowed in (("lr", False), ("weight_decay", True)):
-        value = settings[key]
-        if (not _is_number(value, (int, float)) or not math.isfinite(value) or value < 0
-                or (value == 0 and not zero_allowed)):
-            raise UserError(f"{key} must be a finite number {'>= 0' if zero_allowed else '> 0'}, got {value!r}")
-    if not _is_number(settings["seed"], int):
-        raise UserError(f"seed must be a whole number, got {settings['seed']!r}")
-    for key in ("amp", "adapter_recompute", "checkpoint_blocks"):
-        if not isinstance(settings[key], bool):
-            raise UserError(f"{key} must be true or false, got {settings[key]!r}")
-    return settings
-
-
-def _is_number(value: Any, kind: type | tuple[type, ...]) -> bool:
-    return isinstance(value, kind) and not isinstance(value, bool)
+    """configs/geo/geo-seg.yaml with the non-None overrides applied, checked (`GeoSegSettings`), as a dict."""
+    return settings_dict(resolve_settings(**overrides))
 
 
 def build_model(spec: dict[str, Any]):
@@ -92,12 +139,17 @@ def model_spec(settings: dict[str, Any], manifest: dict[str, Any]) -> dict[str, 
             "stats": manifest["stats"], "adapter": settings["adapter"], "adapter_cfg": settings["adapter_cfg"]}
 
 
-def save_segmenter(model, spec: dict[str, Any], path: Path) -> Path:
+def save_segmenter(model, spec: dict[str, Any], path: Path, settings: dict[str, Any] | None = None) -> Path:
+    """The checkpoint: the weights, the spec and ``settings`` (the run's `GeoSegSettings` as plain data, what
+    `--print-config` printed)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "spec": json.dumps(spec)}
+    if settings is not None:
+        metadata["settings"] = json.dumps(settings)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "spec": json.dumps(spec)})
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 

@@ -23,6 +23,7 @@ from rasterio.errors import RasterioIOError
 from domainmona.console import console, progress
 from domainmona.errors import UserError
 from domainmona.geo.raster import gdal_reason
+from domainmona.geo.segmodel import GeoSegSettings, resolve_settings
 from domainmona.geo.scenes import SceneOptions, SceneWindows
 from domainmona.geo.stats import normalise
 from domainmona.geo.tiling import IGNORE, read_manifest
@@ -52,6 +53,14 @@ class SegTrainOptions:
     overrides: dict[str, Any] = field(default_factory=dict)  # any other key of configs/geo/geo-seg.yaml
     resume: bool = False  # continue from WORK_DIR/state.pt
     scenes: SceneOptions | None = None  # train on windows of scenes instead of chips
+    # the run's settings whole (`train geo-seg` resolves them); None: the packaged ones with the fields above
+    settings: GeoSegSettings | None = None
+
+    def resolved(self) -> GeoSegSettings:
+        if self.settings is not None:
+            return self.settings
+        return resolve_settings(max_iters=self.max_iters, encoder=self.encoder, arch=self.arch, adapter=self.adapter,
+                                batch_size=self.batch_size, lr=self.lr, seed=self.seed, **self.overrides)
 
 
 def load_chips(chips_dir: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -194,10 +203,11 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     from domainmona.adapters import set_adapter_recompute, set_block_checkpointing
     from domainmona.adapters.checkpoint import save_adapter
     from domainmona.devices import default_device
-    from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
+    from domainmona.geo.segmodel import build_model, model_spec, save_segmenter, settings_dict
+    from domainmona.settings import plain
 
-    settings = load_settings(max_iters=opts.max_iters, encoder=opts.encoder, arch=opts.arch, adapter=opts.adapter,
-                             batch_size=opts.batch_size, lr=opts.lr, seed=opts.seed, **opts.overrides)
+    resolved = opts.resolved()
+    settings = settings_dict(resolved)
     if (opts.chips is None) == (opts.scenes is None):
         raise UserError("train on --chips (from 'tile') or on --scenes with --labels, exactly one of the two")
     work_dir = Path(opts.work_dir)
@@ -233,7 +243,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
         claim_dir(work_dir, "train geo-seg")
         _train(model, draw, settings, identity, state, state_path, device)
     save_adapter(model, work_dir / ADAPTER, _modules_to_save(model))
-    return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT)
+    return save_segmenter(model.eval(), spec, work_dir / CHECKPOINT, plain(resolved))
 
 
 def _chip_batches(images, masks):

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.options import (adapter_option, amp_option, checkpoint_blocks_option, fraction, method_choice,
-                                recompute_option)
+from domainmona.options import (adapter_opt_option, adapter_option, amp_option, checkpoint_blocks_option,
+                                fraction, method_choice, print_config_option, recompute_option)
 
 MethodOrNone = method_choice("none")  # the registered adapter methods, or none
 
@@ -51,20 +51,26 @@ def register(groups: CommandGroups) -> None:
         amp: bool = amp_option(),
         adapter_recompute: bool = recompute_option(),
         checkpoint_blocks: bool = checkpoint_blocks_option(),
+        adapter_opt: Optional[list[str]] = adapter_opt_option(),
+        print_config: bool = print_config_option(),
     ) -> None:
         """Fine-tune SwinUNETR, UNETR or SegResNet + Mona-3D on CT; the last line printed is the checkpoint to pass
         to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
         from domainmona.medical.data import load_split
-        from domainmona.medical.settings import load_settings, refuse_swin_only_flags
+        from domainmona.medical.settings import refuse_swin_only_flags, resolve_settings
+        from domainmona.settings import plain, print_settings
 
         swin_only = dict(feature_size=feature_size, decoder_size=decoder_size, merging=merging,
                          use_checkpoint=checkpoint_blocks or None)
-        settings = load_settings(config, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
+        resolved = resolve_settings(config, adapter_opt, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
                                  model=dict(name=model, adapter=adapter, **swin_only),
                                  train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False,
                                             adapter_recompute=None if adapter_recompute else False))
-        refuse_swin_only_flags(settings["model"]["name"], swin_only)
+        refuse_swin_only_flags(resolved.model["name"], swin_only)
+        if print_config:
+            print_settings(resolved)
+        settings = plain(resolved)  # what the checkpoints record
         split = load_split(data, shots, settings["train"]["val_max"])  # bad data: one line, before any relaunch
         if gpus > 1 and not under_torchrun():
             relaunch_under_torchrun(gpus)  # rank 0 of the children prints the checkpoint

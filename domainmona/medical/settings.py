@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +77,38 @@ NETWORK_NUMBERS: dict[tuple[str, str], Callable] = {
 }
 
 
+@dataclass
+class CTSettings:
+    """The settings of `segment-ct train`: the sections of configs/monai/swinunetr_ct.yaml (the defaults' one
+    home), filled by `resolve_settings` from the defaults, `--config` and the flags, every value checked
+    (`check_settings`); saved whole, as plain data, in every checkpoint (`settings`)."""
+
+    preprocess: dict
+    augment: dict
+    model: dict
+    train: dict
+
+    def __post_init__(self) -> None:
+        check_settings({section: getattr(self, section) for section in SECTIONS})  # converts in place
+
+
 def _read(path: Path) -> dict[str, Any]:
-    content = read_yaml(path, "YAML settings file")
-    if not isinstance(content, dict):
-        raise UserError(f"{path}: settings must be a YAML mapping")
-    return content
+    from domainmona.settings import read_config
+
+    return read_config(path)
 
 
-def load_settings(user_config: str | Path | None = None, **overrides: dict[str, Any]) -> dict[str, Any]:
-    """Defaults, then the user's YAML (same sections), then `overrides[section][key]` that are not None."""
+def resolve_settings(user_config: str | Path | None = None, adapter_opt: Iterable[str] | None = None,
+                     **overrides: dict[str, Any]) -> CTSettings:
+    """Defaults, then the user's YAML (same sections), then `overrides[section][key]` that are not None and
+    `adapter_opt` (`--adapter-opt KEY=VALUE`, over the YAML's model.adapter_cfg key by key)."""
+    from domainmona.settings import adapter_layer
+
     settings = copy.deepcopy(_read(DEFAULTS_PATH))
     layers = [_read(Path(user_config))] if user_config else []
+    user_model = layers[0].get("model") if layers else None
+    extra = adapter_layer(user_model if isinstance(user_model, dict) else {}, adapter_opt)
+    overrides = {**overrides, "model": {**overrides.get("model", {}), **extra}} if extra else overrides
     layers.append({section: {k: v for k, v in values.items() if v is not None}
                    for section, values in overrides.items()})
     for layer in layers:
@@ -95,8 +117,14 @@ def load_settings(user_config: str | Path | None = None, **overrides: dict[str, 
                 raise UserError(f"settings: unknown section '{shown(section, plain=True)}' "
                                 f"(known: {', '.join(SECTIONS)})")
             _merge(settings[section], values, section)
-    check_settings(settings)
-    return settings
+    return CTSettings(**settings)
+
+
+def load_settings(user_config: str | Path | None = None, **overrides: dict[str, Any]) -> dict[str, Any]:
+    """`resolve_settings` as plain data (the form training and the checkpoints use)."""
+    from domainmona.settings import plain
+
+    return plain(resolve_settings(user_config, **overrides))
 
 
 def _merge(target: dict[str, Any], values: dict[str, Any], where: str) -> None:
