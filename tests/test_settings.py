@@ -204,9 +204,9 @@ def test_geo_seg_print_config_equals_the_checkpoint_settings_end_to_end(tmp_path
     from domainmona.geo.synthetic import SceneSpec, write_scene
 
     scene = write_scene(tmp_path / "scene.tif", tmp_path / "labels.gpkg",
-                        SceneSpec(width=192, height=160, bands=3, dtype="uint8", kind="areas", objects=3, seed=4))
+                        SceneSpec(width=512, height=448, bands=4, dtype="uint16", kind="areas", objects=5, seed=4))
     result = _invoke(["tile", str(scene.raster), "--labels", str(scene.labels), "--out", "{ws}/chips", "--size",
-                      "64", "--overlap", "0", "--task", "segmentation"], tmp_path)
+                      "224", "--overlap", "0", "--task", "segmentation"], tmp_path)
     assert result.exit_code == 0, result.output
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump({"max_iters": 2, "batch_size": 1, "arch": "FPN", "amp": False}))
@@ -242,3 +242,26 @@ def test_segment_ct_print_config_equals_the_checkpoint_settings_end_to_end(tmp_p
     stored = torch.load(Path(trained.stdout.strip().splitlines()[-1]), weights_only=True)["settings"]
     assert stored == yaml.safe_load(printed.stdout)
     assert stored["model"]["adapter_cfg"] == {"inner_dim": 8}
+
+
+def test_train_dota_print_config_equals_the_checkpoint_settings_end_to_end(tmp_path):
+    """Generated scenes, the micro Swin, one iteration; the classes come from --config."""
+    from domainmona.adapters.checkpoint import read_adapter
+    from domainmona.detection.checkpoint import DetectorInfo
+    from domainmona.detection.synthetic import SYNTHETIC_CLASSES, generate_dota_scenes
+
+    generate_dota_scenes(tmp_path / "train", 2, 256, seed=0, objects_per_image=(4, 6))
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump({"classes": list(SYNTHETIC_CLASSES), "batch_size": 1, "num_workers": 0,
+                                      "lr": 1e-3, "amp": False}))
+    argv = ["train", "dota", "--data", "{ws}/train", "--work-dir", "{ws}/work", "-b", "micro", "--max-iters", "1",
+            "--patch-size", "256", "--patch-gap", "64", "--config", str(config), "--adapter-opt", "inner_dim=16"]
+    printed = _invoke([*argv, "--print-config"], tmp_path)
+    assert printed.exit_code == 0, printed.output
+    assert not (tmp_path / "work").exists()
+    trained = _invoke(argv, tmp_path)
+    assert trained.exit_code == 0, trained.output
+    final = Path(trained.stdout.strip().splitlines()[-1])
+    info = DetectorInfo.from_metadata(read_adapter(final)[1], final)
+    assert info.settings == yaml.safe_load(printed.stdout)
+    assert info.settings["adapter_cfg"] == {"inner_dim": 16} and info.classes == SYNTHETIC_CLASSES
