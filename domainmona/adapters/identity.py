@@ -35,7 +35,7 @@ def frozen_fingerprint(root: nn.Module, saved: set[str] = frozenset()) -> str:
     tensors.update((n, b) for n, b in persistent_buffers(root).items() if n not in saved)
     for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # 0-dim too
     return digest.hexdigest()
 
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from domainmona.adapters import apply_freeze, inject, set_block_checkpointing
 from domainmona.adapters.backbones import build_backbone
-from domainmona.adapters.backbones.features import input_convolution
+from domainmona.adapters.backbones.features import SimpleFeaturePyramid, input_convolution
+from domainmona.adapters.families import find_backbone
 
 
 class _Adapted:
@@ -46,10 +47,24 @@ class _Adapted:
         if conv.in_channels != 3:  # no pretrained filter fits other bands
             conv.requires_grad_(True)
 
+    def modules_to_save(self) -> list[str]:
+        """Modules that train whole, outside the adapter method: a simple feature pyramid, and the input
+        convolution on other than 3 bands."""
+        names = [name for name, module in self.named_modules() if isinstance(module, SimpleFeaturePyramid)]
+        conv = input_convolution(self)
+        if conv.in_channels != 3:
+            names.append(next(name for name, module in self.named_modules() if module is conv))
+        return names
+
     def base_state(self) -> dict:
-        """The backbone's own weights without adapters, e.g. to save as a weights file."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                if k not in self._adapter_names}
+        """The adapted backbone's own weights without adapters, named as in its pretrained files (for mmdet's
+        Swin, OpenMMLab's layout), e.g. to save as a weights file."""
+        path, root, _ = find_backbone(self)
+        if type(root).__name__ == 'FeatureGetterNet':  # timm's wrapper of a ViT: the ViT's own names
+            path = f'{path}.model'
+        prefix = f'{path}.' if path else ''
+        return {k[len(prefix):]: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if k.startswith(prefix) and k not in self._adapter_names}
 
 
 @MODELS.register_module()

@@ -195,10 +195,10 @@ def install_safe_checkpoint_loader() -> None:
 
 
 def modules_to_save(model) -> list[str]:
-    """What a detector checkpoint holds besides the adapters: the neck and heads, which train fully, and the
-    patch embedding where it trains (inflated to other than 3 bands, see MonaSwinTransformer)."""
-    trains = all(p.requires_grad for p in model.backbone.patch_embed.parameters())
-    return ['neck', 'rpn_head', 'roi_head'] + (['backbone.patch_embed'] if trains else [])
+    """What a detector checkpoint holds besides the adapters: the neck and heads, which train fully, and what
+    trains whole inside the backbone (domainmona.detection.backbone: a ViT's simple pyramid, the input
+    convolution on other than 3 bands)."""
+    return ['neck', 'rpn_head', 'roi_head'] + [f'backbone.{name}' for name in model.backbone.modules_to_save()]
 
 
 def save_detector(model, info: DetectorInfo, path: Path) -> Path:
