@@ -98,42 +98,49 @@ def load_settings(**overrides: Any) -> dict[str, Any]:
 
 
 def build_model(spec: dict[str, Any]):
-    """smp model from a spec (arch, decoder_kwargs, timm, timm_kwargs, in_channels, classes, size, adapter,
-    adapter_cfg).
+    """smp model from a spec (arch, decoder_kwargs, backbone, timm, timm_kwargs, in_channels, classes, size,
+    adapter, adapter_cfg).
 
-    Output channels: background + one per class. The adapter goes into the encoder only, so the decoder
-    stays fully trainable. With other than 3 bands the patch embedding trains (pretrained RGB filters are
-    only its starting point, domainmona.geo.bands).
+    The encoder is smp's timm universal encoder (`tu-`) where the backbone registers a timm model smp takes
+    (Swin, CNNs; every checkpoint from before the registry), else the registry's features module
+    (`SmpEncoder`: plain ViTs through the simple pyramid, `timm:NAME`). Output channels: background + one
+    per class. The adapter goes into the encoder's backbone only, so the decoder (and a ViT's pyramid) trains
+    fully. With other than 3 bands the input convolution trains (pretrained RGB filters are only its
+    starting point, domainmona.adapters.bands).
     """
     import segmentation_models_pytorch as smp
 
     from domainmona.adapters import inject
+    from domainmona.adapters.backbones.features import SmpEncoder, input_convolution
 
+    common = dict(encoder_weights=None, in_channels=spec["in_channels"], classes=len(spec["classes"]) + 1,
+                  **spec["decoder_kwargs"])
+    if spec.get("timm"):
+        # timm's Swin is built for the tile size (not a fixed 224) and takes other sizes
+        sized = {"img_size": spec["size"], "strict_img_size": False} if "swin" in spec["timm"] else {}
+        encoder = dict(encoder_name=f"tu-{spec['timm']}", **sized, **spec["timm_kwargs"])
+    else:
+        encoder = dict(encoder_name=SmpEncoder.register(spec["backbone"], spec["in_channels"]))
     try:
-        model = smp.create_model(spec["arch"], encoder_name=f"tu-{spec['timm']}", encoder_weights=None,
-                                 in_channels=spec["in_channels"], classes=len(spec["classes"]) + 1,
-                                 img_size=spec["size"], strict_img_size=False, **spec["decoder_kwargs"],
-                                 **spec["timm_kwargs"])
+        model = smp.create_model(spec["arch"], **encoder, **common)
     except KeyError as exc:
         raise UserError(f"unknown segmentation architecture '{spec['arch']}' ({exc})") from None
     inject(model.encoder, spec["adapter"], **spec["adapter_cfg"])
     if spec["in_channels"] != 3:
-        for param in patch_embedding(model).parameters():
-            param.requires_grad_(True)
+        input_convolution(model.encoder).requires_grad_(True)
     return model
-
-
-def patch_embedding(model):
-    return model.encoder.model.patch_embed
 
 
 def model_spec(settings: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything `tile-predict` needs to rebuild the model and feed it scenes like the training ones."""
     from domainmona.geo.tiling import scene_record
 
-    encoder = settings["encoders"][settings["encoder"]]
-    return {"arch": settings["arch"], "decoder_kwargs": settings["decoder_kwargs"], "encoder": settings["encoder"],
-            "timm": encoder["timm"], "timm_kwargs": encoder["kwargs"],
+    from domainmona.adapters.backbones import get_backbone
+
+    backbone = get_backbone(settings["backbone"])
+    timm_name, timm_kwargs = backbone.timm or (None, {})
+    return {"arch": settings["arch"], "decoder_kwargs": settings["decoder_kwargs"], "backbone": backbone.name,
+            "encoder": backbone.name, "family": backbone.family, "timm": timm_name, "timm_kwargs": timm_kwargs,
             "in_channels": len(manifest["rasters"][0]["bands"]), **scene_record(manifest),
             "classes": manifest["classes"], "size": manifest["size"], "overlap": manifest["overlap"],
             "stats": manifest["stats"], "adapter": settings["adapter"], "adapter_cfg": settings["adapter_cfg"]}

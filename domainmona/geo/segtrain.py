@@ -163,11 +163,9 @@ def _restore(state: dict[str, Any], path: Path, model, optimizer, scaler, genera
 
 
 def _load_encoder_weights(model, pretrained: Path | None) -> None:
-    """Pretrained encoder weights; with other than 3 bands the RGB patch embedding is inflated
-    (domainmona.geo.bands)."""
+    """Pretrained encoder weights; with other than 3 bands the RGB filters of the input convolution are
+    inflated as they load (domainmona.adapters.bands)."""
     from domainmona.adapters.pretrained import load_pretrained
-    from domainmona.geo.bands import inflate_patch_embedding
-    from domainmona.geo.segmodel import patch_embedding
 
     if pretrained is None:
         console.print("[yellow]warning:[/] no --pretrained encoder weights: the adapter adapts a random encoder")
@@ -179,19 +177,16 @@ def _load_encoder_weights(model, pretrained: Path | None) -> None:
     if len(report.missing) > report.loaded:  # a different architecture or an unconverted layout
         raise UserError(f"--pretrained {pretrained} fits only {report.loaded} of the encoder's "
                         f"{report.loaded + len(report.missing)} tensors ({report.layout} layout)")
-    conv = patch_embedding(model).proj
-    if inflate_patch_embedding(conv, pretrained):
-        console.print(f"RGB patch embedding inflated to {conv.in_channels} bands")
 
 
 def _modules_to_save(model) -> list[str]:
-    """What the adapter file holds besides the adapters: smp's decoder and head, which train fully, and the
-    patch embedding where it trains (other than 3 bands, see `segmodel.build_model`)."""
-    from domainmona.geo.segmodel import patch_embedding
+    """What the adapter file holds besides the adapters: smp's decoder and head, which train fully, a ViT's
+    simple pyramid, and the input convolution where it trains (other than 3 bands, see `segmodel.build_model`)."""
+    from domainmona.adapters.backbones.features import SimpleFeaturePyramid, input_convolution
 
-    embed = patch_embedding(model)
-    trains = all(p.requires_grad for p in embed.parameters())
-    return ["decoder", "segmentation_head"] + [n for n, m in model.named_modules() if m is embed and trains]
+    conv = input_convolution(model.encoder)
+    return ["decoder", "segmentation_head"] + [n for n, m in model.named_modules() if isinstance(
+        m, SimpleFeaturePyramid) or (m is conv and conv.weight.requires_grad)]
 
 
 def train_segmentation(opts: SegTrainOptions) -> Path:

@@ -60,3 +60,37 @@ def input_convolution(module: nn.Module) -> nn.Conv2d:
     """The convolution that sees the image bands: the first one in module order (a ResNet's conv1, a ConvNeXt
     or EfficientNet stem, a ViT's or Swin's patch embedding)."""
     return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+class SmpEncoder(nn.Module):
+    """A registered 2D backbone's features module as a segmentation-models-pytorch encoder. smp's decoders take
+    the input, a stride-2 map (none here: 0 channels, as smp gives for transformer encoders) and the stride-4
+    to 32 maps."""
+
+    def __init__(self, backbone: str, in_chans: int = 3, depth: int = 5, output_stride: int = 32):
+        from domainmona.adapters.backbones import build_backbone, get_backbone
+        from domainmona.errors import UserError
+
+        super().__init__()
+        if depth != 5 or output_stride != 32:
+            raise UserError(f"{backbone}: its smp encoder gives 5 levels at output stride 32")
+        self.features = build_backbone(backbone, in_chans=in_chans)
+        self.out_channels = [in_chans, 0, *get_backbone(backbone).channels]
+        self.output_stride = output_stride
+
+    def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
+        """smp's hook for other bands: the features module is built for them already."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x, x.new_zeros(x.shape[0], 0, x.shape[2] // 2, x.shape[3] // 2), *self.features(x)]
+
+    @classmethod
+    def register(cls, backbone: str, in_chans: int) -> str:
+        """The smp encoder name of `backbone` on `in_chans` bands: smp builds encoders by name from its
+        `encoders` table, so one is added there."""
+        from segmentation_models_pytorch.encoders import encoders
+
+        name = f"domainmona:{backbone}:{in_chans}"
+        encoders[name] = {"encoder": cls, "params": {"backbone": backbone, "in_chans": in_chans},
+                          "pretrained_settings": {}}
+        return name
