@@ -1,17 +1,7 @@
-"""One rule for Swin models on other than 3 bands, shared by `train geo-seg` and `train geo-det`.
-
-The first three bands (in `--bands` order) are taken as R, G, B. The patch embedding's RGB-pretrained
-filters are inflated to N bands: write each RGB filter as W_c = m + d_c, with m the mean of the three (its
-response to brightness) and d_c the colour part (d_R + d_G + d_B = 0). The brightness part is shared
-equally by all N bands and the colour part stays on R, G, B:
-
-    W'_c = d_c + 3m/N   for c in R, G, B;      W'_e = 3m/N   for every other band e.
-
-Exact property: an N-band image whose other bands equal the mean of its R, G, B bands gives the same patch
-embedding as the RGB image (so does a grey image, all bands equal): the activation scale the pretrained
-layers expect is kept. With fewer than 3 bands there is no RGB and every band gets 3m/N (one band: the sum
-of the RGB filters, the usual greyscale rule). The inflated embedding is a starting point and trains (a
-model on other than 3 bands always trains its patch embedding).
+"""Swin models on other than 3 bands in `train geo-seg` and `train geo-det`: the core's rule
+(`domainmona.adapters.bands`: RGB filters inflated so that an N-band image whose other bands equal the mean of
+its R, G, B bands embeds like the RGB image) applied to the patch embedding, and the detector's per-band
+normalisation.
 
 Detection normalises uint8 chips per band with the RGB means and stds of the pretrained recipe; other bands
 get the mean of those three, as they get the mean filter.
@@ -25,18 +15,9 @@ import re
 import torch
 from torch import nn
 
+from domainmona.adapters.bands import inflate_rgb_filters
+
 PATCH_WEIGHT = re.compile(r"(^|\.)patch_embed\.(proj|projection)\.weight$")  # timm/Microsoft, OpenMMLab
-
-
-def inflate_rgb_filters(rgb: torch.Tensor, bands: int) -> torch.Tensor:
-    """(out, 3, k, k) RGB filters → (out, bands, k, k) by the module's rule."""
-    if rgb.shape[1] != 3:
-        raise ValueError(f"RGB filters have 3 input channels, got {rgb.shape[1]}")
-    mean = rgb.mean(dim=1, keepdim=True)
-    shared = mean * (3.0 / bands)
-    if bands < 3:
-        return shared.repeat(1, bands, 1, 1)
-    return torch.cat([rgb - mean + shared, shared.repeat(1, bands - 3, 1, 1)], dim=1)
 
 
 def inflate_patch_embedding(conv: nn.Conv2d, weights: str | os.PathLike) -> bool:
