@@ -1,20 +1,40 @@
-"""`load_pretrained(backbone, path)`: pretrained backbone weights from a local file, whatever its layout.
+"""`load_pretrained(backbone, path)`: pretrained backbone weights from a local file, in the layouts users hold.
 
-Layouts recognised: official Microsoft Swin (`model` key, downsample at the end of each stage), timm,
-OpenMMLab (mmdet/mmpretrain `state_dict`, `backbone.` prefix, `attn.w_msa`), MONAI SSL (`model_swinvit.pt`,
-`module.layersN.0.blocks...`). Mismatches are counted, and loading nothing is an error.
+The layout (the report's `layout`) is read from the file's containers, prefixes and names:
+- timm: a timm model's state dict (its head, `fc` or `classifier` stays unused); torchvision's ResNets have the same
+  names;
+- torchvision: ConvNeXt, EfficientNet and MobileNetV2 (`features.N...`, converted in backbones/cnn_weights.py);
+- openmmlab: mmpretrain/mmdet (`state_dict`, `backbone.` prefix): ResNet (timm's names), ConvNeXt
+  (`downsample_layers`, `stages.N.M.depthwise_conv`) and ViT (`layers.N.ln1`, backbones/vit_weights.py);
+- mae: a `{"model": ...}` container around timm's names (MAE, DeiT, SatMAE);
+- dino: DINO's `teacher` (a container, or a `teacher.` prefix) and its `backbone.` prefix (the head left out);
+- moco: MoCo v3's `module.base_encoder.` or MoCo v2's `module.encoder_q.` prefix (the projection head `fc`/`head`
+  left out, and the momentum encoder);
+- microsoft-swin, timm-swin, openmmlab-swin: Swin's three namings, converted for the mmdet and timm Swins;
+- monai-ssl: MONAI's self-supervised Swin (`model_swinvit.pt`, `module.layersN.0.blocks...`).
+On other than 3 bands, the file's RGB filters of the input convolution load inflated (domainmona.adapters.bands).
+
+A checkpoint for another architecture is refused in one line, and nothing is loaded, when
+1. a tensor named like one of the backbone's own has another shape (another width: ViT-B into ViT-S), RGB input
+   filters for another band count (inflated) and a ViT position embedding for another grid (resampled) excepted;
+2. it holds blocks past the end of one of the backbone's sequences (a deeper network: ResNet-101 into ResNet-50);
+3. less than 3/4 of the backbone's own tensors load (a shallower network: ResNet-50 fills half of ResNet-101;
+   another family, ResNet into ConvNeXt, fills none).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from domainmona.adapters.backbones import cnn_weights, vit_weights
 from domainmona.adapters.families import find_backbone
-from domainmona.adapters.weights import LoadReport, load_matching, read_state_dict, strip_prefix
+from domainmona.adapters.inject import adapter_parameter_names
+from domainmona.adapters.weights import LoadReport, canonical_name, load_matching, read_checkpoint, strip_prefix
 from domainmona.errors import UserError
 
 Tensors = dict[str, torch.Tensor]
@@ -94,21 +114,103 @@ def _convert_to_timm(tensors: Tensors, layout: str) -> Tensors:
     return _shift_downsample(tensors, +1) if layout == "microsoft-swin" else tensors
 
 
+def _by_layout(convert: Callable[[Tensors, str], Tensors]):
+    """A Swin/MONAI converter, which takes the layout `detect_layout` names, as (tensors, own shapes) -> (tensors,
+    layout) like the backbones' converters."""
+    def run(tensors: Tensors, own: dict[str, torch.Size]) -> tuple[Tensors, str]:
+        layout = detect_layout(tensors)
+        return convert(tensors, layout), layout
+
+    return run
+
+
 _CONVERTERS = {
-    "mmdet-swin": convert_to_mmdet,
-    "timm-swin": _convert_to_timm,
-    "monai-swin": _to_monai,
+    "mmdet-swin": _by_layout(convert_to_mmdet),
+    "timm-swin": _by_layout(_convert_to_timm),
+    "monai-swin": _by_layout(_to_monai),
+    "cnn": cnn_weights.to_timm,
+    "timm-vit": vit_weights.to_timm,
 }
+_AS_IS = _by_layout(lambda tensors, layout: tensors)
+# Self-supervised training wrappers: the prefix of the encoder to keep, the layout it names.
+_SSL_PREFIXES = {"teacher.": "dino", "base_encoder.": "moco", "encoder_q.": "moco"}
+_PROJECTION_HEADS = ("fc.", "head.")  # MoCo's projection MLP on the ResNet's `fc` / the ViT's `head`
+MIN_COVERAGE = 0.75
+
+
+def _unwrap(tensors: Tensors, containers: tuple[str, ...]) -> tuple[Tensors, str | None]:
+    """The backbone's tensors without the training wrappers' prefixes, and the layout the wrappers name (dino,
+    moco, openmmlab, mae; None for none)."""
+    tensors = strip_prefix(tensors, "module.")
+    source = "dino" if "teacher" in containers else None
+    prefix = next((p for p in _SSL_PREFIXES if any(k.startswith(p) for k in tensors)), None)
+    if prefix:
+        tensors, source = strip_prefix(tensors, prefix), _SSL_PREFIXES[prefix]
+    if source == "moco":
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(_PROJECTION_HEADS)}
+    if source is None and any(k.startswith("backbone.") for k in tensors):
+        source = "openmmlab"
+    if source is None and "model" in containers:
+        source = "mae"
+    return strip_prefix(tensors, "backbone."), source
+
+
+def _holder_prefix(root: nn.Module) -> str:
+    """Where in the backbone the names of a pretrained file start: timm's FeatureGetterNet (a ViT's features)
+    holds the whole model as `model`."""
+    return "model." if type(root).__name__ == "FeatureGetterNet" else ""
+
+
+def _blocks_past_the_end(module: nn.Module, keys: list[str], prefix: str) -> list[str]:
+    """The keys (under `prefix` in `module`) that index one of its sequences (nn.Sequential, nn.ModuleList) past
+    its end."""
+    lengths = {canonical_name(f"{name}."): len(m) for name, m in module.named_modules()
+               if isinstance(m, (nn.Sequential, nn.ModuleList))}
+
+    def past_the_end(key: str) -> bool:
+        parts = canonical_name(prefix + key).split(".")
+        for i, part in enumerate(parts):
+            length = lengths.get(".".join(parts[:i]) + ".")
+            if length is not None and part.isdigit() and int(part) >= length:
+                return True
+        return False
+
+    return [key for key in keys if past_the_end(key)]
+
+
+def _refuse_other_architecture(path, family: str, tensors: Tensors, own: dict[str, torch.Size], module: nn.Module,
+                               prefix: str) -> Callable[[LoadReport], None]:
+    """The module docstring's rule, checked on the counts before anything loads."""
+    def check(report: LoadReport) -> None:
+        what = f"{path}: not weights for this {family} backbone ({report.layout} layout)"
+        if report.mismatched:
+            key = report.mismatched[0]
+            raise UserError(f"{what}: '{key}' is {tuple(tensors[key].shape)} in the file, "
+                            f"{tuple(own[canonical_name(prefix + key)])} here ({len(report.mismatched)} such tensors)")
+        extra = _blocks_past_the_end(module, report.unexpected, prefix)
+        if extra:
+            raise UserError(f"{what}: it holds {len(extra)} tensors of blocks this backbone lacks, e.g. '{extra[0]}'")
+        if not report.loaded:
+            example = next(iter(tensors))
+            raise UserError(f"{path}: no tensor fits this {family} backbone ({report.layout} layout, e.g. '{example}')")
+        total = report.loaded + len(report.missing)
+        if report.loaded < MIN_COVERAGE * total:
+            raise UserError(f"{what}: it fills only {report.loaded} of the backbone's {total} tensors (at least "
+                            f"{MIN_COVERAGE:.0%} must load), e.g. '{report.missing[0]}' stays missing")
+
+    return check
 
 
 def load_pretrained(backbone: nn.Module, path: str | os.PathLike) -> LoadReport:
-    """Load pretrained weights into the backbone inside `backbone`; returns the counts (see `LoadReport`)."""
-    tensors = strip_prefix(strip_prefix(read_state_dict(path), "module."), "backbone.")
-    layout = detect_layout(tensors)
+    """Load pretrained weights into the backbone inside `backbone`; returns the counts (see `LoadReport`). A file
+    for another architecture is refused and loads nothing (module docstring)."""
+    tensors, containers = read_checkpoint(path)
+    tensors, source = _unwrap(tensors, containers)
     _, root, family = find_backbone(backbone)
-    convert = _CONVERTERS.get(family.name, lambda t, layout: t)
-    report = load_matching(root, convert(tensors, layout), LoadReport(str(path), layout))
-    if not report.loaded:
-        example = next(iter(tensors))
-        raise UserError(f"{path}: no tensor fits this {family.name} backbone ({layout} layout, e.g. '{example}')")
-    return report
+    prefix, added = _holder_prefix(root), adapter_parameter_names(root)
+    own = {canonical_name(k): v.shape for k, v in root.state_dict().items() if k not in added}
+    tensors, naming = _CONVERTERS.get(family.name, _AS_IS)(
+        tensors, {k.removeprefix(prefix): shape for k, shape in own.items()})
+    layout = source if source and naming in ("timm", "plain") else naming
+    return load_matching(root, tensors, LoadReport(str(path), layout), inflate=True, prefix=prefix,
+                         check=_refuse_other_architecture(path, family.name, tensors, own, root, prefix))
