@@ -128,22 +128,19 @@ def adapter_option(default: Optional[str], help: str) -> Optional[str]:
 
 
 def backbone_option(default: Optional[str], dims: int = 2, what: str = "Backbone", *aliases: str) -> Any:
-    """`--backbone NAME`: a registered backbone of `dims` dimensions (domainmona.adapters.backbones; names read
-    without torch) or, in 2D, `timm:NAME`; anything else is refused in one line."""
-    from domainmona.adapters.backbones import TIMM_PREFIX, backbone_names
-
-    names = backbone_names(dims or None)  # 0: every dimension
+    """`--backbone NAME`: a registered backbone of `dims` dimensions (0: any; domainmona.adapters.backbones, names
+    read without torch) or, outside 3D, `timm:NAME`; anything else is refused in one line."""
+    from domainmona.adapters.backbones import backbone_names, check_backbone_name
 
     def check(value: Optional[str]) -> Optional[str]:
-        if value is None or value in names or (dims != 3 and value.startswith(TIMM_PREFIX) and value[5:]):
-            return value
-        extra = ", or timm:NAME" if dims != 3 else ""
-        raise typer.BadParameter(f"'{shown(value, plain=True)}' is not a registered backbone (choose from: "
-                                 f"{', '.join(names)}{extra})")
+        try:
+            return value if value is None else check_backbone_name(value, dims or None)
+        except UserError as exc:
+            raise typer.BadParameter(str(exc)) from None
 
     timm_help = " or timm:NAME (any timm model with feature maps)" if dims != 3 else ""
     return typer.Option(default, "--backbone", *(aliases or ("-b",)), callback=check, metavar="NAME",
-                        help=f"{what}: {', '.join(names)}{timm_help}.")
+                        help=f"{what}: {', '.join(backbone_names(dims or None))}{timm_help}.")
 
 
 def config_option(help: str = "YAML settings over the defaults (keys: see --print-config); flags win.") -> Any:

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from domainmona.cli import app
-from domainmona.geo.bands import band_normalisation, inflate_patch_embedding, inflate_rgb_filters
+from domainmona.geo.bands import band_normalisation, inflate_rgb_filters
 from domainmona.geo.synthetic import SceneSpec, write_scene
 
 
@@ -44,44 +44,37 @@ def test_a_grey_image_keeps_its_activation_for_any_band_count(bands):
                                _embed(rgb_filters, grey.repeat(1, 3, 1, 1)))
 
 
-@pytest.mark.parametrize("key", ["patch_embed.proj.weight", "backbone.patch_embed.projection.weight"])
-def test_patch_embedding_inflates_from_a_weights_file_of_either_layout(tmp_path, key):
-    rgb_filters = torch.randn(8, 3, 4, 4)
-    path = tmp_path / "w.safetensors"
-    save_file({key: rgb_filters, "other.weight": torch.zeros(2)}, str(path))
-    conv = torch.nn.Conv2d(5, 8, 4, 4)
-    assert inflate_patch_embedding(conv, path)
-    torch.testing.assert_close(conv.weight.data, inflate_rgb_filters(rgb_filters, 5))
-    rgb_conv = torch.nn.Conv2d(3, 8, 4, 4)
-    before = rgb_conv.weight.detach().clone()
-    assert not inflate_patch_embedding(rgb_conv, path)  # 3 bands: the plain loader's job
-    assert torch.equal(rgb_conv.weight, before)
-
-
 def test_band_normalisation_gives_other_bands_the_rgb_mean():
     mean, std = band_normalisation([120.0, 110.0, 100.0], [60.0, 57.0, 54.0], 5)
     assert mean == [120.0, 110.0, 100.0, 110.0, 110.0] and std == [60.0, 57.0, 54.0, 57.0, 57.0]
     assert band_normalisation([120.0, 110.0, 100.0], [60.0, 57.0, 54.0], 2) == ([110.0] * 2, [57.0] * 2)
 
 
-def test_geo_seg_encoder_on_four_bands_starts_from_the_inflated_rgb_embedding(tmp_path):
-    import timm
-
-    from domainmona.geo.segmodel import build_model, load_settings, patch_embedding
+@pytest.mark.parametrize("backbone", ["micro", "convnext-t", "vit-s-16"])
+def test_geo_seg_encoder_on_four_bands_starts_from_the_inflated_rgb_filters(tmp_path, backbone):
+    """Every backbone through one rule: the input convolution's RGB filters are inflated as the weights load,
+    and that convolution trains."""
+    from domainmona.adapters.backbones import get_backbone
+    from domainmona.adapters.backbones.features import SmpEncoder, input_convolution
+    from domainmona.adapters.inject import adapter_parameter_names
+    from domainmona.geo.segmodel import build_model
     from domainmona.geo.segtrain import _load_encoder_weights
 
-    settings = load_settings(encoder="micro")
-    encoder = settings["encoders"]["micro"]
-    weights = tmp_path / "micro_timm.safetensors"
-    state = timm.create_model(encoder["timm"], **encoder["kwargs"]).state_dict()
-    save_file(state, str(weights))
-    spec = {"arch": "FPN", "decoder_kwargs": {}, "timm": encoder["timm"], "timm_kwargs": encoder["kwargs"],
-            "in_channels": 4, "classes": ["a"], "size": 64, "adapter": "mona", "adapter_cfg": {}}
+    spec = {"arch": "FPN", "decoder_kwargs": {}, "backbone": backbone, "in_channels": 4, "classes": ["a"],
+            "size": 64, "adapter": "mona", "adapter_cfg": {}}
+    timm_name, timm_kwargs = get_backbone(backbone).timm or (None, {})
+    spec.update(timm=timm_name, timm_kwargs=timm_kwargs)
+    rgb = build_model({**spec, "in_channels": 3})
+    weights = tmp_path / "rgb.safetensors"
+    # the RGB encoder's own weights, as a pretrained file holds them (no adapters, no pyramid)
+    inner = rgb.encoder.features.body.model if isinstance(rgb.encoder, SmpEncoder) else rgb.encoder.model
+    added = adapter_parameter_names(inner)
+    save_file({k: v for k, v in inner.state_dict().items() if k not in added}, str(weights))
     model = build_model(spec)
     _load_encoder_weights(model, weights)
-    conv = patch_embedding(model).proj
-    torch.testing.assert_close(conv.weight.data, inflate_rgb_filters(state["patch_embed.proj.weight"], 4))
-    assert all(p.requires_grad for p in patch_embedding(model).parameters())
+    conv = input_convolution(model.encoder)
+    torch.testing.assert_close(conv.weight.data, inflate_rgb_filters(input_convolution(rgb.encoder).weight.data, 4))
+    assert conv.weight.requires_grad
 
 
 def _cli(*args: str) -> str:

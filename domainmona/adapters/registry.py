@@ -32,6 +32,11 @@ class Registry(Generic[T]):
         self._entries[name] = (order, entry)
         return entry
 
+    def get(self, name: str) -> T | None:
+        """The entry registered as `name` so far (None: none)."""
+        entry = self._entries.get(name)
+        return entry[1] if entry else None
+
     def load(self, package: str, path: Iterable[str]) -> dict[str, T]:
         """Import every module of `package` (its `__path__`), each registering what it defines; the entries."""
         import pkgutil  # not for the command line's start-up, which only reads `method_names`

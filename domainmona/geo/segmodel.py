@@ -43,7 +43,7 @@ class GeoSegSettings:
     checkpoint_blocks: bool
 
     def __post_init__(self) -> None:
-        from domainmona.adapters.backbones import TIMM_PREFIX, backbone_names
+        from domainmona.adapters.backbones import check_backbone_name
         from domainmona.settings import check_adapter_options
 
         for key in ("max_iters", "batch_size", "log_every", "save_every"):
@@ -55,9 +55,7 @@ class GeoSegSettings:
             raise UserError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not 0 <= self.seed <= 2**32 - 1:
             raise UserError(f"seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}")
-        names = backbone_names(2)
-        if self.backbone not in names and not (self.backbone.startswith(TIMM_PREFIX) and self.backbone[5:]):
-            raise UserError(f"unknown backbone '{self.backbone}' (choose from {', '.join(names)}, or timm:NAME)")
+        check_backbone_name(self.backbone)
         check_adapter_options(self.adapter, self.adapter_cfg)
 
 

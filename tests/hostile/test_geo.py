@@ -440,7 +440,7 @@ GEO_SEG_CASES = [
     Case("geo-seg-save-every-0", (*GEO_SEG, "--save-every", "0"), "--save-every", CHIPS),
     Case("geo-seg-seed-negative", (*GEO_SEG, "--seed", "-1"), "--seed", CHIPS),
     Case("geo-seg-seed-huge", (*GEO_SEG, "--seed", "99999999999999999999"), "--seed", CHIPS),
-    Case("geo-seg-unknown-encoder", (*GEO_SEG, "--encoder", "resnet9000"), "unknown encoder", CHIPS),
+    Case("geo-seg-unknown-encoder", (*GEO_SEG, "--encoder", "resnet9000"), "unknown backbone 'resnet9000'", CHIPS),
     Case("geo-seg-unknown-arch", (*GEO_SEG, "--arch", "NoSuchNet"), "NoSuchNet", CHIPS),
     # chips
     Case("geo-seg-chips-missing", geo_seg_with(chips="{ws}/none"), "no manifest.json", None),

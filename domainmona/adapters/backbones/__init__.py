@@ -119,6 +119,21 @@ def build_backbone(name: str, in_chans: int = 3, **options: Any) -> nn.Module:
     return spec.build(in_chans=in_chans, **options)
 
 
+def check_backbone_name(name: str, dims: int | None = 2) -> str:
+    """`name` when it names a backbone of `dims` dimensions (None: any) without building or importing anything:
+    a registered name (read from this package's source, or registered since by another module) or, outside
+    3D, `timm:NAME`; else a one-line `UserError` listing the choices."""
+    names = backbone_names(dims)
+    registered = BACKBONE_REGISTRY.get(name)
+    if name in names or (registered is not None and dims in (None, registered.dims)):
+        return name
+    if dims != 3 and name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX):]:
+        return name
+    extra = ", or timm:NAME" if dims != 3 else ""
+    shown = name if len(name) <= 60 else f"{name[:60]}..."
+    raise UserError(f"unknown backbone '{shown}' (choose from: {', '.join(names)}{extra})")
+
+
 @functools.cache
 def backbone_names(dims: int | None = None) -> tuple[str, ...]:
     """Registered names (of `dims` dimensions) read from this package's source without importing torch, for

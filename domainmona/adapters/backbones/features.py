@@ -57,9 +57,11 @@ class TimmFeatures(nn.Module):
 
 
 def input_convolution(module: nn.Module) -> nn.Conv2d:
-    """The convolution that sees the image bands: the first one in module order (a ResNet's conv1, a ConvNeXt
-    or EfficientNet stem, a ViT's or Swin's patch embedding)."""
-    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+    """The convolution that sees the image bands (a ResNet's conv1, a ConvNeXt or EfficientNet stem, a ViT's or
+    Swin's patch embedding), as `domainmona.adapters.bands.input_filters` finds it."""
+    from domainmona.adapters.bands import input_filters
+
+    return module.get_submodule(input_filters(module).rpartition(".")[0])
 
 
 class SmpEncoder(nn.Module):
