@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from report import machine, write_markdown
 
-from domainmona.detection.train import MICRO_WEIGHTS
 from domainmona.geo.demo import _report_iou, _report_map
 from domainmona.geo.models import tile_predict
 from domainmona.geo.scenes import SceneOptions
@@ -56,9 +55,7 @@ def run(task: str, source: str, work: Path, scene, recipe: dict, iters: int, see
     settings = {**recipe["train"], "max_iters": iters, "seed": seed}
     start = time.perf_counter()
     if task == "segmentation":
-        pretrained = MICRO_WEIGHTS if settings.get("encoder") == "micro" else None
-        checkpoint = train_segmentation(SegTrainOptions(chips, run_dir / "work", pretrained=pretrained,
-                                                        scenes=scenes, **settings))
+        checkpoint = train_segmentation(SegTrainOptions(chips, run_dir / "work", scenes=scenes, **settings))
     else:
         checkpoint = train_detection(chips, run_dir / "work", scenes=scenes, **settings)
     seconds = time.perf_counter() - start

@@ -37,6 +37,13 @@ def load_recipe(name: str) -> dict[str, Any]:
     return recipe
 
 
+def grid_field(part: str) -> Any:
+    """A dataclass field defaulting to the DOTA patch grid's "size" or "gap" (read when an instance is made)."""
+    from dataclasses import field
+
+    return field(default_factory=lambda: patch_grid()[("size", "gap").index(part)])
+
+
 def patch_grid(name: str = "dota") -> tuple[int, int]:
     """(size, gap) of the DOTA/STAR patch grid: the `split` of `pipelines/<name>.yaml`, its one home."""
     split = load_recipe(name)["split"]

@@ -16,7 +16,8 @@ On other than 3 bands, the file's RGB filters of the input convolution load infl
 
 A checkpoint for another architecture is refused in one line, and nothing is loaded, when
 1. a tensor named like one of the backbone's own has another shape (another width: ViT-B into ViT-S), RGB input
-   filters for another band count (inflated) and a ViT position embedding for another grid (resampled) excepted;
+   filters for another band count (inflated), a ViT position embedding for another grid and a Swin's relative
+   position bias for a smaller window (resampled) excepted;
 2. it holds blocks past the end of one of the backbone's sequences (a deeper network: ResNet-101 into ResNet-50);
 3. less than 3/4 of the backbone's own tensors load (a shallower network: ResNet-50 fills half of ResNet-101;
    another family, ResNet into ConvNeXt, fills none).
@@ -124,9 +125,32 @@ def _by_layout(convert: Callable[[Tensors, str], Tensors]):
     return run
 
 
+def _fit_windows(convert: Callable[[Tensors, dict[str, torch.Size]], tuple[Tensors, str]]):
+    """A Swin converter followed by fitting the attention windows: a model whose last stages are smaller than the
+    file's window (timm's Swin built for small tiles shrinks them) gets the relative position bias tables resized
+    with timm's own function, and the file's position index (a buffer derived from the window) left out."""
+    def run(tensors: Tensors, own: dict[str, torch.Size]) -> tuple[Tensors, str]:
+        from timm.layers import resize_rel_pos_bias_table
+
+        tensors, layout = convert(tensors, own)
+        out = {}
+        for key, value in tensors.items():
+            shape = own.get(canonical_name(key))
+            if shape is None or shape == value.shape:
+                out[key] = value
+            elif key.endswith("relative_position_bias_table"):
+                window = round((shape[0] ** 0.5 + 1) / 2)
+                out[key] = resize_rel_pos_bias_table(value, (window, window), shape)
+            elif not key.endswith("relative_position_index"):
+                out[key] = value
+        return out, layout
+
+    return run
+
+
 _CONVERTERS = {
-    "mmdet-swin": _by_layout(convert_to_mmdet),
-    "timm-swin": _by_layout(_convert_to_timm),
+    "mmdet-swin": _fit_windows(_by_layout(convert_to_mmdet)),
+    "timm-swin": _fit_windows(_by_layout(_convert_to_timm)),
     "monai-swin": _by_layout(_to_monai),
     "cnn": cnn_weights.to_timm,
     "timm-vit": vit_weights.to_timm,

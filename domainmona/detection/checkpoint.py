@@ -267,6 +267,21 @@ def _load_detector(path: Path, dataset: str):
     return model.eval(), info
 
 
+def _registered_swin(tensors: dict) -> str | None:
+    """The registered Swin (domainmona.adapters.backbones) whose width and depths the backbone tensors have."""
+    import re
+
+    from domainmona.adapters.backbones import backbones
+
+    embed = next((t.shape[0] for k, t in tensors.items() if k.startswith('backbone.patch_embed.proj')), None)
+    blocks = {tuple(map(int, m.groups())) for k in tensors
+              if (m := re.match(r'backbone\.(?:layers|stages)\.(\d+)\.blocks\.(\d+)\.', k))}
+    depths = tuple(1 + max((b for s, b in blocks if s == stage), default=-1) for stage in range(4))
+    return next((name for name, spec in backbones(2).items() if spec.family == 'mmdet-swin'
+                 and (spec.options['mmdet']['embed_dims'], tuple(spec.options['mmdet']['depths'])) == (embed, depths)),
+                None)
+
+
 def load_official_detector(path: Path, dataset: str):
     """An official Mona Oriented R-CNN checkpoint (Leiyi-Hu/mona or STAR-MMRotate, read with
     weights_only=True): Swin size and class count are read off the tensors, keys remapped by the core."""
@@ -277,11 +292,10 @@ def load_official_detector(path: Path, dataset: str):
     from domainmona.recipes import patch_grid
 
     tensors = strip_prefix(read_state_dict(path), 'module.')
-    embed = next((t.shape[0] for k, t in tensors.items() if k.startswith('backbone.patch_embed.proj')), None)
-    backbone = {96: 'swin-t', 128: 'swin-b'}.get(embed)
+    backbone = _registered_swin(tensors)
     cls_weight = tensors.get('roi_head.bbox_head.fc_cls.weight')
     if backbone is None or cls_weight is None:
-        raise UserError(f"{path}: not an Oriented R-CNN with a Swin-T/B backbone (patch embedding width {embed})")
+        raise UserError(f"{path}: not an Oriented R-CNN with a registered Swin backbone")
     keys = [k for k, names in DATASETS.items() if k.startswith(dataset) and len(names) == cls_weight.shape[0] - 1]
     if not keys:
         raise UserError(f"{path}: its head has {cls_weight.shape[0] - 1} classes, no {dataset.upper()} version has")

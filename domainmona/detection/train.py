@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domainmona.adapters.backbones.swin import MICRO_WEIGHTS  # noqa: F401  (its old home; scripts import it)
 from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
 from domainmona.errors import UserError
@@ -19,9 +20,6 @@ from domainmona.options import check_memory, window_bytes
 from domainmona.launch import under_torchrun
 from domainmona.recipes import patch_grid
 from domainmona.settings import check_adapter_options, plain
-
-ASSETS_DIR = Path(__file__).resolve().parents[1] / 'assets'
-MICRO_WEIGHTS = ASSETS_DIR / 'micro_swin.safetensors'
 
 
 @dataclass
@@ -92,10 +90,10 @@ class TrainOptions:
 
 
 def default_weights(backbone: str, pretrained: Path | None) -> Path | None:
-    """``pretrained``, or for the micro Swin the shipped weights (pretrained by detection.pretrain_micro)."""
-    if pretrained is None and backbone == 'micro' and MICRO_WEIGHTS.is_file():
-        return MICRO_WEIGHTS
-    return pretrained
+    """``pretrained``, or the weights domainmona ships for the backbone (the micro Swin's)."""
+    from domainmona.adapters.backbones import shipped_weights
+
+    return shipped_weights(backbone) if pretrained is None else pretrained
 
 
 def resume_checkpoint(work_dir: Path) -> Path | None:

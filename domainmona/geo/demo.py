@@ -54,13 +54,11 @@ def _train(task: str, out: Path, settings: dict) -> Path:
 
         return train_detection(out / "chips", out / "work", resume=(out / "work" / "last_checkpoint").is_file(),
                                **settings)
-    from domainmona.detection.train import MICRO_WEIGHTS
     from domainmona.geo.segtrain import STATE, SegTrainOptions, train_segmentation
 
-    # Mona adapts a pretrained encoder: the shipped micro Swin (OpenMMLab layout, mapped onto timm's Swin).
-    pretrained = MICRO_WEIGHTS if settings.get("encoder") == "micro" else None
-    return train_segmentation(SegTrainOptions(out / "chips", out / "work", pretrained=pretrained,
-                                              resume=(out / "work" / STATE).is_file(), **settings))
+    # Mona adapts a pretrained encoder: the micro Swin's shipped weights, the default for it in every pipeline.
+    return train_segmentation(SegTrainOptions(out / "chips", out / "work", resume=(out / "work" / STATE).is_file(),
+                                              **settings))
 
 
 def _report_iou(scene, prediction: Path) -> float:

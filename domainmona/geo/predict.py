@@ -31,6 +31,7 @@ from domainmona.geo.blend import RollingBlender
 from domainmona.geo.raster import checked_write, grid_origins, open_raster, read_tile, streaming_env
 from domainmona.io import PRODUCER, atomic_path, scratch_dir
 from domainmona.options import check_memory, window_bytes
+from domainmona.recipes import grid_field
 
 LABEL_NODATA = 255
 # What fails one scene (bad or unreadable input, a full disk) rather than the whole run.
@@ -41,8 +42,8 @@ GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 @dataclass
 class StreamOptions:
-    size: int = 1024
-    overlap: int = 200
+    size: int = grid_field("size")
+    overlap: int = grid_field("gap")
     batch_size: int = 4
     bands: tuple[int, ...] | None = None
     allow_no_crs: bool = False

@@ -39,6 +39,7 @@ from domainmona.geo.raster import open_raster, read_tile, streaming_env
 from domainmona.geo.stats import normalise, stretch_to_uint8
 from domainmona.geo.tiling import (IGNORE, ChipPlan, TileOptions, TilePlan, check_options, class_mask,
                                    plan_tiles, scene_statistics, visible_labels)
+from domainmona.recipes import grid_field
 from domainmona.tiling import ScaledObjects, objects_in_window, scale_objects
 
 SAMPLERS = ("random", "grid")
@@ -52,8 +53,8 @@ class SceneOptions:
 
     rasters: list[Path]
     labels: Path
-    size: int = 1024
-    overlap: int = 200
+    size: int = grid_field("size")
+    overlap: int = grid_field("gap")
     bands: tuple[int, ...] | None = None
     class_field: str = "class"
     shots: int | None = None

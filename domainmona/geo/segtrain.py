@@ -195,6 +195,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     from domainmona.adapters import set_adapter_recompute, set_block_checkpointing
     from domainmona.adapters.checkpoint import save_adapter
     from domainmona.devices import default_device
+    from domainmona.adapters.backbones import shipped_weights
     from domainmona.geo.segmodel import build_model, model_spec, save_segmenter, settings_dict
     from domainmona.settings import plain
 
@@ -214,7 +215,8 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
             raise UserError(f"{opts.chips}: chips were made for {manifest['task']}; use 'domainmona train "
                             "geo-det' or tile again with --task segmentation")
     spec = model_spec(settings, manifest)
-    identity = _run_identity(settings, spec, opts.pretrained)
+    pretrained = opts.pretrained or shipped_weights(spec["backbone"])
+    identity = _run_identity(settings, spec, pretrained)
     state_path = work_dir / STATE
     state = _read_state(state_path, identity, settings["max_iters"]) if opts.resume and state_path.is_file() else None
     if opts.resume and state is None:  # killed before its first save: rerunning with --resume just starts
@@ -223,7 +225,7 @@ def train_segmentation(opts: SegTrainOptions) -> Path:
     device = default_device()
     model = build_model(spec)
     if state is None:
-        _load_encoder_weights(model, opts.pretrained)
+        _load_encoder_weights(model, pretrained)
     model.to(device)
     set_adapter_recompute(model, settings["adapter_recompute"])
     set_block_checkpointing(model, settings["checkpoint_blocks"])

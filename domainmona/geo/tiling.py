@@ -31,6 +31,7 @@ from domainmona.geo.raster import (checked_write, open_raster, read_tile, select
 from domainmona.geo.stats import BandValues, band_values, stretch_to_uint8, summarise
 from domainmona.io import atomic_dir, check_parent, check_replaceable
 from domainmona.options import check_memory, window_bytes
+from domainmona.recipes import grid_field
 from domainmona.tiling import (SLIVER_THR, ScaledObjects, grid_origins, objects_in_window, patch_name, scale_objects,
                                select_shots)
 
@@ -42,8 +43,8 @@ PNG_BANDS = (1, 3)  # detection chips with these band counts are RGB PNGs, other
 
 @dataclass
 class TileOptions:
-    size: int = 1024
-    overlap: int = 200
+    size: int = grid_field("size")
+    overlap: int = grid_field("gap")
     bands: tuple[int, ...] | None = None
     task: str = "detection"
     class_field: str = "class"

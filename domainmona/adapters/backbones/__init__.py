@@ -65,6 +65,7 @@ class Backbone:
     timm: tuple[str, dict[str, Any]] | None = None
     pyramid: str = "stages"
     options: dict[str, Any] = field(default_factory=dict)  # shape facts other modules read (Swin: mmdet shape)
+    shipped: Path | None = None  # weights domainmona ships, the default `--pretrained` of every pipeline
 
     def describe(self) -> dict[str, Any]:
         """What is recorded with a model built from it (plain values)."""
@@ -132,6 +133,14 @@ def check_backbone_name(name: str, dims: int | None = 2) -> str:
     extra = ", or timm:NAME" if dims != 3 else ""
     shown = name if len(name) <= 60 else f"{name[:60]}..."
     raise UserError(f"unknown backbone '{shown}' (choose from: {', '.join(names)}{extra})")
+
+
+def shipped_weights(name: str) -> Path | None:
+    """The weights domainmona ships for the backbone `name` (None for `timm:NAME` and most backbones)."""
+    if name.startswith(TIMM_PREFIX):
+        return None
+    path = get_backbone(name).shipped
+    return path if path is not None and path.is_file() else None
 
 
 @functools.cache

@@ -7,13 +7,17 @@ Microsoft, timm and OpenMMLab layouts load into either (domainmona.adapters.pret
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from domainmona.adapters.backbones import Backbone, register_backbone
 
 SWIN_LAYOUTS = ("microsoft-swin", "timm-swin", "openmmlab-swin")
+# pretrained by domainmona.detection.pretrain_micro (OpenMMLab layout; loads into timm's Swin too)
+MICRO_WEIGHTS = Path(__file__).resolve().parents[2] / "assets" / "micro_swin.safetensors"
 
 
 def _swin(name: str, timm_name: str, embed: int, depths: tuple[int, ...], heads: tuple[int, ...],
-          summary: str, **timm_kwargs) -> Backbone:
+          summary: str, shipped: Path | None = None, **timm_kwargs) -> Backbone:
     shape = dict(embed_dims=embed, depths=depths, num_heads=heads)
 
     def build(in_chans: int = 3, **options):
@@ -24,15 +28,15 @@ def _swin(name: str, timm_name: str, embed: int, depths: tuple[int, ...], heads:
     return Backbone(name=name, build=build, family="mmdet-swin", channels=tuple(embed * 2 ** i for i in range(4)),
                     strides=(4, 8, 16, 32), layouts=SWIN_LAYOUTS, summary=summary,
                     timm=(timm_name, {"embed_dim": embed, "depths": depths, "num_heads": heads, **timm_kwargs}),
-                    options={"mmdet": shape})
+                    options={"mmdet": shape}, shipped=shipped)
 
 
 @register_backbone
 def micro() -> Backbone:
-    # CPU-sized (~0.4 M parameters); its pretrained weights ship in domainmona/assets/micro_swin.safetensors
+    # CPU-sized (~0.4 M parameters), its pretrained weights shipped
     return _swin(name="micro", timm_name="swin_tiny_patch4_window7_224", embed=32, depths=(1, 1, 2, 1),
                  heads=(1, 2, 4, 8), summary="domainmona's micro Swin for CPU runs (weights shipped)",
-                 drop_path_rate=0.0)
+                 shipped=MICRO_WEIGHTS, drop_path_rate=0.0)
 
 
 @register_backbone

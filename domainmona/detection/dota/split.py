@@ -27,6 +27,7 @@ from domainmona.console import progress
 from domainmona.detection.layout import refuse_overlap
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir
+from domainmona.recipes import patch_grid
 from domainmona.tiling import (IOF_THR, SLIVER_THR, PatchCounts, objects_in_window, patch_name, patch_starts,
                                scale_objects)
 
@@ -196,11 +197,12 @@ def _end_with(parent: int) -> None:
         os._exit(1)
 
 
-def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 1024, gap: int = 200,
+def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int | None = None, gap: int | None = None,
                   rates: Sequence[float] = (1.0,), workers: int | None = None,
                   classes: Sequence[str] | None = None, iof_thr: float = IOF_THR,
                   sliver_thr: float = SLIVER_THR) -> SplitSummary:
-    """Split every image of `src` into `size` patches overlapping by `gap`, at each rescaling `rate`.
+    """Split every image of `src` into `size` patches overlapping by `gap` (default: the recipe's grid), at each
+    rescaling `rate`.
 
     Objects at least `iof_thr` inside a patch stay as labelled, partly visible ones (at least
     `sliver_thr` inside) become difficult 2, smaller slivers are dropped, cut objects are clipped to the
@@ -208,6 +210,8 @@ def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int = 10
     `classes` (when given) are an error. `workers` processes (default: all cores) split images in parallel.
     """
     src, dst = Path(src), Path(dst)
+    grid = patch_grid()  # the recipes' grid where not given
+    size, gap = grid[0] if size is None else size, grid[1] if gap is None else gap
     settings = SplitSettings(int(size), int(gap), tuple(float(r) for r in rates), float(iof_thr), float(sliver_thr))
     settings.validate()
     if workers is not None and workers < 1:
