@@ -16,7 +16,7 @@ from domainmona.adapters.modules.mona import Mona3d
 from domainmona.errors import UserError
 from domainmona.medical import synthetic
 from domainmona.medical.data import load_split
-from domainmona.medical.model import ENCODERS, assemble, encoder
+from domainmona.medical.model import assemble, encoder, encoder_modules
 from domainmona.medical.settings import load_settings
 from domainmona.medical.summary import parameter_counts
 from domainmona.medical.weights import load_network_weights
@@ -266,7 +266,7 @@ def test_train_predict_evaluate_with_mona(name, dataset, tmp_path):
     assert Path(result.stdout.strip().splitlines()[-1]) == best
     state = torch.load(best, weights_only=True)
     assert state["settings"]["model"]["name"] == name
-    inside = [k for k in load_file(checkpoints / "best_adapter.safetensors") if k.startswith(f"{ENCODERS[name][0]}.")]
+    inside = [k for k in load_file(checkpoints / "best_adapter.safetensors") if k.startswith(f"{encoder_modules(name)[0]}.")]
     slots = (".post_block.",) if name == "segresnet" else (".post_attn.", ".post_mlp.")
     assert inside and all(any(s in k for s in slots) for k in inside)  # of the encoder, only its Monas
     result = _run(train + ["--resume", "--max-epochs", "2"])

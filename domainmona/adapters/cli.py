@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from domainmona.commands import CommandGroups
+from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.options import backbone_option, method_choice
 
 # Choices from the registries (without torch): the methods or 'all'.
@@ -28,7 +29,7 @@ def _parse_options(options: list[str]) -> dict[str, str]:
 def register(groups: CommandGroups) -> None:
     @groups.adapters.command("report")
     def report(
-        backbone: str = backbone_option("swin-t", dims=0, what="a registered backbone, built with random weights"),
+        backbone: str = backbone_option(DEFAULT_BACKBONE, dims=0, what="a registered backbone, built with random weights"),
         method: MethodOrAll = typer.Option("mona", "--method", "-m", help="an adapter method, or 'all'"),
         option: list[str] = typer.Option([], "--option", "-o", help="method option KEY=VALUE (repeatable)"),
     ) -> None:
@@ -55,7 +56,7 @@ def register(groups: CommandGroups) -> None:
 
     @groups.adapters.command("probe")
     def probe(
-        backbone: str = backbone_option("swin-t", dims=0, what="a registered backbone, built with random weights"),
+        backbone: str = backbone_option(DEFAULT_BACKBONE, dims=0, what="a registered backbone, built with random weights"),
         size: Optional[int] = typer.Option(None, "--size", help="input side in pixels/voxels, a multiple of 32 "
                                                                  "[default: 256; 3D networks 96]"),
         batch: int = typer.Option(1, "--batch", help="images (volumes) per step"),

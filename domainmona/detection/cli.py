@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
 from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
@@ -77,7 +78,7 @@ def register(groups: CommandGroups) -> None:
 
     data_opt = typer.Option(..., "--data", help="Raw scenes (images/ + labelTxt/) or split patches (images/ + annfiles/).")
     work_opt = typer.Option(..., "--work-dir", help="Where checkpoints, logs and the split patches go.")
-    backbone_opt = backbone_option(None, 2, "Backbone (default swin-t)")
+    backbone_opt = backbone_option(None, 2, f"Backbone (default {DEFAULT_BACKBONE})")
     adapter_opt = adapter_option(None, "Adapter method trained inside the backbone (default mona).")
     pretrained_opt = typer.Option(None, "--pretrained", help="Pretrained backbone weights (timm, torchvision, OpenMMLab, Microsoft Swin, MAE, DINO, MoCo layouts).")
     shots_opt = shots_option()

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.adapters.backbones.swin import MICRO_WEIGHTS  # noqa: F401  (its old home; scripts import it)
 from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
@@ -31,7 +32,7 @@ class TrainOptions:
     dataset: str  # a key of domainmona.detection.classes.DATASETS
     data: Path | None  # None: config_overrides set the training dataset (train geo-det --scenes)
     work_dir: Path
-    backbone: str = 'swin-t'
+    backbone: str = DEFAULT_BACKBONE
     adapter: str = 'mona'
     pretrained: Path | None = None
     shots: int | None = None
@@ -119,6 +120,7 @@ def resume_checkpoint(work_dir: Path) -> Path | None:
 
 def prepare(opts: TrainOptions) -> Path | None:
     """Check every input, then claim the work dir; returns the checkpoint to resume from, if any."""
+    from domainmona.adapters.backbones import check_adapter
     from domainmona.adapters.weights import read_state_dict
     from domainmona.detection.dota.labels import read_dota_labels
     from domainmona.detection.dota.split import read_split_inputs
@@ -133,6 +135,7 @@ def prepare(opts: TrainOptions) -> Path | None:
                 read_dota_labels(annfile, opts.class_names)
     if opts.weights is not None:
         read_state_dict(opts.weights)  # an unsafe or unreadable file is refused before the work dir is written
+    check_adapter(opts.backbone, opts.adapter, **opts.adapter_cfg)  # a method the backbone does not define
     resume_from = resume_checkpoint(opts.work_dir) if opts.resume else None
     claim_dir(opts.work_dir, f'train {opts.dataset}')
     if opts.resume and resume_from is None:

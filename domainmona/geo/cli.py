@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.commands import CommandGroups
 from domainmona.console import console
 from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
@@ -189,7 +190,7 @@ def register(groups: CommandGroups) -> None:
                       allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
-                      encoder: Optional[str] = backbone_option(None, 2, "Encoder (default: the settings', swin-t)",
+                      encoder: Optional[str] = backbone_option(None, 2, "Encoder (default: the settings')",
                                                                "--encoder"),
                       arch: Optional[str] = typer.Option(None, "--arch", help="smp decoder: UPerNet, FPN, ..."),
                       adapter: Optional[Method] = adapter_option(None, "Adapter method (mona)."),
@@ -240,7 +241,7 @@ def register(groups: CommandGroups) -> None:
                       allow_no_crs: bool = scene_no_crs,
                       work_dir: Path = typer.Option(..., "--work-dir"),
                       max_iters: Optional[int] = typer.Option(None, "--max-iters", min=1),
-                      backbone: Optional[str] = backbone_option(None, 2, "Backbone (default swin-t)"),
+                      backbone: Optional[str] = backbone_option(None, 2, f"Backbone (default {DEFAULT_BACKBONE})"),
                       adapter: Optional[Method] = adapter_option(None, "Adapter method trained inside the backbone "
                                                                  "(default mona)."),
                       pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local pretrained backbone weights."),

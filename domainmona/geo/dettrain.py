@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.errors import UserError
 from domainmona.geo.models import geo_sidecar
 from domainmona.geo.scenes import SceneOptions, SceneWindows
@@ -34,7 +35,7 @@ class GeoDetSettings:
     chips: Path | None = None  # chips from `tile`, or None with ``scenes``
     scenes: SceneOptions | None = None  # train on windows read from scenes instead of chips
     max_iters: int | None = None
-    backbone: str = "swin-t"
+    backbone: str = DEFAULT_BACKBONE
     adapter: str = "mona"
     adapter_cfg: dict = field(default_factory=dict)  # the adapter method's options (--adapter-opt)
     pretrained: Path | None = None
@@ -58,7 +59,7 @@ class GeoDetSettings:
         check_adapter_options(self.adapter, self.adapter_cfg, "--adapter-opt")
 
 
-def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = None, backbone: str = "swin-t",
+def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = None, backbone: str = DEFAULT_BACKBONE,
                     adapter: str = "mona", pretrained: Path | None = None, seed: int = 0,
                     resume: bool = False, amp: bool = True, adapter_recompute: bool = True,
                     checkpoint_blocks: bool = False, scenes: SceneOptions | None = None) -> Path:

@@ -22,6 +22,7 @@ from monai.networks.nets import UNETR, SegResNet, SwinUNETR
 from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
+from domainmona.adapters.backbones import backbones, get_backbone
 from domainmona.medical.weights import load_network_weights
 
 # Sub-voxel (d, h, w) offsets of MONAI < 1.5's 3-D PatchMerging, in concatenation order: (0,1,0) and (0,0,1)
@@ -96,13 +97,16 @@ def build_network(model_cfg: dict[str, Any], out_channels: int, roi: int | None 
     return build_swinunetr(model_cfg, out_channels)
 
 
-# The network's frozen encoder: the module adapters go into, and the other parameters it owns.
-ENCODERS = {"swinunetr": ("swinViT", ()), "unetr": ("vit", ()), "segresnet": ("down_layers", ("convInit",))}
+def encoder_modules(name: str) -> tuple[str, tuple[str, ...]]:
+    """The network's frozen encoder (the backbone registry's record): the module adapters go into, and the other
+    modules it owns."""
+    options = get_backbone(name).options
+    return options["encoder"], tuple(options["stems"])
 
 
 def encoder(model: nn.Module, name: str) -> nn.Module:
     """The module of `model` (network `name`) that holds the adapters."""
-    return model.get_submodule(ENCODERS[name][0])
+    return model.get_submodule(encoder_modules(name)[0])
 
 
 def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | None = None, verbose: bool = False,
@@ -119,15 +123,16 @@ def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | Non
         load_network_weights(model, name, pretrained, verbose=verbose)
     if model_cfg["adapter"] != "none":
         inject(encoder(model, name), model_cfg["adapter"], **model_cfg["adapter_cfg"])
-        for stem in ENCODERS[name][1]:
+        for stem in encoder_modules(name)[1]:
             model.get_submodule(stem).requires_grad_(model_cfg["adapter"] == "full")
     return model
 
 
 def network_of(model: nn.Module) -> str:
     """The segment-ct network name of a model `assemble` built."""
-    for cls, name in ((SwinUNETR, "swinunetr"), (UNETR, "unetr"), (SegResNet, "segresnet")):
-        if isinstance(model, cls):
+    classes = {c.__name__ for c in type(model).__mro__}
+    for name, spec in backbones(3).items():
+        if spec.options.get("monai_class") in classes:
             return name
     raise TypeError(f"{type(model).__name__} is not a segment-ct network")
 
@@ -137,7 +142,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     into it, and the CNN decoder (the rest)."""
     from domainmona.adapters import adapter_parameter_names
 
-    module, stems = ENCODERS[network_of(model)]
+    module, stems = encoder_modules(network_of(model))
     prefixes = tuple(f"{m}." for m in (module, *stems))
     adapters = adapter_parameter_names(model)
     groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "decoder": []}

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from domainmona.adapters.backbones import backbone_names
+from domainmona.adapters.backbones import backbone_names, get_backbone
 from domainmona.errors import UserError
 from domainmona.io import read_yaml
 from domainmona.options import check_memory, finite, fraction, positive, probability, shown,\
@@ -263,7 +263,7 @@ def _check_roi(model: dict[str, Any], roi: int) -> None:
     multiple, least = roi_rule(model)
     if roi % multiple or roi < least:
         examples = ", ".join(str(least + i * multiple) for i in range(3))
-        network = {"swinunetr": "SwinUNETR", "unetr": "UNETR", "segresnet": "SegResNet"}[model["name"]]
+        network = get_backbone(model["name"]).options["monai_class"]
         raise UserError(f"--roi {roi}: {network} needs a multiple of {multiple}, at least {least} (e.g. {examples})")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 from torch import nn
 
+from domainmona.adapters.backbones import get_backbone
 from domainmona.console import console
 from domainmona.medical.model import network_of, parameter_groups
 
@@ -41,7 +42,6 @@ def _title(model_cfg: dict[str, Any]) -> str:
             f"patch merging {model_cfg['merging']}")
 
 
-ENCODER_LABELS = {"swinunetr": "Swin encoder", "unetr": "ViT encoder", "segresnet": "CNN encoder"}
 
 
 def report_table(model: nn.Module, model_cfg: dict[str, Any]) -> Table:
@@ -50,7 +50,8 @@ def report_table(model: nn.Module, model_cfg: dict[str, Any]) -> Table:
     table = Table(title=_title(model_cfg))
     for column in ("part", "parameters", "trainable", "share of model"):
         table.add_column(column, justify="left" if column == "part" else "right")
-    labels = {"encoder": ENCODER_LABELS[network_of(model)], "adapter": "adapters", "decoder": "CNN decoder"}
+    labels = {"encoder": get_backbone(network_of(model)).options["encoder_label"], "adapter": "adapters",
+              "decoder": "CNN decoder"}
     for group, (count, trainable) in counts.items():
         table.add_row(labels[group], f"{count:,}", f"{trainable:,}", f"{100 * count / total:.1f}%")
     trainable_total = sum(t for _, t in counts.values())

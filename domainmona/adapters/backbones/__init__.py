@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # on a 0-1 scale
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TIMM_PREFIX = "timm:"
+DEFAULT_BACKBONE = "swin-t"  # every 2D pipeline's and report's default (the Mona paper's detection backbone)
 # N bands, every backbone: the input convolution's RGB filters are inflated by domainmona.adapters.bands' rule
 # when pretrained weights load, and that convolution trains.
 INFLATE = "inflate RGB filters (domainmona.adapters.bands)"
@@ -133,6 +134,17 @@ def check_backbone_name(name: str, dims: int | None = 2) -> str:
     extra = ", or timm:NAME" if dims != 3 else ""
     shown = name if len(name) <= 60 else f"{name[:60]}..."
     raise UserError(f"unknown backbone '{shown}' (choose from: {', '.join(names)}{extra})")
+
+
+def check_adapter(name: str, method: str, **config: Any) -> None:
+    """Refuse in one line, before anything is written, an adapter method (or option) the backbone's family does not
+    define: the method goes into the backbone built on the meta device (no memory, no weights)."""
+    import torch
+
+    from domainmona.adapters.inject import inject
+
+    with torch.device("meta"):
+        inject(build_backbone(name), method, **config)
 
 
 def shipped_weights(name: str) -> Path | None:

@@ -1,5 +1,8 @@
 """3D networks of the CT pipeline (MONAI), built whole with their default sizes (for `adapters report|probe`);
-`segment-ct --model` offers these names and builds them from its settings (domainmona.medical.model)."""
+`segment-ct --model` offers these names and builds them from its settings (domainmona.medical.model).
+
+`options`: `monai_class`, the network's class; `encoder`, the submodule adapters go into; `stems`, the other
+modules the frozen encoder owns; `encoder_label`, what reports call that encoder."""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ def swinunetr() -> Backbone:
 
     return Backbone(name="swinunetr", build=build, family="monai-swin", channels=(48, 96, 192, 384, 768),
                     strides=(2, 4, 8, 16, 32), layouts=("monai-ssl", "monai-bundle"), dims=3,
-                    mean=VOLUME_MEAN, std=VOLUME_STD, summary="MONAI SwinUNETR, 62 M")
+                    mean=VOLUME_MEAN, std=VOLUME_STD, summary="MONAI SwinUNETR, 62 M",
+                    options={"monai_class": "SwinUNETR", "encoder": "swinViT", "stems": (),
+                             "encoder_label": "Swin encoder"})
 
 
 @register_backbone
@@ -30,7 +35,9 @@ def unetr() -> Backbone:
 
     return Backbone(name="unetr", build=build, family="monai-vit", channels=(768,), strides=(16,),
                     layouts=("monai-bundle", "plain"), dims=3, mean=VOLUME_MEAN, std=VOLUME_STD,
-                    summary="MONAI UNETR (3D ViT-B/16), 92 M")
+                    summary="MONAI UNETR (3D ViT-B/16), 92 M",
+                    options={"monai_class": "UNETR", "encoder": "vit", "stems": (),
+                             "encoder_label": "ViT encoder"})
 
 
 @register_backbone
@@ -42,4 +49,6 @@ def segresnet() -> Backbone:
 
     return Backbone(name="segresnet", build=build, family="monai-segresnet", channels=(8, 16, 32, 64),
                     strides=(1, 2, 4, 8), layouts=("monai-bundle", "plain"), dims=3, mean=VOLUME_MEAN,
-                    std=VOLUME_STD, summary="MONAI SegResNet, 4.7 M")
+                    std=VOLUME_STD, summary="MONAI SegResNet, 4.7 M",
+                    options={"monai_class": "SegResNet", "encoder": "down_layers",
+                             "stems": ("convInit",), "encoder_label": "CNN encoder"})
