@@ -165,7 +165,7 @@ def test_a_backbone_registered_in_a_temporary_module_trains_in_geo_seg_and_geo_d
 
     assert check_backbone_name(tiny_backbone) == tiny_backbone and tiny_backbone not in backbone_names()
     seg = write_scene(tmp_path / "seg.tif", tmp_path / "seg.gpkg",
-                      SceneSpec(width=384, height=320, bands=4, dtype="uint16", kind="areas", objects=5, seed=4))
+                      SceneSpec(width=512, height=448, bands=4, dtype="uint16", kind="areas", objects=5, seed=4))
     chips = _cli("tile", seg.raster, "--labels", seg.labels, "--out", tmp_path / "seg-chips", "--size", "128",
                  "--overlap", "32", "--task", "segmentation")
     checkpoint = _cli("train", "geo-seg", "--chips", chips, "--work-dir", tmp_path / "seg-work", "--max-iters", "2",
@@ -232,3 +232,21 @@ def test_the_registry_package_imports_no_domain():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert not node.module.startswith(("domainmona.detection", "domainmona.geo", "domainmona.medical"))
+
+
+@pytest.mark.slow
+def test_geo_seg_trains_convnext_on_four_bands_straight_from_a_scene(tmp_path):
+    from safetensors.torch import load_file
+
+    from domainmona.geo.synthetic import SceneSpec, write_scene
+
+    scene = write_scene(tmp_path / "rgbn.tif", tmp_path / "labels.gpkg",
+                        SceneSpec(width=512, height=448, bands=4, dtype="uint16", kind="areas", objects=5, seed=4))
+    checkpoint = _cli("train", "geo-seg", "--scenes", scene.raster, "--labels", scene.labels, "--bands", "1,2,3,4",
+                      "--size", "128", "--overlap", "32", "--work-dir", tmp_path / "work", "--backbone", "convnext-t",
+                      "--max-iters", "2", "--batch-size", "2", "--arch", "FPN")
+    stem = load_file(checkpoint)["encoder.model.stem_0.weight"]
+    assert stem.shape == (96, 4, 4, 4)  # ConvNeXt-T's stem takes the four bands
+    assert "encoder.model.stem_0.weight" in load_file(str(tmp_path / "work" / "adapter.safetensors"))  # it trained
+    out = _cli("tile-predict", scene.raster, "--checkpoint", checkpoint, "--out", tmp_path / "classes.tif")
+    assert Path(out).is_file()
