@@ -22,7 +22,7 @@ def test_report_passes_method_options():
     assert "141,312" in result.output  # 12 blocks x 2 x (8 x C + C x 8) for q and v
 
 
-@pytest.mark.parametrize("args, message", [(["-b", "swin-xl"], "'swin-xl' is not one of 'swin-t', 'swin-s'"),
+@pytest.mark.parametrize("args, message", [(["-b", "swin-xl"], "unknown backbone 'swin-xl' (choose from: micro, swin-t, swin-s"),
                                            (["-m", "monaa"], "'monaa' is not one of 'full', 'fixed'")])
 def test_names_outside_the_registries_are_refused_by_the_choices(args, message):
     result = CliRunner().invoke(app, ["adapters", "report", *args], env={"COLUMNS": "300"})

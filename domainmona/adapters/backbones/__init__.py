@@ -138,13 +138,18 @@ def check_backbone_name(name: str, dims: int | None = 2) -> str:
 
 def check_adapter(name: str, method: str, **config: Any) -> None:
     """Refuse in one line, before anything is written, an adapter method (or option) the backbone's family does not
-    define: the method goes into the backbone built on the meta device (no memory, no weights)."""
+    define: the method goes into the backbone built on the meta device (no memory, no weights), or on the CPU
+    for constructors that read values off tensors (mmdet's Swin)."""
     import torch
 
     from domainmona.adapters.inject import inject
 
-    with torch.device("meta"):
-        inject(build_backbone(name), method, **config)
+    try:
+        with torch.device("meta"):
+            backbone = build_backbone(name)
+    except (RuntimeError, NotImplementedError):
+        backbone = build_backbone(name)
+    inject(backbone, method, **config)
 
 
 def shipped_weights(name: str) -> Path | None:
