@@ -283,6 +283,13 @@ def atomic_dir(final: str | os.PathLike, command: str, inputs: Iterable[str | os
                     _remove(leftover)
 
 
+def is_claimed(folder: Path) -> bool:
+    """``folder`` is an output folder a command writes into file by file (its record lists no files of its own,
+    unlike the folders of generated data or chips, which are written whole)."""
+    record = read_record(folder)
+    return record is not None and "files" not in record
+
+
 def claim_dir(folder: str | os.PathLike, command: str) -> Path:
     """Make ``folder`` an output folder that ``command`` writes into file by file (work dirs, `--out` dirs).
 
@@ -293,8 +300,7 @@ def claim_dir(folder: str | os.PathLike, command: str) -> Path:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; choose a folder path")
     if folder.is_dir() and any(folder.iterdir()):
-        record = read_record(folder)
-        if record is None or "files" in record:
+        if not is_claimed(folder):
             raise UserError(_foreign(folder))
         return folder
     make_folders(folder)

@@ -24,7 +24,7 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from domainmona.console import err_console
-from domainmona.io import LOG, RECORD
+from domainmona.io import LOG, is_claimed
 
 PENDING_LIMIT = 10_000  # records kept while the folder does not exist yet; older ones are dropped
 _state: dict = {'verbose': False, 'handler': None, 'routed': []}
@@ -50,7 +50,7 @@ class FolderLog(logging.Handler):
         try:
             if self.closed:  # the command is over: a later record belongs to no run of it
                 return
-            if self.file is None and not (self.path.parent / RECORD).is_file():
+            if self.file is None and not is_claimed(self.path.parent):  # a data folder is never written to
                 self.pending = self.pending[-PENDING_LIMIT + 1:] + [record]
                 return
             if self.file is None:
