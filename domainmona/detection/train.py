@@ -225,8 +225,8 @@ def train_runner(opts: TrainOptions):
     from domainmona.detection.runner import LoggedRunner, quiet_frameworks
     from domainmona.devices import default_device, describe
 
+    resume_from = prepare(opts)  # first: a refused run imports no framework, whose import logs would be written
     quiet_frameworks()
-    resume_from = prepare(opts)
     subsets = training_subsets(opts)
     if opts.shots is not None:
         subsets, counts = select_shots(subsets, opts.shots, opts.work_dir / f'shots{opts.shots}', opts.seed)

@@ -140,16 +140,23 @@ def check_adapter(name: str, method: str, **config: Any) -> None:
     """Refuse in one line, before anything is written, an adapter method (or option) the backbone's family does not
     define: the method goes into the backbone built on the meta device (no memory, no weights), or on the CPU
     for constructors that read values off tensors (mmdet's Swin)."""
+    import logging
+
     import torch
 
     from domainmona.adapters.inject import inject
 
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # a check builds nothing worth a log line (and a refused run writes none)
     try:
-        with torch.device("meta"):
+        try:
+            with torch.device("meta"):
+                backbone = build_backbone(name)
+        except (RuntimeError, NotImplementedError):
             backbone = build_backbone(name)
-    except (RuntimeError, NotImplementedError):
-        backbone = build_backbone(name)
-    inject(backbone, method, **config)
+        inject(backbone, method, **config)
+    finally:
+        logging.disable(previous)
 
 
 def shipped_weights(name: str) -> Path | None:
