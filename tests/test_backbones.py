@@ -78,6 +78,19 @@ def test_a_method_the_family_does_not_define_is_refused_in_one_line():
         inject(build_backbone("resnet50"), "lora")
 
 
+@pytest.mark.parametrize("backbone", ["resnet50", "convnext-t", "vit-b-16"])
+@pytest.mark.parametrize("method", ["mona", "lora", "conv-adapter"])
+def test_each_backbone_takes_each_method_or_refuses_it_in_one_line(backbone, method):
+    """The matrix behind the end-to-end runs below: LoRA needs attention projections, which CNNs lack."""
+    from domainmona.adapters.backbones import check_adapter
+
+    if method == "lora" and get_backbone(backbone).family == "cnn":
+        with pytest.raises(UserError, match=r"^method 'lora' needs attention qkv projections, which cnn blocks"):
+            check_adapter(backbone, method)
+    else:
+        check_adapter(backbone, method)
+
+
 def test_efficientnet_and_mobilenet_blocks_take_adapters_at_their_output_width():
     """Inverted residuals end in conv_pwl, not in the wider depthwise conv: the adapter must fit the output."""
     for name in ("efficientnet-b0", "mobilenetv2"):

@@ -192,6 +192,7 @@ def measure(setting: Setting) -> Row:
     import torch
 
     from domainmona.adapters import save_adapter, saved_tensor_bytes
+    from domainmona.adapters.backbones.features import trained_whole
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -221,7 +222,8 @@ def measure(setting: Setting) -> Row:
             kept = saved_tensor_bytes(lambda: model(image), model)
     with tempfile.TemporaryDirectory() as tmp:  # after the step: serialising must not raise its peak
         try:
-            adapter_bytes = save_adapter(model, Path(tmp) / "adapter.safetensors").stat().st_size
+            adapter_bytes = save_adapter(model, Path(tmp) / "adapter.safetensors",
+                                         trained_whole(model)).stat().st_size
         except UserError:  # nothing trains
             adapter_bytes = 0
     return Row(setting, device.type, peak, step_s, step_cpu_s, kept, trainable, adapter_bytes,

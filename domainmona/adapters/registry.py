@@ -43,6 +43,10 @@ class Registry(Generic[T]):
 
         for info in pkgutil.iter_modules(path):
             importlib.import_module(f"{package}.{info.name}")
+        return self.entries()
+
+    def entries(self) -> dict[str, T]:
+        """Everything registered so far, in order."""
         return {name: entry for name, (_, entry) in sorted(self._entries.items(), key=lambda i: (i[1][0], i[0]))}
 
 

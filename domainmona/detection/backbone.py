@@ -16,7 +16,7 @@ from torch import nn
 
 from domainmona.adapters import apply_freeze, inject, set_block_checkpointing
 from domainmona.adapters.backbones import build_backbone
-from domainmona.adapters.backbones.features import SimpleFeaturePyramid, input_convolution
+from domainmona.adapters.backbones.features import input_convolution, trained_whole
 from domainmona.adapters.families import find_backbone
 
 
@@ -48,13 +48,8 @@ class _Adapted:
             conv.requires_grad_(True)
 
     def modules_to_save(self) -> list[str]:
-        """Modules that train whole, outside the adapter method: a simple feature pyramid, and the input
-        convolution on other than 3 bands."""
-        names = [name for name, module in self.named_modules() if isinstance(module, SimpleFeaturePyramid)]
-        conv = input_convolution(self)
-        if conv.in_channels != 3:
-            names.append(next(name for name, module in self.named_modules() if module is conv))
-        return names
+        """Modules that train whole, outside the adapter method (`trained_whole`)."""
+        return trained_whole(self)
 
     def base_state(self) -> dict:
         """The adapted backbone's own weights without adapters, named as in its pretrained files (for mmdet's

@@ -179,11 +179,9 @@ def _load_encoder_weights(model, pretrained: Path | None) -> None:
 def _modules_to_save(model) -> list[str]:
     """What the adapter file holds besides the adapters: smp's decoder and head, which train fully, a ViT's
     simple pyramid, and the input convolution where it trains (other than 3 bands, see `segmodel.build_model`)."""
-    from domainmona.adapters.backbones.features import SimpleFeaturePyramid, input_convolution
+    from domainmona.adapters.backbones.features import trained_whole
 
-    conv = input_convolution(model.encoder)
-    return ["decoder", "segmentation_head"] + [n for n, m in model.named_modules() if isinstance(
-        m, SimpleFeaturePyramid) or (m is conv and conv.weight.requires_grad)]
+    return ["decoder", "segmentation_head"] + [f"encoder.{name}" for name in trained_whole(model.encoder)]
 
 
 def train_segmentation(opts: SegTrainOptions) -> Path:

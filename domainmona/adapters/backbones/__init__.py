@@ -68,11 +68,6 @@ class Backbone:
     options: dict[str, Any] = field(default_factory=dict)  # shape facts other modules read (Swin: mmdet shape)
     shipped: Path | None = None  # weights domainmona ships, the default `--pretrained` of every pipeline
 
-    def describe(self) -> dict[str, Any]:
-        """What is recorded with a model built from it (plain values)."""
-        return {"name": self.name, "family": self.family, "channels": list(self.channels),
-                "strides": list(self.strides), "pyramid": self.pyramid}
-
 
 BACKBONE_REGISTRY: Registry[Backbone] = Registry("backbone")
 _ORDER: list[str] = []
@@ -97,7 +92,7 @@ def _load_package() -> dict[str, Backbone]:
 def backbones(dims: int | None = None) -> dict[str, Backbone]:
     """The registered backbones (of `dims` spatial dimensions), in registration order."""
     _load_package()
-    found = BACKBONE_REGISTRY.load(__name__, [])  # entries registered since, by other modules too
+    found = BACKBONE_REGISTRY.entries()  # with those registered since, by other modules too
     return {name: spec for name, spec in found.items() if dims is None or spec.dims == dims}
 
 

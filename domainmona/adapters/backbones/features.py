@@ -64,6 +64,15 @@ def input_convolution(module: nn.Module) -> nn.Conv2d:
     return module.get_submodule(input_filters(module).rpartition(".")[0])
 
 
+def trained_whole(module: nn.Module) -> list[str]:
+    """Names in `module` of what trains whole beside the adapter method and must be saved with its adapters: a
+    simple feature pyramid (new, never pretrained) and the input convolution on other than 3 bands (it trains:
+    no pretrained filter fits them)."""
+    conv = input_convolution(module)
+    return [name for name, m in module.named_modules()
+            if isinstance(m, SimpleFeaturePyramid) or (m is conv and conv.in_channels != 3)]
+
+
 class SmpEncoder(nn.Module):
     """A registered 2D backbone's features module as a segmentation-models-pytorch encoder. smp's decoders take
     the input, a stride-2 map (none here: 0 channels, as smp gives for transformer encoders) and the stride-4

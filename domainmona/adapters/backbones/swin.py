@@ -33,7 +33,7 @@ def _swin(name: str, timm_name: str, embed: int, depths: tuple[int, ...], heads:
 
 @register_backbone
 def micro() -> Backbone:
-    # CPU-sized (~0.4 M parameters), its pretrained weights shipped
+    # CPU-sized (1.4 M parameters), its pretrained weights shipped
     return _swin(name="micro", timm_name="swin_tiny_patch4_window7_224", embed=32, depths=(1, 1, 2, 1),
                  heads=(1, 2, 4, 8), summary="domainmona's micro Swin for CPU runs (weights shipped)",
                  shipped=MICRO_WEIGHTS, drop_path_rate=0.0)

@@ -27,7 +27,7 @@ def timm_backbone(model: str) -> Backbone:
     channels, strides = info.channels(), info.reduction()
     try:
         family = find_backbone(probe)[2].name
-    except UserError:  # builds and trains whole ('full'); adapter methods are refused when injected
+    except UserError:  # builds, but every method ('full' too) is refused in one line when injected
         family = "none"
     if len(set(strides)) == 1:  # a plain ViT: one stride
         dim = channels[-1]
