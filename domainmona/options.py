@@ -158,3 +158,25 @@ def adapter_opt_option() -> Any:
     """`--adapter-opt KEY=VALUE` of every train command, checked against the method's config dataclass."""
     return typer.Option(None, "--adapter-opt", metavar="KEY=VALUE", help="An option of the adapter method's config "
                         "(e.g. inner_dim=32 for mona); repeatable.")
+
+
+def side_option() -> Any:
+    """`--side NAME` of every 2D train command: what makes a plain ViT's pyramid (domainmona.adapters.side,
+    names read without torch)."""
+    from domainmona.adapters.side import DEFAULT_SIDE, FROZEN_VIT_METHOD, SIDES
+
+    def check(value: Optional[str]) -> Optional[str]:
+        if value is not None and value not in SIDES:
+            raise typer.BadParameter(f"unknown side network '{value}' (choose from: {', '.join(SIDES)})")
+        return value
+
+    return typer.Option(None, "--side", metavar="NAME", callback=check,
+                        help=f"Plain ViTs only: what makes their feature pyramid: {', '.join(SIDES)} (default "
+                             f"{DEFAULT_SIDE}). With hst or vit-comer the ViT stays frozen (--adapter "
+                             f"{FROZEN_VIT_METHOD}) unless --adapter names an in-ViT method to train with it.")
+
+
+def side_opt_option() -> Any:
+    """`--side-opt KEY=VALUE` of every 2D train command: the side network's preset or constructor options."""
+    return typer.Option(None, "--side-opt", metavar="KEY=VALUE", help="An option of the side network (e.g. "
+                        "preset=dense-m for hst, with_cp=true for vit-comer); repeatable.")

@@ -238,3 +238,18 @@ def print_settings(settings: Any) -> None:
 
     typer.echo(dump_yaml(settings), nl=False)
     raise typer.Exit(0)
+
+
+def side_layer(config: Mapping[str, Any], flags: Mapping[str, Any], side_opt: Iterable[str] | None) -> dict[str, Any]:
+    """The side network's settings as a layer: `--side-opt KEY=VALUE` over the `--config` layer's `side_cfg`,
+    and, where the side network trains beside a frozen ViT and no `--adapter` or `adapter` setting names a
+    method, the frozen-ViT method (the papers' parameter-efficient mode)."""
+    from domainmona.adapters.side import DEFAULT_SIDE, FROZEN_VIT_METHOD
+
+    layer: dict[str, Any] = {}
+    if side_opt:
+        layer["side_cfg"] = {**(config.get("side_cfg") or {}), **parse_assignments(side_opt, "--side-opt")}
+    side = flags.get("side") or config.get("side") or DEFAULT_SIDE
+    if side != DEFAULT_SIDE and flags.get("adapter") is None and config.get("adapter") is None:
+        layer["adapter"] = FROZEN_VIT_METHOD
+    return layer

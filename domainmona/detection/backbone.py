@@ -1,7 +1,7 @@
 """Detection backbones with any domainmona adapter method, registered in mmrotate's MODELS.
 
 `MonaBackbone` takes any registered 2D backbone by name (domainmona.adapters.backbones: CNN stages, ViTs through
-the simple feature pyramid, `timm:NAME`); `MonaSwinTransformer` is mmdet's Swin itself, so Swin checkpoints keep
+the simple feature pyramid or a side network, `timm:NAME`); `MonaSwinTransformer` is mmdet's Swin itself, so Swin checkpoints keep
 mmdet's key layout. A config selects one by type and picks the method with one field:
 `adapter=dict(type='mona', ...)`. Importing this module registers both (configs do so through `custom_imports`).
 """
@@ -15,15 +15,16 @@ from mmrotate.registry import MODELS
 from torch import nn
 
 from domainmona.adapters import apply_freeze, inject, set_block_checkpointing
-from domainmona.adapters.backbones import build_backbone
-from domainmona.adapters.backbones.features import input_convolution, trained_whole
+from domainmona.adapters.backbones import build_backbone, sided
+from domainmona.adapters.backbones.features import train_whole, trained_whole
 from domainmona.adapters.families import find_backbone
 
 
 class _Adapted:
     """What both backbones share: injection right after construction (so the optimizer and DDP see the
     adapters), pretrained loading in `init_weights` (which mmengine's Runner calls after building the model),
-    an input convolution that trains on other than 3 bands, and the base weights without adapters."""
+    what trains whole beside the method (`trained_whole`: a ViT's pyramid or side network, an input convolution
+    on other than 3 bands), and the base weights without adapters."""
 
     def _adapt(self, module: nn.Module, adapter: dict | None, weights: str | None) -> None:
         adapter_cfg = dict(adapter or dict(type='mona'))
@@ -32,7 +33,7 @@ class _Adapted:
         base_names = {name for name, _ in self.named_parameters()}
         inject(module, self.adapter_method, **adapter_cfg)
         self._adapter_names = {name for name, _ in self.named_parameters()} - base_names
-        self._train_input_for_other_bands()  # before mmengine builds the optimizer from requires_grad
+        train_whole(self)  # before mmengine builds the optimizer from requires_grad
 
     def _load_weights(self, module: nn.Module) -> None:
         """Pretrained weights in any layout the backbone loads; with other than 3 bands the RGB filters of
@@ -41,11 +42,6 @@ class _Adapted:
 
         report = load_pretrained(module, self.weights)
         MMLogger.get_current_instance().info(f'{type(self).__name__}: {report}')
-
-    def _train_input_for_other_bands(self) -> None:
-        conv = input_convolution(self)
-        if conv.in_channels != 3:  # no pretrained filter fits other bands
-            conv.requires_grad_(True)
 
     def modules_to_save(self) -> list[str]:
         """Modules that train whole, outside the adapter method (`trained_whole`)."""
@@ -82,7 +78,7 @@ class MonaSwinTransformer(_Adapted, SwinTransformer):
             for name, value in adapter_state.items():
                 params[name].data.copy_(value)
         apply_freeze(self)  # weight loading must not leave the backbone unfrozen
-        self._train_input_for_other_bands()
+        train_whole(self)
 
 
 @MODELS.register_module()
@@ -91,9 +87,10 @@ class MonaBackbone(_Adapted, BaseModule):
     to 32, channels as registered) to the FPN. `with_cp` switches the family's block checkpointing."""
 
     def __init__(self, backbone: str, adapter: dict | None = None, weights: str | None = None,
-                 in_channels: int = 3, with_cp: bool = False, init_cfg=None) -> None:
+                 in_channels: int = 3, with_cp: bool = False, side: str | None = None,
+                 side_cfg: dict | None = None, init_cfg=None) -> None:
         super().__init__(init_cfg=init_cfg)
-        self.body = build_backbone(backbone, in_chans=in_channels)
+        self.body = build_backbone(backbone, in_chans=in_channels, **sided(side, side_cfg))
         self._adapt(self.body, adapter, weights)
         if with_cp:
             set_block_checkpointing(self.body)
@@ -103,7 +100,7 @@ class MonaBackbone(_Adapted, BaseModule):
         if self.weights:
             self._load_weights(self.body)
         apply_freeze(self.body)
-        self._train_input_for_other_bands()
+        train_whole(self)
 
     def forward(self, x):
         return tuple(self.body(x))

@@ -13,7 +13,7 @@ from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
 from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
                                 checkpoint_blocks_option, config_option, method_choice, print_config_option,
-                                probability, recompute_option, shots_option)
+                                probability, recompute_option, shots_option, side_opt_option, side_option)
 
 Method = method_choice()  # the registered adapter methods
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
@@ -23,12 +23,12 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Optional[str], ad
            pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: Optional[int],
            resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: bool, adapter_recompute: bool,
            checkpoint_blocks: bool, config: Optional[Path], adapter_opt: Optional[list[str]],
-           print_config: bool) -> None:
+           print_config: bool, side: Optional[str] = None, side_opt: Optional[list[str]] = None) -> None:
     from domainmona.console import console
     from domainmona.detection.train import TrainOptions, prepare, train, training_subsets
     from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
     from domainmona.recipes import patch_grid
-    from domainmona.settings import adapter_layer, given, print_settings, read_config, resolve, switch
+    from domainmona.settings import adapter_layer, given, print_settings, read_config, resolve, side_layer, switch
 
     size, gap = patch_grid('star' if dataset == 'star' else 'dota')
     recipe = dict(dataset=dataset, patch_size=size, patch_gap=gap)
@@ -36,9 +36,10 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Optional[str], ad
                   pretrained=pretrained, shots=shots, max_iters=max_iters, gpus=gpus,
                   resume=switch(resume, False), patch_size=patch_size, patch_gap=patch_gap, amp=switch(amp, True),
                   adapter_recompute=switch(adapter_recompute, True),
-                  checkpoint_blocks=switch(checkpoint_blocks, False))
+                  checkpoint_blocks=switch(checkpoint_blocks, False), side=side)
     layer = read_config(config)
     flags.update(adapter_layer(layer, adapter_opt))
+    flags.update(side_layer(layer, flags, side_opt))
     opts = resolve(TrainOptions, ('recipe', recipe), (f'--config {config}', layer), ('flags', flags))
     if print_config:
         print_settings(opts)
@@ -100,10 +101,12 @@ def register(groups: CommandGroups) -> None:
                    amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
                    checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                    adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                   side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
                    print_config: bool = print_config_option()) -> None:
         """Oriented R-CNN with an adapted backbone on DOTA; prints the final checkpoint last."""
         _train(f"dota{version.value}", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume,
-               patch_size, patch_gap, amp, adapter_recompute, checkpoint_blocks, config, adapter_opt, print_config)
+               patch_size, patch_gap, amp, adapter_recompute, checkpoint_blocks, config, adapter_opt, print_config,
+               side, side_opt)
 
     @groups.train.command("star")
     def train_star(data: Path = data_opt, work_dir: Path = work_opt, backbone: Optional[str] = backbone_opt,
@@ -115,10 +118,11 @@ def register(groups: CommandGroups) -> None:
                    adapter_recompute: bool = recompute_option(),
                    checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                    adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                   side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
                    print_config: bool = print_config_option()) -> None:
         """Oriented R-CNN with an adapted backbone on STAR; prints the final checkpoint last."""
         _train("star", data, work_dir, backbone, adapter, pretrained, shots, max_iters, gpus, resume, patch_size,
-               patch_gap, amp, adapter_recompute, checkpoint_blocks, config, adapter_opt, print_config)
+               patch_gap, amp, adapter_recompute, checkpoint_blocks, config, adapter_opt, print_config, side, side_opt)
 
     for dataset in ("dota", "star"):
         groups.test.command(dataset, help=f"Test a {dataset.upper()} checkpoint on full scenes: patches, merge, "

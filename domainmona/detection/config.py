@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domainmona.adapters.backbones import get_backbone
+from domainmona.adapters.backbones import check_side, feature_channels, get_backbone, sided
 from domainmona.adapters.registry import method_names
 from domainmona.errors import UserError
 from domainmona.recipes import CONFIGS_DIR
@@ -31,19 +31,22 @@ def config_path(dataset: str, backbone: str) -> Path:
     return own if own.is_file() else own.with_name(own.name.replace(f'-{backbone}_', '-swin-t_'))
 
 
-def load_config(dataset: str, backbone: str):
-    """The shipped config for (dataset, backbone) with the registry's backbone in it."""
+def load_config(dataset: str, backbone: str, side: str | None = None, side_cfg: dict | None = None):
+    """The shipped config for (dataset, backbone) with the registry's backbone (and a plain ViT's side
+    network) in it."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(config_path(dataset, backbone)))
-    set_backbone(cfg, backbone)
+    set_backbone(cfg, backbone, side, side_cfg)
     return cfg
 
 
 def build_config(dataset: str, backbone: str, method: str, classes: tuple[str, ...],
-                 weights: str | None = None, image_size: int | None = None, **adapter_cfg):
-    """The shipped config for (dataset, backbone) with the adapter method, weights file and classes set."""
-    cfg = load_config(dataset, backbone)
+                 weights: str | None = None, image_size: int | None = None, side: str | None = None,
+                 side_cfg: dict | None = None, **adapter_cfg):
+    """The shipped config for (dataset, backbone, side network) with the adapter method, weights file and
+    classes set."""
+    cfg = load_config(dataset, backbone, side, side_cfg)
     set_adapter(cfg, method, weights, **adapter_cfg)
     set_classes(cfg, classes)
     if image_size:
@@ -63,17 +66,20 @@ def set_classes(cfg, classes: tuple[str, ...]) -> None:
     cfg.model.roi_head.bbox_head.num_classes = len(classes)
 
 
-def set_backbone(cfg, name: str) -> None:
+def set_backbone(cfg, name: str, side: str | None = None, side_cfg: dict | None = None) -> None:
     """The registered backbone `name` as the config's backbone (its shape, for mmdet's Swin; `MonaBackbone`
-    otherwise), the FPN's inputs sized to its feature maps and the input normalised as it was pretrained."""
+    otherwise, with a plain ViT's side network), the FPN's inputs sized to its feature maps and the input
+    normalised as it was pretrained."""
     spec = get_backbone(name)
+    check_side(name, side)
     backbone = cfg.model.backbone
     if spec.family == 'mmdet-swin' and backbone.type == 'MonaSwinTransformer':
         backbone.update(spec.options['mmdet'])
     else:
         cfg.model.backbone = dict(type='MonaBackbone', backbone=name, adapter=backbone.get('adapter'),
-                                  weights=backbone.get('weights'), with_cp=backbone.get('with_cp', False))
-    cfg.model.neck.in_channels = list(spec.channels)
+                                  weights=backbone.get('weights'), with_cp=backbone.get('with_cp', False),
+                                  **sided(side, side_cfg))
+    cfg.model.neck.in_channels = list(feature_channels(name, side, side_cfg))
     preprocessor = cfg.model.data_preprocessor
     preprocessor.mean = [round(255 * m, 3) for m in spec.mean]  # on uint8 pixels
     preprocessor.std = [round(255 * s, 3) for s in spec.std]

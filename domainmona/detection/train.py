@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domainmona.adapters.backbones import DEFAULT_BACKBONE
+from domainmona.adapters.backbones import DEFAULT_BACKBONE, check_side
+from domainmona.adapters.side import DEFAULT_SIDE
 from domainmona.adapters.backbones.swin import MICRO_WEIGHTS  # noqa: F401  (its old home; scripts import it)
 from domainmona.console import err_console
 from domainmona.detection.layout import find_layout
@@ -51,6 +52,8 @@ class TrainOptions:
     adapter_recompute: bool = True  # adapters keep only their input for backward (domainmona.adapters.memory)
     checkpoint_blocks: bool = False  # mmdet Swin's with_cp on every block, adapters inside
     adapter_cfg: dict = field(default_factory=dict)
+    side: str = DEFAULT_SIDE  # what makes a plain ViT's pyramid (domainmona.adapters.side)
+    side_cfg: dict = field(default_factory=dict)  # its preset / constructor options
     config_overrides: dict = field(default_factory=dict)  # mmengine dotted keys, applied last
     scenes: dict | None = None  # what the images are (DetectorInfo.scenes); default DOTA/STAR's RGB patches
 
@@ -69,6 +72,7 @@ class TrainOptions:
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"the learning rate must be a positive finite number, got {self.lr}")
         check_adapter_options(self.adapter, self.adapter_cfg, '--adapter-opt')
+        check_side(self.backbone, self.side)
         self.pretrained = default_weights(self.backbone, self.pretrained)
 
     @property
@@ -135,7 +139,8 @@ def prepare(opts: TrainOptions) -> Path | None:
                 read_dota_labels(annfile, opts.class_names)
     if opts.weights is not None:
         read_state_dict(opts.weights)  # an unsafe or unreadable file is refused before the work dir is written
-    check_adapter(opts.backbone, opts.adapter, **opts.adapter_cfg)  # a method the backbone does not define
+    # a method (or side network) the backbone does not define
+    check_adapter(opts.backbone, opts.adapter, opts.side, opts.side_cfg, **opts.adapter_cfg)
     resume_from = resume_checkpoint(opts.work_dir) if opts.resume else None
     claim_dir(opts.work_dir, f'train {opts.dataset}')
     if opts.resume and resume_from is None:
@@ -170,7 +175,8 @@ def build_train_config(opts: TrainOptions, subsets: list[tuple[Path, Path]], res
     from domainmona.devices import default_device
 
     cfg = C.build_config(opts.dataset, opts.backbone, opts.adapter, opts.class_names, None,
-                         opts.image_size or opts.patch_size, **opts.adapter_cfg)
+                         opts.image_size or opts.patch_size, side=opts.side, side_cfg=opts.side_cfg,
+                         **opts.adapter_cfg)
     weights = opts.weights
     if weights is None and opts.adapter != 'full':
         err_console.print(f"[yellow]warning:[/] no --pretrained weights: '{opts.adapter}' adapts a frozen "

@@ -13,7 +13,7 @@ from domainmona.commands import CommandGroups
 from domainmona.console import console
 from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
                                 checkpoint_blocks_option, config_option, method_choice, positive, print_config_option,
-                                probability, recompute_option, shots_option)
+                                probability, recompute_option, shots_option, side_opt_option, side_option)
 
 Method = method_choice()  # the registered adapter methods
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
@@ -206,13 +206,14 @@ def register(groups: CommandGroups) -> None:
                       amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
                       checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                       adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                      side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
                       print_config: bool = print_config_option()) -> None:
         """Fine-tune a Mona-Swin segmentation model (smp) on chips or straight on scenes; prints the checkpoint
         path last."""
         from domainmona.geo.segmodel import resolve_settings
         from domainmona.geo.segtrain import SegTrainOptions, train_segmentation
         from domainmona.logs import framework_log
-        from domainmona.settings import adapter_layer, print_settings, read_config, switch
+        from domainmona.settings import adapter_layer, print_settings, read_config, side_layer, switch
 
         source = scene_inputs(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
                               allow_no_crs)
@@ -220,8 +221,9 @@ def register(groups: CommandGroups) -> None:
         flags = dict(max_iters=max_iters, backbone=encoder, arch=arch, adapter=adapter, batch_size=batch_size, lr=lr,
                      seed=seed, save_every=save_every, amp=switch(amp, True),
                      adapter_recompute=switch(adapter_recompute, True),
-                     checkpoint_blocks=switch(checkpoint_blocks, False))
+                     checkpoint_blocks=switch(checkpoint_blocks, False), side=side)
         flags.update(adapter_layer(layer, adapter_opt))
+        flags.update(side_layer(layer, flags, side_opt))
         settings = resolve_settings(layer, f"--config {config}", **flags)
         if print_config:
             print_settings(settings)
@@ -251,11 +253,12 @@ def register(groups: CommandGroups) -> None:
                       amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
                       checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                       adapter_opt: Optional[list[str]] = adapter_opt_option(),
+                      side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
                       print_config: bool = print_config_option()) -> None:
         """Fine-tune the Mona-Swin Oriented R-CNN on detection chips or straight on scenes; prints the checkpoint
         path last."""
         from domainmona.geo.dettrain import GeoDetSettings, train_geo_det as run
-        from domainmona.settings import adapter_layer, given, print_settings, read_config, resolve, switch
+        from domainmona.settings import adapter_layer, given, print_settings, read_config, resolve, side_layer, switch
 
         source = source_flags(chips, scenes, labels, size, overlap, bands, class_field, shots, sampler, nodata,
                               allow_no_crs)
@@ -263,8 +266,9 @@ def register(groups: CommandGroups) -> None:
         flags = given(work_dir=work_dir, max_iters=max_iters, backbone=backbone, adapter=adapter,
                       pretrained=pretrained, seed=seed, resume=switch(resume, False), amp=switch(amp, True),
                       adapter_recompute=switch(adapter_recompute, True),
-                      checkpoint_blocks=switch(checkpoint_blocks, False), **source)
+                      checkpoint_blocks=switch(checkpoint_blocks, False), side=side, **source)
         flags.update(adapter_layer(layer, adapter_opt))
+        flags.update(side_layer(layer, flags, side_opt))
         settings = resolve(GeoDetSettings, (f"--config {config}", layer), ("flags", flags))
         if print_config:
             print_settings(settings)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domainmona.adapters.backbones import DEFAULT_BACKBONE
+from domainmona.adapters.backbones import DEFAULT_BACKBONE, check_side
+from domainmona.adapters.side import DEFAULT_SIDE
 from domainmona.errors import UserError
 from domainmona.geo.models import geo_sidecar
 from domainmona.geo.scenes import SceneOptions, SceneWindows
@@ -38,6 +39,8 @@ class GeoDetSettings:
     backbone: str = DEFAULT_BACKBONE
     adapter: str = "mona"
     adapter_cfg: dict = field(default_factory=dict)  # the adapter method's options (--adapter-opt)
+    side: str = DEFAULT_SIDE  # what makes a plain ViT's pyramid (domainmona.adapters.side)
+    side_cfg: dict = field(default_factory=dict)  # its preset / options (--side-opt)
     pretrained: Path | None = None
     seed: int = 0
     resume: bool = False
@@ -57,6 +60,7 @@ class GeoDetSettings:
         if not 0 <= self.seed <= 2**32 - 1:
             raise UserError(f"--seed {self.seed}: must be in 0..{2**32 - 1}")
         check_adapter_options(self.adapter, self.adapter_cfg, "--adapter-opt")
+        check_side(self.backbone, self.side)
 
 
 def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = None, backbone: str = DEFAULT_BACKBONE,
@@ -89,6 +93,7 @@ def train_geo_det(settings: GeoDetSettings) -> Path:
     # dataset only picks the Swin-T/B config family; the classes are the chips' own.
     opts = TrainOptions(dataset="dota1.0", data=chips, work_dir=settings.work_dir, backbone=backbone,
                         adapter=settings.adapter, adapter_cfg=dict(settings.adapter_cfg),
+                        side=settings.side, side_cfg=dict(settings.side_cfg),
                         pretrained=settings.pretrained, max_iters=settings.max_iters, resume=settings.resume,
                         classes=tuple(manifest["classes"]), patch_size=manifest["size"],
                         patch_gap=manifest["overlap"], seed=seed, amp=settings.amp,

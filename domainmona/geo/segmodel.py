@@ -31,6 +31,8 @@ class GeoSegSettings:
     backbone: str  # a registered 2D backbone (domainmona.adapters.backbones) or timm:NAME
     adapter: str
     adapter_cfg: dict
+    side: str  # what makes a plain ViT's pyramid (domainmona.adapters.side)
+    side_cfg: dict
     batch_size: int
     lr: float
     weight_decay: float
@@ -43,7 +45,7 @@ class GeoSegSettings:
     checkpoint_blocks: bool
 
     def __post_init__(self) -> None:
-        from domainmona.adapters.backbones import check_backbone_name
+        from domainmona.adapters.backbones import check_backbone_name, check_side
         from domainmona.settings import check_adapter_options
 
         for key in ("max_iters", "batch_size", "log_every", "save_every"):
@@ -57,14 +59,15 @@ class GeoSegSettings:
             raise UserError(f"seed must be a whole number in 0..{2**32 - 1}, got {self.seed!r}")
         check_backbone_name(self.backbone)
         check_adapter_options(self.adapter, self.adapter_cfg)
+        check_side(self.backbone, self.side)
 
 
 ALIASES = {"encoder": "backbone"}  # the setting's name before the backbone registry
 
 
 def packaged_settings() -> dict[str, Any]:
-    """configs/geo/geo-seg.yaml: the settings' defaults (without a table of encoders, where it still has one)."""
-    return {k: v for k, v in read_yaml(SETTINGS, "settings file").items() if k != "encoders"}
+    """configs/geo/geo-seg.yaml: the settings' defaults."""
+    return read_yaml(SETTINGS, "settings file")
 
 
 def resolve_settings(config: dict[str, Any] | None = None, where: str = "--config",
@@ -77,17 +80,11 @@ def resolve_settings(config: dict[str, Any] | None = None, where: str = "--confi
 
 
 def settings_dict(settings: GeoSegSettings) -> dict[str, Any]:
-    """The settings as the model spec reads them: plain values, the backbone also as `encoder`, and the
-    packaged table of encoders where it still has one."""
+    """The settings as the model spec reads them: plain values, the backbone also as `encoder` (its name in
+    scripts from before the backbone registry)."""
     from domainmona.settings import plain
 
-    values = {**plain(settings), "encoder": settings.backbone}
-    encoders = read_yaml(SETTINGS, "settings file").get("encoders")
-    if encoders is not None:
-        if settings.backbone not in encoders:
-            raise UserError(f"unknown encoder '{settings.backbone}' (choose from {', '.join(encoders)})")
-        values["encoders"] = encoders
-    return values
+    return {**plain(settings), "encoder": settings.backbone}
 
 
 def load_settings(**overrides: Any) -> dict[str, Any]:
@@ -97,19 +94,19 @@ def load_settings(**overrides: Any) -> dict[str, Any]:
 
 def build_model(spec: dict[str, Any]):
     """smp model from a spec (arch, decoder_kwargs, backbone, timm, timm_kwargs, in_channels, classes, size,
-    adapter, adapter_cfg).
+    adapter, adapter_cfg, side, side_cfg).
 
     The encoder is smp's timm universal encoder (`tu-`) where the backbone registers a timm model smp takes
     (Swin, CNNs; every checkpoint from before the registry), else the registry's features module
-    (`SmpEncoder`: plain ViTs through the simple pyramid, `timm:NAME`). Output channels: background + one
-    per class. The adapter goes into the encoder's backbone only, so the decoder (and a ViT's pyramid) trains
-    fully. With other than 3 bands the input convolution trains (pretrained RGB filters are only its
-    starting point, domainmona.adapters.bands).
+    (`SmpEncoder`: plain ViTs through the simple pyramid or a side network, `timm:NAME`). Output channels:
+    background + one per class. The adapter goes into the encoder's backbone only; the decoder and what
+    `trained_whole` names (a ViT's pyramid or side network, the input convolution on other than 3 bands:
+    pretrained RGB filters are only its starting point, domainmona.adapters.bands) train fully.
     """
     import segmentation_models_pytorch as smp
 
     from domainmona.adapters import inject
-    from domainmona.adapters.backbones.features import SmpEncoder, input_convolution
+    from domainmona.adapters.backbones.features import SmpEncoder, train_whole
 
     common = dict(encoder_weights=None, in_channels=spec["in_channels"], classes=len(spec["classes"]) + 1,
                   **spec["decoder_kwargs"])
@@ -118,14 +115,14 @@ def build_model(spec: dict[str, Any]):
         sized = {"img_size": spec["size"], "strict_img_size": False} if "swin" in spec["timm"] else {}
         encoder = dict(encoder_name=f"tu-{spec['timm']}", **sized, **spec["timm_kwargs"])
     else:
-        encoder = dict(encoder_name=SmpEncoder.register(spec["backbone"], spec["in_channels"]))
+        encoder = dict(encoder_name=SmpEncoder.register(spec["backbone"], spec["in_channels"], spec.get("side"),
+                                                        spec.get("side_cfg")))
     try:
         model = smp.create_model(spec["arch"], **encoder, **common)
     except KeyError as exc:
         raise UserError(f"unknown segmentation architecture '{spec['arch']}' ({exc})") from None
     inject(model.encoder, spec["adapter"], **spec["adapter_cfg"])
-    if spec["in_channels"] != 3:
-        input_convolution(model.encoder).requires_grad_(True)
+    train_whole(model.encoder)
     return model
 
 
@@ -133,15 +130,17 @@ def model_spec(settings: dict[str, Any], manifest: dict[str, Any]) -> dict[str, 
     """Everything `tile-predict` needs to rebuild the model and feed it scenes like the training ones."""
     from domainmona.geo.tiling import scene_record
 
-    from domainmona.adapters.backbones import get_backbone
+    from domainmona.adapters.backbones import get_backbone, sided
 
     backbone = get_backbone(settings["backbone"])
+    side = sided(settings.get("side"), settings.get("side_cfg"))
     timm_name, timm_kwargs = backbone.timm or (None, {})
     return {"arch": settings["arch"], "decoder_kwargs": settings["decoder_kwargs"], "backbone": backbone.name,
             "encoder": backbone.name, "family": backbone.family, "timm": timm_name, "timm_kwargs": timm_kwargs,
             "in_channels": len(manifest["rasters"][0]["bands"]), **scene_record(manifest),
             "classes": manifest["classes"], "size": manifest["size"], "overlap": manifest["overlap"],
-            "stats": manifest["stats"], "adapter": settings["adapter"], "adapter_cfg": settings["adapter_cfg"]}
+            "stats": manifest["stats"], "adapter": settings["adapter"], "adapter_cfg": settings["adapter_cfg"],
+            **side}
 
 
 def save_segmenter(model, spec: dict[str, Any], path: Path, settings: dict[str, Any] | None = None) -> Path:

@@ -131,10 +131,44 @@ def check_backbone_name(name: str, dims: int | None = 2) -> str:
     raise UserError(f"unknown backbone '{shown}' (choose from: {', '.join(names)}{extra})")
 
 
-def check_adapter(name: str, method: str, **config: Any) -> None:
+def check_side(name: str, side: str | None) -> None:
+    """Refuse in one line a side network (domainmona.adapters.side) on a backbone that makes its own pyramid:
+    side networks run beside a plain ViT."""
+    from domainmona.adapters.side import DEFAULT_SIDE, get_side
+
+    if side in (None, DEFAULT_SIDE):
+        return
+    get_side(side)
+    if get_backbone(name).pyramid != "simple":
+        plain = ", ".join(n for n, spec in backbones(2).items() if spec.pyramid == "simple")
+        raise UserError(f"side network '{side}' runs beside a plain ViT ({plain}, or timm:NAME of one); "
+                        f"{name} makes its own pyramid")
+
+
+def sided(side: str | None, side_cfg: dict | None) -> dict[str, Any]:
+    """The build options that give a plain ViT its side network (none for the default simple pyramid)."""
+    from domainmona.adapters.side import DEFAULT_SIDE
+
+    return {} if side in (None, DEFAULT_SIDE) else {"side": side, "side_cfg": dict(side_cfg or {})}
+
+
+def feature_channels(name: str, side: str | None = None, side_cfg: dict | None = None) -> tuple[int, ...]:
+    """Channels of the four maps the features module gives (with a side network: built on the meta device)."""
+    options = sided(side, side_cfg)
+    if not options:
+        return get_backbone(name).channels
+    import torch
+
+    with torch.device("meta"):
+        return tuple(build_backbone(name, **options).out_channels)
+
+
+def check_adapter(name: str, method: str, side: str | None = None, side_cfg: dict | None = None,
+                  **config: Any) -> None:
     """Refuse in one line, before anything is written, an adapter method (or option) the backbone's family does not
-    define: the method goes into the backbone built on the meta device (no memory, no weights), or on the CPU
-    for constructors that read values off tensors (mmdet's Swin)."""
+    define, or a side network (or option) the backbone cannot take: the method goes into the backbone built on
+    the meta device (no memory, no weights), or on the CPU for constructors that read values off tensors
+    (mmdet's Swin)."""
     import logging
 
     import torch
@@ -144,11 +178,13 @@ def check_adapter(name: str, method: str, **config: Any) -> None:
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # a check builds nothing worth a log line (and a refused run writes none)
     try:
+        check_side(name, side)
+        options = sided(side, side_cfg)
         try:
             with torch.device("meta"):
-                backbone = build_backbone(name)
+                backbone = build_backbone(name, **options)
         except (RuntimeError, NotImplementedError):
-            backbone = build_backbone(name)
+            backbone = build_backbone(name, **options)
         inject(backbone, method, **config)
     finally:
         logging.disable(previous)

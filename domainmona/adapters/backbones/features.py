@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from domainmona.errors import UserError
+
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (ViTDet's norm in the pyramid)."""
@@ -23,6 +25,7 @@ class SimpleFeaturePyramid(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
+        self.out_channels = self.channels(dim)
         self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
                                  nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2))
         self.up2 = nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)
@@ -37,21 +40,52 @@ class SimpleFeaturePyramid(nn.Module):
 
 
 class TimmFeatures(nn.Module):
-    """A timm model as `features_only` (`body`, the adapted backbone) and, for a plain ViT, the simple pyramid
-    on its last block; forward gives NCHW maps whatever layout timm returns (Swin's are NHWC)."""
+    """A timm model as `features_only` (`body`, the adapted backbone) and, for a plain ViT, what makes its
+    pyramid (`pyramid`): the simple pyramid on its last block, or a side network (`side`: 'hst', 'vit-comer',
+    domainmona.adapters.side) that runs the ViT itself, block by block. Forward gives NCHW maps whatever
+    layout timm returns (Swin's are NHWC)."""
 
     def __init__(self, model: str, in_chans: int = 3, out_indices: tuple[int, ...] | None = None,
-                 simple_pyramid: bool = False, **kwargs):
+                 simple_pyramid: bool = False, side: str | None = None, side_cfg: dict | None = None, **kwargs):
         super().__init__()
         import timm
+
+        from domainmona.adapters.side import DEFAULT_SIDE, build_side
+        from domainmona.adapters.side.host import host_vit
 
         if out_indices is not None:
             kwargs["out_indices"] = out_indices
         self.body = timm.create_model(model, pretrained=False, features_only=True, in_chans=in_chans, **kwargs)
         self.nhwc = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
-        self.pyramid = SimpleFeaturePyramid(self.body.feature_info.channels()[-1]) if simple_pyramid else None
+        side = side or (DEFAULT_SIDE if simple_pyramid else None)
+        if side is not None and not simple_pyramid:
+            raise UserError(f"side network '{side}': {model} makes its own pyramid (side networks need a plain ViT)")
+        self.side = side
+        self.pyramid = None if side is None else build_side(side, host_vit(self.body), in_chans, side_cfg)
+
+    @property
+    def out_channels(self) -> tuple[int, ...]:
+        if self.pyramid is not None:
+            return tuple(self.pyramid.out_channels)
+        return tuple(self.body.feature_info.channels())
+
+    def tuned_vit_modules(self) -> list[str]:
+        """Paths (in this module) of the ViT's own modules its side network trains: HST's LayerNorms."""
+        tuned = getattr(self.pyramid, "tuned_norm_paths", None)
+        if tuned is None:
+            return []
+        from domainmona.adapters.side.host import host_vit
+
+        host = host_vit(self.body)
+        vit_path = next(name for name, m in self.named_modules() if m is host.vit)
+        modules = dict.fromkeys(path.rpartition(".")[0] for path in tuned(host))  # parameter -> its LayerNorm
+        return [f"{vit_path}.{path}" for path in modules]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.side not in (None, "simple"):
+            from domainmona.adapters.side.host import host_vit
+
+            return list(self.pyramid(x, host_vit(self.body)))
         maps = [m.permute(0, 3, 1, 2) if self.nhwc else m for m in self.body(x)]
         return self.pyramid(maps[-1]) if self.pyramid is not None else maps
 
@@ -65,28 +99,45 @@ def input_convolution(module: nn.Module) -> nn.Conv2d:
 
 
 def trained_whole(module: nn.Module) -> list[str]:
-    """Names in `module` of what trains whole beside the adapter method and must be saved with its adapters: a
-    simple feature pyramid (new, never pretrained) and the input convolution on other than 3 bands (it trains:
-    no pretrained filter fits them)."""
+    """Names in `module` of what trains whole beside the adapter method and must be saved with its adapters:
+    what makes a plain ViT's pyramid (the simple pyramid or a side network: new, never pretrained), the ViT's
+    own modules a side network tunes (HST's LayerNorms), and the input convolution on other than 3 bands (it
+    trains: no pretrained filter fits them)."""
     conv = input_convolution(module)
-    return [name for name, m in module.named_modules()
-            if isinstance(m, SimpleFeaturePyramid) or (m is conv and conv.in_channels != 3)]
+    names = []
+    for name, m in module.named_modules():
+        prefix = f"{name}." if name else ""
+        if any(name.startswith(f"{n}.") for n in names):
+            continue
+        if isinstance(m, TimmFeatures) and m.pyramid is not None:
+            names += [f"{prefix}pyramid", *(prefix + path for path in m.tuned_vit_modules())]
+        elif isinstance(m, SimpleFeaturePyramid) or m is conv and conv.in_channels != 3:
+            names.append(name)
+    return names
+
+
+def train_whole(module: nn.Module) -> None:
+    """Make what `trained_whole` names trainable (after the adapter method's freezing, which leaves the ViT's
+    own modules frozen). Idempotent."""
+    for name in trained_whole(module):
+        module.get_submodule(name).requires_grad_(True)
 
 
 class SmpEncoder(nn.Module):
     """A registered 2D backbone's features module as a segmentation-models-pytorch encoder. smp's decoders take
     the input, a stride-2 map (none here: 0 channels, as smp gives for transformer encoders) and the stride-4
-    to 32 maps."""
+    to 32 maps. `side`/`side_cfg`: a plain ViT's side network (domainmona.adapters.side)."""
 
-    def __init__(self, backbone: str, in_chans: int = 3, depth: int = 5, output_stride: int = 32):
-        from domainmona.adapters.backbones import build_backbone, get_backbone
-        from domainmona.errors import UserError
+    def __init__(self, backbone: str, in_chans: int = 3, depth: int = 5, output_stride: int = 32,
+                 side: str | None = None, side_cfg: dict | None = None):
+        from domainmona.adapters.backbones import build_backbone
 
         super().__init__()
         if depth != 5 or output_stride != 32:
             raise UserError(f"{backbone}: its smp encoder gives 5 levels at output stride 32")
-        self.features = build_backbone(backbone, in_chans=in_chans)
-        self.out_channels = [in_chans, 0, *get_backbone(backbone).channels]
+        sided = {"side": side, "side_cfg": side_cfg} if side else {}
+        self.features = build_backbone(backbone, in_chans=in_chans, **sided)
+        self.out_channels = [in_chans, 0, *self.features.out_channels]
         self.output_stride = output_stride
 
     def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
@@ -96,12 +147,16 @@ class SmpEncoder(nn.Module):
         return [x, x.new_zeros(x.shape[0], 0, x.shape[2] // 2, x.shape[3] // 2), *self.features(x)]
 
     @classmethod
-    def register(cls, backbone: str, in_chans: int) -> str:
-        """The smp encoder name of `backbone` on `in_chans` bands: smp builds encoders by name from its
-        `encoders` table, so one is added there."""
+    def register(cls, backbone: str, in_chans: int, side: str | None = None, side_cfg: dict | None = None) -> str:
+        """The smp encoder name of `backbone` (with its side network) on `in_chans` bands: smp builds encoders
+        by name from its `encoders` table, so one is added there."""
+        import json
+
         from segmentation_models_pytorch.encoders import encoders
 
         name = f"domainmona:{backbone}:{in_chans}"
-        encoders[name] = {"encoder": cls, "params": {"backbone": backbone, "in_chans": in_chans},
-                          "pretrained_settings": {}}
+        if side:
+            name += f":{side}:{json.dumps(side_cfg or {}, sort_keys=True)}"
+        encoders[name] = {"encoder": cls, "pretrained_settings": {},
+                          "params": {"backbone": backbone, "in_chans": in_chans, "side": side, "side_cfg": side_cfg}}
         return name

@@ -39,6 +39,12 @@ PRESETS = {
 _NORMS = ("bn", "syncbn", "gn")
 
 
+def preset_kwargs(name: str, dim: int) -> dict:
+    """`HST` keyword arguments of preset `name` (the same for every ViT width; `dim` is the side-network
+    protocol's, domainmona.adapters.side)."""
+    return preset(name)
+
+
 def preset(name: str) -> dict:
     """The stage widths and heads of preset `name`."""
     if name not in PRESETS:

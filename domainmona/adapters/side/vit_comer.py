@@ -45,8 +45,18 @@ STRIDES = (4, 8, 16, 32)
 _LN_EPS = 1e-6  # the official norm layer's
 
 
+AUTO = "auto"  # the detection configuration of the ViT's width (det-S, det-B), else det-B's ratios
+
+
 def preset_kwargs(name: str, dim: int) -> dict:
-    """`ViTCoMer` keyword arguments of official configuration `name` for a ViT of width `dim`."""
+    """`ViTCoMer` keyword arguments of official configuration `name` for a ViT of width `dim`. 'auto' (this
+    project's default) takes the detection configuration made for that width, and for other widths (ViT-L,
+    ViT-T) det-B's ratios with one deformable head per 64 channels (ViT-CoMer publishes no det-L/T)."""
+    if name == AUTO:
+        same = [n for n, p in PRESETS.items() if n.startswith("det-") and p["dim"] == dim]
+        if same:
+            return preset_kwargs(same[0], dim)
+        return {**preset_kwargs("det-B", dim), "deform_heads": max(1, dim // 64)}
     if name not in PRESETS:
         raise UserError(f"unknown ViT-CoMer preset '{name}'; choose one of {', '.join(PRESETS)}")
     preset = dict(PRESETS[name])
