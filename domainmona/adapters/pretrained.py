@@ -6,18 +6,29 @@ The layout (the report's `layout`) is read from the file's containers, prefixes 
 - torchvision: ConvNeXt, EfficientNet and MobileNetV2 (`features.N...`, converted in backbones/cnn_weights.py);
 - openmmlab: mmpretrain/mmdet (`state_dict`, `backbone.` prefix): ResNet (timm's names), ConvNeXt
   (`downsample_layers`, `stages.N.M.depthwise_conv`) and ViT (`layers.N.ln1`, backbones/vit_weights.py);
-- mae: a `{"model": ...}` container around timm's names (MAE, DeiT, SatMAE);
+- mae: a `{"model": ...}` container around timm's names (MAE, DeiT, SatMAE, Scale-MAE, RETFound);
 - dino: DINO's `teacher` (a container, or a `teacher.` prefix) and its `backbone.` prefix (the head left out);
 - moco: MoCo v3's `module.base_encoder.` or MoCo v2's `module.encoder_q.` prefix (the projection head `fc`/`head`
   left out, and the momentum encoder);
+- prithvi: Prithvi's plain MAE state dict (1.0; 2.0 nests it as `encoder.*`): a Conv3d patch embedding of tubelet 1
+  loaded as the Conv2d one, its fixed 3D sin-cos position embedding cut to the class row and first frame; the MAE
+  decoder (`decoder*`, `mask_token`) unused;
+- sam: the official SAM/MedSAM file (`image_encoder.`, `prompt_encoder.`, `mask_decoder.`): the image encoder
+  into timm's SAM ViT (`mlp.lin1` -> `mlp.fc1`), its neck, the prompt encoder and the mask decoder unused;
+- monai-vit: MONAI's ViT (`patch_embedding.`, `blocks.N.mlp.linear1`), bare, `vit.`-prefixed or a whole UNETR
+  (its decoder unused), into a UNETR's ViT; a perceptron patch embedding (Linear) and a conv one (Conv3d) load
+  into either;
 - microsoft-swin, timm-swin, openmmlab-swin: Swin's three namings, converted for the mmdet and timm Swins;
 - monai-ssl: MONAI's self-supervised Swin (`model_swinvit.pt`, `module.layersN.0.blocks...`).
-On other than 3 bands, the file's RGB filters of the input convolution load inflated (domainmona.adapters.bands).
+Converters live beside their families (backbones/*_weights.py). Position embeddings for another patch grid load
+resampled to the grid the model is built on (timm ViTs and SAM resample them again to each input's grid). On other
+than 3 bands, the file's RGB filters of the input convolution load inflated (domainmona.adapters.bands); filters
+for another band count (Prithvi's 6 into a 4-band model) are refused, the rule inflating RGB filters only.
 
 A checkpoint for another architecture is refused in one line, and nothing is loaded, when
 1. a tensor named like one of the backbone's own has another shape (another width: ViT-B into ViT-S), RGB input
-   filters for another band count (inflated), a ViT position embedding for another grid and a Swin's relative
-   position bias for a smaller window (resampled) excepted;
+   filters for another band count (inflated), a ViT's position embedding for another grid, SAM's relative position
+   tables and a Swin's relative position bias for a smaller window (resampled) excepted;
 2. it holds blocks past the end of one of the backbone's sequences (a deeper network: ResNet-101 into ResNet-50);
 3. less than 3/4 of the backbone's own tensors load (a shallower network: ResNet-50 fills half of ResNet-101;
    another family, ResNet into ConvNeXt, fills none).
@@ -33,6 +44,8 @@ import torch
 from torch import nn
 
 from domainmona.adapters.backbones import cnn_weights, vit_weights
+from domainmona.adapters.backbones.vit_weights import Shapes
+from domainmona.adapters.bands import input_filters
 from domainmona.adapters.families import find_backbone
 from domainmona.adapters.inject import adapter_parameter_names
 from domainmona.adapters.weights import LoadReport, canonical_name, load_matching, read_checkpoint, strip_prefix
@@ -115,24 +128,28 @@ def _convert_to_timm(tensors: Tensors, layout: str) -> Tensors:
     return _shift_downsample(tensors, +1) if layout == "microsoft-swin" else tensors
 
 
-def _by_layout(convert: Callable[[Tensors, str], Tensors]):
-    """A Swin/MONAI converter, which takes the layout `detect_layout` names, as (tensors, own shapes) -> (tensors,
-    layout) like the backbones' converters."""
-    def run(tensors: Tensors, own: dict[str, torch.Size]) -> tuple[Tensors, str]:
+# A family's converter: (the file's tensors, the backbone's own shapes, the backbone) -> (tensors under the
+# backbone's names, the layout found).
+Converter = Callable[[Tensors, Shapes, nn.Module], tuple[Tensors, str]]
+
+
+def _by_layout(convert: Callable[[Tensors, str], Tensors]) -> Converter:
+    """A Swin/MONAI converter, which takes the layout `detect_layout` names, as a `Converter`."""
+    def run(tensors: Tensors, own: Shapes, module: nn.Module) -> tuple[Tensors, str]:
         layout = detect_layout(tensors)
         return convert(tensors, layout), layout
 
     return run
 
 
-def _fit_windows(convert: Callable[[Tensors, dict[str, torch.Size]], tuple[Tensors, str]]):
+def _fit_windows(convert: Converter) -> Converter:
     """A Swin converter followed by fitting the attention windows: a model whose last stages are smaller than the
     file's window (timm's Swin built for small tiles shrinks them) gets the relative position bias tables resized
     with timm's own function, and the file's position index (a buffer derived from the window) left out."""
-    def run(tensors: Tensors, own: dict[str, torch.Size]) -> tuple[Tensors, str]:
+    def run(tensors: Tensors, own: Shapes, module: nn.Module) -> tuple[Tensors, str]:
         from timm.layers import resize_rel_pos_bias_table
 
-        tensors, layout = convert(tensors, own)
+        tensors, layout = convert(tensors, own, module)
         out = {}
         for key, value in tensors.items():
             shape = own.get(canonical_name(key))
@@ -148,12 +165,14 @@ def _fit_windows(convert: Callable[[Tensors, dict[str, torch.Size]], tuple[Tenso
     return run
 
 
-_CONVERTERS = {
+_CONVERTERS: dict[str, Converter] = {
     "mmdet-swin": _fit_windows(_by_layout(convert_to_mmdet)),
     "timm-swin": _fit_windows(_by_layout(_convert_to_timm)),
     "monai-swin": _by_layout(_to_monai),
-    "cnn": cnn_weights.to_timm,
+    "cnn": lambda tensors, own, module: cnn_weights.to_timm(tensors, own),
     "timm-vit": vit_weights.to_timm,
+    "timm-sam": vit_weights.sam_to_timm,
+    "monai-vit": vit_weights.monai_to_vit,
 }
 _AS_IS = _by_layout(lambda tensors, layout: tensors)
 # Self-supervised training wrappers: the prefix of the encoder to keep, the layout it names.
@@ -202,11 +221,28 @@ def _blocks_past_the_end(module: nn.Module, keys: list[str], prefix: str) -> lis
     return [key for key in keys if past_the_end(key)]
 
 
-def _refuse_other_architecture(path, family: str, tensors: Tensors, own: dict[str, torch.Size], module: nn.Module,
+def _other_bands(report: LoadReport, tensors: Tensors, own: Shapes, module: nn.Module, prefix: str) -> str | None:
+    """Why the file is refused when its only misfit is input filters for another band count that are not RGB ones
+    (which load inflated); None otherwise."""
+    first = input_filters(module)
+    if first is None or len(report.mismatched) != 1:
+        return None
+    key = report.mismatched[0]
+    theirs, ours = tensors[key].shape, own[canonical_name(prefix + key)]
+    if canonical_name(prefix + key) != canonical_name(first) or theirs[:1] + theirs[2:] != ours[:1] + ours[2:]:
+        return None
+    return (f"its input filters '{key}' take {theirs[1]} bands, this backbone {ours[1]} (only RGB filters are "
+            f"inflated to other band counts, domainmona.adapters.bands): build it on the file's {theirs[1]} bands")
+
+
+def _refuse_other_architecture(path, family: str, tensors: Tensors, own: Shapes, module: nn.Module,
                                prefix: str) -> Callable[[LoadReport], None]:
     """The module docstring's rule, checked on the counts before anything loads."""
     def check(report: LoadReport) -> None:
         what = f"{path}: not weights for this {family} backbone ({report.layout} layout)"
+        bands = _other_bands(report, tensors, own, module, prefix)
+        if bands:
+            raise UserError(f"{path}: {bands}")
         if report.mismatched:
             key = report.mismatched[0]
             raise UserError(f"{what}: '{key}' is {tuple(tensors[key].shape)} in the file, "
@@ -234,7 +270,7 @@ def load_pretrained(backbone: nn.Module, path: str | os.PathLike) -> LoadReport:
     prefix, added = _holder_prefix(root), adapter_parameter_names(root)
     own = {canonical_name(k): v.shape for k, v in root.state_dict().items() if k not in added}
     tensors, naming = _CONVERTERS.get(family.name, _AS_IS)(
-        tensors, {k.removeprefix(prefix): shape for k, shape in own.items()})
+        tensors, {k.removeprefix(prefix): shape for k, shape in own.items()}, root)
     layout = source if source and naming in ("timm", "plain") else naming
     return load_matching(root, tensors, LoadReport(str(path), layout), inflate=True, prefix=prefix,
                          check=_refuse_other_architecture(path, family.name, tensors, own, root, prefix))
