@@ -26,7 +26,8 @@ def test_names_read_from_the_source_are_the_registry():
     assert backbone_names() == tuple(backbones())
     assert backbone_names(3) == tuple(backbones(3)) == ("swinunetr", "unetr", "segresnet")
     assert {"micro", "swin-t", "swin-s", "swin-b", "swin-l", "resnet50", "resnet101", "convnext-t", "convnext-s",
-            "convnext-b", "efficientnet-b0", "mobilenetv2", "vit-s-16", "vit-b-16", "vit-l-16"} == set(TWO_D)
+            "convnext-b", "efficientnet-b0", "mobilenetv2", "vit-s-16", "vit-b-16", "vit-l-16", "prithvi-100m",
+            "sam-vit-b"} == set(TWO_D)
 
 
 @pytest.mark.parametrize("name", TWO_D)
@@ -38,7 +39,7 @@ def test_every_2d_backbone_gives_the_maps_it_registers(name):
     with torch.no_grad():
         maps = model(torch.randn(1, 4, 64, 96))  # non-square, a multiple of 32
     assert [tuple(m.shape[1:]) for m in maps] == [(c, 64 // s, 96 // s) for c, s in zip(spec.channels, spec.strides)]
-    assert spec.strides == (4, 8, 16, 32) and len(spec.mean) == len(spec.std) == 3
+    assert spec.strides == (4, 8, 16, 32) and len(spec.mean) == len(spec.std)  # per band: RGB, Prithvi's 6
 
 
 def test_the_simple_pyramid_is_built_on_the_last_vit_block():
