@@ -249,7 +249,7 @@ def side_layer(config: Mapping[str, Any], flags: Mapping[str, Any], side_opt: It
     layer: dict[str, Any] = {}
     if side_opt:
         layer["side_cfg"] = {**(config.get("side_cfg") or {}), **parse_assignments(side_opt, "--side-opt")}
-    side = flags.get("side") or config.get("side") or DEFAULT_SIDE
-    if side != DEFAULT_SIDE and flags.get("adapter") is None and config.get("adapter") is None:
+    side = flags.get("side") or config.get("side")
+    if side not in (None, DEFAULT_SIDE) and flags.get("adapter") is None and config.get("adapter") is None:
         layer["adapter"] = FROZEN_VIT_METHOD
     return layer

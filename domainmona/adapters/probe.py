@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainmona.adapters.backbones import get_backbone
@@ -47,6 +47,8 @@ class Setting:
     checkpoint_blocks: bool
     amp: bool
     steps: int = 2
+    side: str | None = None  # a plain ViT's side network (domainmona.adapters.side); None: the backbone's own
+    side_cfg: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,10 @@ def check_request(backbone: str, size: int, batch: int, methods: list[str], step
 
 
 def settings(backbone: str, size: int, batch: int, methods: list[str], recompute: str, checkpoint_blocks: bool,
-             amp: bool, steps: int = 2) -> list[Setting]:
+             amp: bool, steps: int = 2, side: str | None = None, side_cfg: dict | None = None) -> list[Setting]:
     """Every combination to measure. `recompute`: 'on', 'off' or 'compare' (both); `checkpoint_blocks` adds
-    rows with the backbone's block checkpointing; `amp` adds mixed-precision rows (CUDA)."""
+    rows with the backbone's block checkpointing; `amp` adds mixed-precision rows (CUDA); `side`: a plain
+    ViT's side network in every row."""
     from domainmona.adapters.methods import get_method
 
     out = []
@@ -111,7 +114,8 @@ def settings(backbone: str, size: int, batch: int, methods: list[str], recompute
         for flag in flags if get_method(name).recomputes else (False,):
             for blocks in (False, True) if checkpoint_blocks else (False,):
                 for mixed in (False, True) if amp else (False,):
-                    out.append(Setting(backbone, size, batch, name, flag, blocks, mixed, steps))
+                    out.append(Setting(backbone, size, batch, name, flag, blocks, mixed, steps, side,
+                                       dict(side_cfg or {})))
     return out
 
 
@@ -150,10 +154,13 @@ def build(setting: Setting, device):
     import torch
 
     from domainmona.adapters import inject, set_block_checkpointing
-    from domainmona.adapters.backbones import build_backbone
+    from domainmona.adapters.backbones import build_backbone, sided
+    from domainmona.adapters.backbones.features import train_whole
 
     torch.manual_seed(0)
-    model = inject(build_backbone(setting.backbone), setting.method, recompute_adapters=setting.recompute)
+    model = inject(build_backbone(setting.backbone, **sided(setting.side, setting.side_cfg)), setting.method,
+                   recompute_adapters=setting.recompute)
+    train_whole(model)
     if setting.checkpoint_blocks:
         set_block_checkpointing(model)
     model.to(device)
@@ -262,6 +269,8 @@ def table(rows: list[Row], budget: int | None):
 
     first = rows[0].setting if rows else None
     title = f"training step: {first.backbone}, size {first.size}, batch {first.batch}" if first else "training step"
+    if first and first.side:
+        title += f", side network {first.side}"
     device = next((r.device for r in rows if r.device), "")
     out = Table(title=f"{title} ({device})")
     columns = ["method", "recompute", "block ckpt", "AMP", "peak memory", "step time", "trainable",

@@ -55,16 +55,21 @@ def trainable_report(model: nn.Module, backbone: nn.Module | None = None) -> Tra
     )
 
 
-def method_reports(backbone: str, methods: list[str], **config) -> list[tuple[str, TrainableReport | str]]:
-    """(method, its counts on the named `backbone` built with random weights) for each method; with several
-    methods, one the backbone's family does not define gets the reason instead (e.g. vpt-shallow off plain
-    ViTs), with one its error is raised. `adapters report` and benchmarks/adapter_counts.py print these."""
-    from domainmona.adapters.backbones import build_backbone
+def method_reports(backbone: str, methods: list[str], side: str | None = None, side_cfg: dict | None = None,
+                   **config) -> list[tuple[str, TrainableReport | str]]:
+    """(method, its counts on the named `backbone` built with random weights, with a plain ViT's `side`
+    network beside it) for each method; with several methods, one the backbone's family does not define gets
+    the reason instead (e.g. vpt-shallow off plain ViTs), with one its error is raised. `adapters report` and
+    benchmarks/adapter_counts.py print these. The side network counts in the whole model's shares."""
+    from domainmona.adapters.backbones import build_backbone, check_side, sided
+    from domainmona.adapters.backbones.features import train_whole
 
+    check_side(backbone, side)
     rows: list[tuple[str, TrainableReport | str]] = []
     for name in methods:
         try:
-            model = inject(build_backbone(backbone), name, **config)
+            model = inject(build_backbone(backbone, **sided(side, side_cfg)), name, **config)
+            train_whole(model)
         except UserError as exc:
             if len(methods) == 1:
                 raise

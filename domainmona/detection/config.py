@@ -80,9 +80,10 @@ def set_backbone(cfg, name: str, side: str | None = None, side_cfg: dict | None 
                                   weights=backbone.get('weights'), with_cp=backbone.get('with_cp', False),
                                   **sided(side, side_cfg))
     cfg.model.neck.in_channels = list(feature_channels(name, side, side_cfg))
-    preprocessor = cfg.model.data_preprocessor
-    preprocessor.mean = [round(255 * m, 3) for m in spec.mean]  # on uint8 pixels
-    preprocessor.std = [round(255 * s, 3) for s in spec.std]
+    if len(spec.mean) == 3:  # the preprocessor normalises RGB; N-band scenes get theirs (geo.dettrain)
+        preprocessor = cfg.model.data_preprocessor
+        preprocessor.mean = [round(255 * m, 3) for m in spec.mean]  # on uint8 pixels
+        preprocessor.std = [round(255 * s, 3) for s in spec.std]
 
 
 def set_adapter(cfg, method: str, weights: str | None = None, **adapter_cfg) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from domainmona.commands import CommandGroups
 from domainmona.options import (adapter_opt_option, adapter_option, amp_option, checkpoint_blocks_option,
-                                fraction, method_choice, print_config_option, recompute_option)
+                                fraction, method_choice, print_config_option, recompute_option, side_opt_option)
 
 MethodOrNone = method_choice("none")  # the registered adapter methods, or none
 
@@ -52,6 +52,11 @@ def register(groups: CommandGroups) -> None:
         adapter_recompute: bool = recompute_option(),
         checkpoint_blocks: bool = checkpoint_blocks_option(),
         adapter_opt: Optional[list[str]] = adapter_opt_option(),
+        side: Optional[str] = typer.Option(None, "--side", metavar="NAME", help="UNETR: hst runs Hierarchical "
+                                           "Side-Tuning beside its frozen ViT, the side stages feeding UNETR's skips "
+                                           "(the 3D analogue, not defined by the paper); the ViT stays frozen unless "
+                                           "--adapter names a method."),
+        side_opt: Optional[list[str]] = side_opt_option(),
         print_config: bool = print_config_option(),
     ) -> None:
         """Fine-tune SwinUNETR, UNETR or SegResNet + Mona-3D on CT; the last line printed is the checkpoint to pass
@@ -63,8 +68,8 @@ def register(groups: CommandGroups) -> None:
 
         swin_only = dict(feature_size=feature_size, decoder_size=decoder_size, merging=merging,
                          use_checkpoint=checkpoint_blocks or None)
-        resolved = resolve_settings(config, adapter_opt, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
-                                 model=dict(name=model, adapter=adapter, **swin_only),
+        resolved = resolve_settings(config, adapter_opt, side_opt, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
+                                 model=dict(name=model, adapter=adapter, side=side, **swin_only),
                                  train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False,
                                             adapter_recompute=None if adapter_recompute else False))
         refuse_swin_only_flags(resolved.model["name"], swin_only)

@@ -23,6 +23,7 @@ from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
 from domainmona.adapters.backbones import backbones, get_backbone
+from domainmona.errors import UserError
 from domainmona.medical.weights import load_network_weights
 
 # Sub-voxel (d, h, w) offsets of MONAI < 1.5's 3-D PatchMerging, in concatenation order: (0,1,0) and (0,0,1)
@@ -71,8 +72,21 @@ def build_swinunetr(model_cfg: dict[str, Any], out_channels: int, in_channels: i
 
 
 def build_unetr(model_cfg: dict[str, Any], out_channels: int, roi: int, in_channels: int = 1) -> UNETR:
-    """Plain UNETR from `model.unetr`; its ViT's position embeddings are sized for `roi`^3 patches."""
+    """Plain UNETR from `model.unetr` (with `model.side` hst: `UNETRWithHST`, HST's preset and options from
+    `model.side_cfg`); its ViT's position embeddings are sized for `roi`^3 patches."""
     cfg = model_cfg["unetr"]
+    if model_cfg.get("side") == "hst":
+        from domainmona.medical.unetr_hst import UNETRWithHST
+
+        options = dict(model_cfg.get("side_cfg") or {})
+        if "preset" in options:
+            options["hst_preset"] = options.pop("preset")
+        try:
+            return UNETRWithHST(in_channels=in_channels, out_channels=out_channels, img_size=roi,
+                                feature_size=cfg["feature_size"], hidden_size=cfg["hidden_size"],
+                                mlp_dim=cfg["mlp_dim"], num_heads=cfg["num_heads"], **options)
+        except TypeError as exc:  # an option HST does not take
+            raise UserError(f"hst: {exc}") from None
     return UNETR(in_channels=in_channels, out_channels=out_channels, img_size=roi, feature_size=cfg["feature_size"],
                  hidden_size=cfg["hidden_size"], mlp_dim=cfg["mlp_dim"], num_heads=cfg["num_heads"])
 
@@ -125,7 +139,16 @@ def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | Non
         inject(encoder(model, name), model_cfg["adapter"], **model_cfg["adapter_cfg"])
         for stem in encoder_modules(name)[1]:
             model.get_submodule(stem).requires_grad_(model_cfg["adapter"] == "full")
+        for module in tuned_vit_modules(model):  # HST tunes the frozen ViT's LayerNorms
+            model.get_submodule(module).requires_grad_(True)
     return model
+
+
+def tuned_vit_modules(model: nn.Module) -> list[str]:
+    """Modules of the encoder a side network trains whole (UNETR with HST: the ViT's LayerNorms); none
+    otherwise."""
+    tuned = getattr(model, "tuned_norm_names", None)
+    return list(dict.fromkeys(name.rpartition(".")[0] for name in tuned())) if tuned else []
 
 
 def network_of(model: nn.Module) -> str:

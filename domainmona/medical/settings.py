@@ -99,15 +99,18 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def resolve_settings(user_config: str | Path | None = None, adapter_opt: Iterable[str] | None = None,
-                     **overrides: dict[str, Any]) -> CTSettings:
-    """Defaults, then the user's YAML (same sections), then `overrides[section][key]` that are not None and
-    `adapter_opt` (`--adapter-opt KEY=VALUE`, over the YAML's model.adapter_cfg key by key)."""
-    from domainmona.settings import adapter_layer
+                     side_opt: Iterable[str] | None = None, **overrides: dict[str, Any]) -> CTSettings:
+    """Defaults, then the user's YAML (same sections), then `overrides[section][key]` that are not None,
+    `adapter_opt` (`--adapter-opt KEY=VALUE`, over the YAML's model.adapter_cfg key by key) and `side_opt`
+    (`--side-opt`, over model.side_cfg; with a side network and no method named, the ViT stays frozen)."""
+    from domainmona.settings import adapter_layer, side_layer
 
     settings = copy.deepcopy(_read(DEFAULTS_PATH))
     layers = [_read(Path(user_config))] if user_config else []
     user_model = layers[0].get("model") if layers else None
-    extra = adapter_layer(user_model if isinstance(user_model, dict) else {}, adapter_opt)
+    user_model = user_model if isinstance(user_model, dict) else {}
+    extra = {**adapter_layer(user_model, adapter_opt),
+             **side_layer(user_model, overrides.get("model", {}), side_opt)}
     overrides = {**overrides, "model": {**overrides.get("model", {}), **extra}} if extra else overrides
     layers.append({section: {k: v for k, v in values.items() if v is not None}
                    for section, values in overrides.items()})
@@ -201,6 +204,7 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UserError(f"--merging {shown(model.get('merging'), plain=True)}: choose from "
                         f"{', '.join(MERGING_CHOICES)}")
     _check_adapter(model)
+    _check_side(model)
     if pre["hu_min"] >= pre["hu_max"]:
         raise UserError(f"--hu-min {pre['hu_min']} must be below --hu-max {pre['hu_max']}")
     spacing = pre.get("spacing")
@@ -285,6 +289,25 @@ def _check_adapter(model: dict[str, Any]) -> None:
         raise UserError("model.adapter_cfg: must be a mapping of the adapter method's options")
     if model.get("adapter") != "none":
         get_method(str(model.get("adapter"))).make_config(**model["adapter_cfg"])
+
+
+def _check_side(model: dict[str, Any]) -> None:
+    """A side network runs beside UNETR's plain ViT only, and HST is the one built in 3D."""
+    from domainmona.adapters.side import get_side
+
+    side = model.get("side")
+    if not isinstance(model.get("side_cfg"), dict):
+        raise UserError("model.side_cfg: must be a mapping of the side network's options")
+    if side is None:
+        if model["side_cfg"]:
+            raise UserError("model.side_cfg given without a side network (--side hst)")
+        return
+    get_side(str(side))
+    if side != "hst":
+        raise UserError(f"--side {shown(side, plain=True)}: segment-ct builds hst only (3D ViT-CoMer is not built)")
+    if model["name"] != "unetr":
+        raise UserError(f"--side hst: runs beside UNETR's plain ViT (--model unetr); {model['name']} is "
+                        "hierarchical already")
 
 
 def _check_orientation(codes: Any) -> None:

@@ -71,10 +71,13 @@ def load_network_weights(model: nn.Module, name: str, path: str | Path, verbose:
 
 def save_adapter_file(model: nn.Module, model_cfg: dict[str, Any], path: str | Path) -> Path | None:
     """The core's adapter file, holding what it holds in every pipeline: the adapter tensors, and the modules that
-    train around the adapted encoder (`modules_to_save`: every top-level module outside it, i.e. the decoder)."""
+    train around the adapted encoder (`modules_to_save`: every top-level module outside it, i.e. the decoder and
+    a side network, and the encoder's modules the side network tunes)."""
     from domainmona.adapters import adapted_backbones, save_adapter
+    from domainmona.medical.model import tuned_vit_modules
 
     if model_cfg["adapter"] == "none":
         return None
     encoders = {where.partition(".")[0] for where, _, _ in adapted_backbones(model)}
-    return save_adapter(model, path, [name for name, _ in model.named_children() if name not in encoders])
+    outside = [name for name, _ in model.named_children() if name not in encoders]
+    return save_adapter(model, path, outside + tuned_vit_modules(model))

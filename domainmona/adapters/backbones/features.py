@@ -46,7 +46,8 @@ class TimmFeatures(nn.Module):
     layout timm returns (Swin's are NHWC)."""
 
     def __init__(self, model: str, in_chans: int = 3, out_indices: tuple[int, ...] | None = None,
-                 simple_pyramid: bool = False, side: str | None = None, side_cfg: dict | None = None, **kwargs):
+                 simple_pyramid: bool = False, side: str | None = None, side_cfg: dict | None = None,
+                 pretrained_bands: int = 3, **kwargs):
         super().__init__()
         import timm
 
@@ -57,6 +58,7 @@ class TimmFeatures(nn.Module):
             kwargs["out_indices"] = out_indices
         self.body = timm.create_model(model, pretrained=False, features_only=True, in_chans=in_chans, **kwargs)
         self.nhwc = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
+        self.pretrained_bands = pretrained_bands  # the bands its pretrained weights' input filters take
         side = side or (DEFAULT_SIDE if simple_pyramid else None)
         if side is not None and not simple_pyramid:
             raise UserError(f"side network '{side}': {model} makes its own pyramid (side networks need a plain ViT)")
@@ -101,9 +103,10 @@ def input_convolution(module: nn.Module) -> nn.Conv2d:
 def trained_whole(module: nn.Module) -> list[str]:
     """Names in `module` of what trains whole beside the adapter method and must be saved with its adapters:
     what makes a plain ViT's pyramid (the simple pyramid or a side network: new, never pretrained), the ViT's
-    own modules a side network tunes (HST's LayerNorms), and the input convolution on other than 3 bands (it
-    trains: no pretrained filter fits them)."""
+    own modules a side network tunes (HST's LayerNorms), and the input convolution on other bands than its
+    pretrained weights' (3, or e.g. Prithvi's 6 HLS bands; it trains: no pretrained filter fits them)."""
     conv = input_convolution(module)
+    bands = next((m.pretrained_bands for m in module.modules() if isinstance(m, TimmFeatures)), 3)
     names = []
     for name, m in module.named_modules():
         prefix = f"{name}." if name else ""
@@ -111,7 +114,7 @@ def trained_whole(module: nn.Module) -> list[str]:
             continue
         if isinstance(m, TimmFeatures) and m.pyramid is not None:
             names += [f"{prefix}pyramid", *(prefix + path for path in m.tuned_vit_modules())]
-        elif isinstance(m, SimpleFeaturePyramid) or m is conv and conv.in_channels != 3:
+        elif isinstance(m, SimpleFeaturePyramid) or m is conv and conv.in_channels != bands:
             names.append(name)
     return names
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from domainmona.adapters.backbones import INFLATE, Backbone, register_backbone
+from domainmona.adapters.backbones import IMAGENET_MEAN, INFLATE, Backbone, register_backbone
 from domainmona.adapters.backbones.features import SimpleFeaturePyramid
 
 VIT_LAYOUTS = ("timm", "mae", "dino", "moco", "openmmlab", "prithvi")
@@ -38,7 +38,8 @@ def _vit(name: str, timm_name: str, dim: int, summary: str, family: str = "timm-
             from torch import nn
 
             options.setdefault("norm_layer", nn.LayerNorm)
-        return TimmFeatures(timm_name, in_chans, (-1,), simple_pyramid=True, **options)
+        return TimmFeatures(timm_name, in_chans, (-1,), simple_pyramid=True,
+                            pretrained_bands=len(facts.get("mean", IMAGENET_MEAN)), **options)
 
     return Backbone(name=name, build=build, family=family, channels=SimpleFeaturePyramid.channels(dim),
                     strides=(4, 8, 16, 32), layouts=layouts, summary=summary, pyramid="simple", **facts)

@@ -78,7 +78,15 @@ class HostViT:
         """Block `index` on a token sequence that carries `extra_prefix` tokens before the host's own prefix."""
         if extra_prefix and not self.accepts_extra_prefix:
             raise UserError(f"{self.kind} blocks with windowed attention take no extra prefix tokens")
-        return self._block(index, tokens, grid, extra_prefix)
+        # adapters injected into the block (domainmona.adapters.families) read the prefix from its token grid
+        shared = getattr(self.vit.blocks[index], "token_grid", None)
+        if shared is None or not extra_prefix:
+            return self._block(index, tokens, grid, extra_prefix)
+        shared.prefix = self.num_prefix + extra_prefix
+        try:
+            return self._block(index, tokens, grid, extra_prefix)
+        finally:
+            shared.prefix = self.num_prefix
 
     def patch_tokens(self, tokens: torch.Tensor, extra_prefix: int = 0) -> torch.Tensor:
         return tokens[:, extra_prefix + self.num_prefix:]
@@ -114,15 +122,7 @@ class TimmViTHost(HostViT):
         return vit.norm_pre(x)
 
     def _block(self, index, tokens, grid, extra_prefix):
-        block = self.vit.blocks[index]
-        shared = getattr(block, "token_grid", None)  # adapters on the block read the prefix from here
-        if shared is None or not extra_prefix:
-            return block(tokens)
-        shared.prefix = self.num_prefix + extra_prefix
-        try:
-            return block(tokens)
-        finally:
-            shared.prefix = self.num_prefix
+        return self.vit.blocks[index](tokens)
 
 
 class SamViTHost(HostViT):
