@@ -36,15 +36,12 @@ def test_test_with_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
 def test_train_and_test_print_progress_and_results_while_framework_logs_go_to_the_file(tmp_path):
     """The terminal holds domainmona's lines only; mmengine's environment dump, config and per-parameter
     warnings are in WORK/domainmona.log, and `-v` brings them back to the terminal."""
-    from domainmona.detection.synthetic import generate_dota_scenes
+    from domainmona.detection.synthetic import DOTA_NAMES, generate_dota_scenes
     from domainmona.detection.train import MICRO_WEIGHTS
 
-    generate_dota_scenes(tmp_path / 'train', 2, 256, seed=0, objects_per_image=(4, 6))
-    generate_dota_scenes(tmp_path / 'test', 1, 256, seed=1, prefix='test', objects_per_image=(4, 6))
-    dota = {'vehicle': 'small-vehicle', 'court': 'tennis-court', 'container': 'storage-tank'}  # DOTA's names
-    for label in tmp_path.glob('*/labelTxt/*.txt'):
-        label.write_text('\n'.join(' '.join(dota.get(word, word) for word in line.split(' '))
-                                   for line in label.read_text().splitlines()) + '\n')
+    generate_dota_scenes(tmp_path / 'train', 2, 256, seed=0, objects_per_image=(4, 6), label_names=DOTA_NAMES)
+    generate_dota_scenes(tmp_path / 'test', 1, 256, seed=1, prefix='test', objects_per_image=(4, 6),
+                         label_names=DOTA_NAMES)
     train = ('train', 'dota', '--data', str(tmp_path / 'train'), '--backbone', 'micro', '--max-iters', '2',
              '--patch-size', '256', '--patch-gap', '64', '--pretrained', str(MICRO_WEIGHTS))
     result = run_cli(*train, '--work-dir', str(tmp_path / 'work'))

@@ -23,12 +23,20 @@ def test_every_config_builds(dataset, backbone, method):
     assert cfg.default_scope == 'mmrotate'
     assert cfg.model.backbone.type == ('MonaSwinTransformer' if spec.family == 'mmdet-swin' else 'MonaBackbone')
     assert cfg.model.neck.in_channels == list(spec.channels)
-    assert cfg.model.data_preprocessor.mean == [round(255 * m, 3) for m in spec.mean]
+    rgb = [round(255 * m, 3) for m in spec.mean] if len(spec.mean) == 3 else [123.675, 116.28, 103.53]
+    assert cfg.model.data_preprocessor.mean == rgb  # an N-band backbone's scenes are normalised by geo.dettrain
     assert cfg.model.backbone.adapter == dict(type=method)
     assert cfg.model.roi_head.bbox_head.num_classes == len(DATASETS[dataset])
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         assert loader.dataset.metainfo['classes'] == DATASETS[dataset]
     assert cfg.model.rpn_head.bbox_coder.angle_version == 'le90'
+
+
+@pytest.mark.parametrize("side, channels", [("hst", [64, 128, 192, 256]), ("vit-comer", [768] * 4)])
+def test_a_side_network_sizes_the_fpn_and_is_recorded_in_the_backbone(side, channels):
+    cfg = C.build_config('dota1.0', 'vit-b-16', 'fixed', DATASETS['dota1.0'], side=side, side_cfg={})
+    assert cfg.model.neck.in_channels == channels
+    assert (cfg.model.backbone.side, cfg.model.backbone.side_cfg) == (side, {})
 
 
 @pytest.mark.parametrize("dataset,backbone", [(d, b) for d in DATASETS for b in BACKBONES])

@@ -91,15 +91,12 @@ def test_side_networks_a_backbone_cannot_take_are_refused_in_one_line(backbone, 
 
 @pytest.fixture(scope="module")
 def dota_scenes(tmp_path_factory):
-    from domainmona.detection.synthetic import generate_dota_scenes
+    from domainmona.detection.synthetic import DOTA_NAMES, generate_dota_scenes
 
     root = tmp_path_factory.mktemp("dota")
-    generate_dota_scenes(root / "train", 2, 256, seed=0, objects_per_image=(4, 6))
-    generate_dota_scenes(root / "test", 1, 256, seed=1, prefix="test", objects_per_image=(4, 6))
-    dota = {"vehicle": "small-vehicle", "court": "tennis-court", "container": "storage-tank"}  # DOTA's names
-    for label in root.glob("*/labelTxt/*.txt"):
-        label.write_text("\n".join(" ".join(dota.get(word, word) for word in line.split(" "))
-                                   for line in label.read_text().splitlines()) + "\n")
+    generate_dota_scenes(root / "train", 2, 256, seed=0, objects_per_image=(4, 6), label_names=DOTA_NAMES)
+    generate_dota_scenes(root / "test", 1, 256, seed=1, prefix="test", objects_per_image=(4, 6),
+                         label_names=DOTA_NAMES)
     return root
 
 

@@ -10,8 +10,8 @@ that `split_dataset` reads.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from domainmona.errors import UserError
 from domainmona.io import atomic_dir
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("vehicle", "ship", "court", "container")
+DOTA_NAMES = {"vehicle": "small-vehicle", "court": "tennis-court", "container": "storage-tank"}  # ship is DOTA's
 IMAGE_SOURCE = "domainmona-synthetic"
 GSD = 0.5
 
@@ -137,9 +138,11 @@ def _size(image_size: int | tuple[int, int]) -> tuple[int, int]:
 
 def generate_dota_scenes(out_dir: str | os.PathLike, n_images: int = 8, image_size: int | tuple[int, int] = 1024,
                          classes: Sequence[str] = SYNTHETIC_CLASSES, objects_per_image: int | tuple[int, int] = (10, 20),
-                         seed: int = 0, prefix: str = "scene") -> list[Path]:
+                         seed: int = 0, prefix: str = "scene", label_names: Mapping[str, str] | None = None
+                         ) -> list[Path]:
     """Write `n_images` scenes to `out_dir` (replaced as a whole, only if it holds nothing but earlier
-    generated scenes: `atomic_dir`) and return the image paths.
+    generated scenes: `atomic_dir`) and return the image paths. `label_names` renames classes in the label
+    files (`DOTA_NAMES`: scenes `train dota` takes as DOTA's).
 
     Each image draws its object count from `objects_per_image` (an int or an inclusive range) and uses
     every class at least once when the count allows; about a fifth of the objects touch the image border.
@@ -159,6 +162,8 @@ def generate_dota_scenes(out_dir: str | os.PathLike, n_images: int = 8, image_si
             name = f"{prefix}{index:04d}"
             (tmp / "images").mkdir(exist_ok=True)
             image.save(tmp / "images" / f"{name}.png", compress_level=1)
+            if label_names:
+                objects = [replace(o, cls=label_names.get(o.cls, o.cls)) for o in objects]
             write_dota_labels(tmp / "labelTxt" / f"{name}.txt", objects, imagesource=IMAGE_SOURCE, gsd=GSD)
             paths.append(out_dir / "images" / f"{name}.png")
     return paths

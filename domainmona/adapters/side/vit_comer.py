@@ -215,18 +215,13 @@ class Extractor(nn.Module):
         return query + self.drop_path(self.ffn(self.ffn_norm(query), levels))
 
 
-class ToViT(nn.Module):
+class ToViT(Extractor):
     """CNN -> ViT: deformable self-attention over all CNN tokens, a ConvFFN on the attention output, the three
-    levels pooled to stride 16 and gated by γ. Returns the addition to the patch tokens."""
+    levels pooled to stride 16 and gated by γ. Returns the addition to the patch tokens. (The modules are the
+    extractor's; the residual and the gate differ.)"""
 
     def __init__(self, dim: int, msda: dict, cffn_hidden: int, drop_path: float, init_values: float):
-        super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.feat_norm = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.attn = MSDeformAttn(dim, **msda)
-        self.ffn = ConvFFN(dim, cffn_hidden)
-        self.ffn_norm = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        super().__init__(dim, msda, cffn_hidden, drop_path)
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
     def forward(self, c: torch.Tensor, levels: Levels, msda_in) -> torch.Tensor:
