@@ -88,11 +88,12 @@ probability = finite(0.0, 1.0)  # score and IoU thresholds
 fraction = finite(0.0, 1.0, high_open=True)  # sliding-window overlaps
 
 
-def recompute_option() -> bool:
-    """`--adapter-recompute/--no-adapter-recompute` of every train command (domainmona.adapters.memory)."""
-    return typer.Option(True, "--adapter-recompute/--no-adapter-recompute",
+def recompute_option() -> Optional[bool]:
+    """`--adapter-recompute/--no-adapter-recompute` of every train command (domainmona.adapters.memory); None
+    when neither is given, so a `--config` value stands and either flag overrides it."""
+    return typer.Option(None, "--adapter-recompute/--no-adapter-recompute", show_default=False,
                         help="Adapters keep only their input for backward and recompute the rest (less memory, "
-                             "a little more time).")
+                             "a little more time; default: on).")
 
 
 def checkpoint_blocks_option() -> bool:
@@ -102,10 +103,12 @@ def checkpoint_blocks_option() -> bool:
                              "inside): least memory, about a third more time.")
 
 
-def amp_option() -> bool:
-    """`--amp/--no-amp` of every train command (the rule: domainmona.devices)."""
-    return typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA: bf16, else fp16 with loss scaling. "
-                                                      "No effect on the CPU.")
+def amp_option() -> Optional[bool]:
+    """`--amp/--no-amp` of every train command (the rule: domainmona.devices); None when neither is given, so
+    a `--config` value stands and either flag overrides it."""
+    return typer.Option(None, "--amp/--no-amp", show_default=False,
+                        help="Mixed precision on CUDA: bf16, else fp16 with loss scaling (default: on). No effect "
+                             "on the CPU.")
 
 
 def shots_option() -> Optional[int]:

@@ -169,6 +169,46 @@ def test_flags_win_over_config_which_wins_over_defaults(tmp_path):
     assert printed["batch_size"] == 4  # configs/geo/geo-seg.yaml
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_explicit_switches_override_the_config_either_way(command, tmp_path):
+    """`--amp` over `amp: false` in --config, `--no-adapter-recompute` over `adapter_recompute: true`: a switch
+    given on the command line wins whichever way it points; left out, the config's value stands."""
+    def printed(config, *flags):
+        path = tmp_path / "settings.yaml"
+        path.write_text(yaml.safe_dump({"train": config} if command == "segment-ct" else config))
+        result = _invoke([*COMMANDS[command], "--config", str(path), *flags, "--print-config"], tmp_path)
+        assert result.exit_code == 0, result.output
+        values = yaml.safe_load(result.stdout)
+        values = values["train"] if command == "segment-ct" else values
+        return values["amp"], values["adapter_recompute"]
+
+    assert printed({"amp": False, "adapter_recompute": True}, "--amp", "--no-adapter-recompute") == (True, False)
+    assert printed({"amp": False, "adapter_recompute": False}) == (False, False)
+    assert printed({"amp": True, "adapter_recompute": False}, "--no-amp", "--adapter-recompute") == (False, True)
+
+
+@pytest.mark.parametrize("command", ["dota", "geo-det", "geo-seg"])
+def test_a_side_network_freezes_the_vit_unless_a_method_is_named(command, tmp_path):
+    """`--side hst` (or `side: vit-comer` in --config) without `--adapter`: the frozen-ViT method; with
+    `--adapter mona` (or `adapter: lora` in --config) that method; `--side-opt` over the config's side_cfg."""
+    argv = [a if a != "micro" else "vit-s-16" for a in COMMANDS[command]]
+    config = tmp_path / "settings.yaml"
+
+    def printed(cfg, *flags):
+        config.write_text(yaml.safe_dump(cfg))
+        result = _invoke([*argv, "--config", str(config), *flags, "--print-config"], tmp_path)
+        assert result.exit_code == 0, result.output
+        values = yaml.safe_load(result.stdout)
+        return values["side"], values["adapter"], values["side_cfg"]
+
+    assert printed({}, "--side", "hst") == ("hst", "fixed", {})
+    assert printed({"side": "vit-comer"}) == ("vit-comer", "fixed", {})
+    assert printed({}, "--side", "hst", "--adapter", "mona") == ("hst", "mona", {})
+    assert printed({"adapter": "lora", "side_cfg": {"preset": "cls", "n_meta": 2}}, "--side", "hst",
+                   "--side-opt", "preset=dense-m") == ("hst", "lora", {"preset": "dense-m", "n_meta": 2})
+    assert printed({}) == ("simple", "mona", {})
+
+
 def test_patch_grid_comes_from_the_recipe(tmp_path):
     from domainmona.recipes import load_recipe
 

@@ -21,7 +21,7 @@ Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
 
 def _train(dataset: str, data: Path, work_dir: Path, backbone: Optional[str], adapter: Optional[str],
            pretrained: Optional[Path], shots: Optional[int], max_iters: Optional[int], gpus: Optional[int],
-           resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: bool, adapter_recompute: bool,
+           resume: bool, patch_size: Optional[int], patch_gap: Optional[int], amp: Optional[bool], adapter_recompute: Optional[bool],
            checkpoint_blocks: bool, config: Optional[Path], adapter_opt: Optional[list[str]],
            print_config: bool, side: Optional[str] = None, side_opt: Optional[list[str]] = None) -> None:
     from domainmona.console import console
@@ -34,8 +34,8 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Optional[str], ad
     recipe = dict(dataset=dataset, patch_size=size, patch_gap=gap)
     flags = given(dataset=dataset, data=data, work_dir=work_dir, backbone=backbone, adapter=adapter,
                   pretrained=pretrained, shots=shots, max_iters=max_iters, gpus=gpus,
-                  resume=switch(resume, False), patch_size=patch_size, patch_gap=patch_gap, amp=switch(amp, True),
-                  adapter_recompute=switch(adapter_recompute, True),
+                  resume=switch(resume, False), patch_size=patch_size, patch_gap=patch_gap, amp=amp,
+                  adapter_recompute=adapter_recompute,
                   checkpoint_blocks=switch(checkpoint_blocks, False), side=side)
     layer = read_config(config)
     flags.update(adapter_layer(layer, adapter_opt))
@@ -98,7 +98,7 @@ def register(groups: CommandGroups) -> None:
                    pretrained: Optional[Path] = pretrained_opt, shots: Optional[int] = shots_opt,
                    max_iters: Optional[int] = iters_opt, gpus: Optional[int] = gpus_opt, resume: bool = resume_opt,
                    patch_size: Optional[int] = size_opt, patch_gap: Optional[int] = gap_opt,
-                   amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
+                   amp: Optional[bool] = amp_option(), adapter_recompute: Optional[bool] = recompute_option(),
                    checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                    adapter_opt: Optional[list[str]] = adapter_opt_option(),
                    side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
@@ -114,8 +114,8 @@ def register(groups: CommandGroups) -> None:
                    shots: Optional[int] = shots_opt, max_iters: Optional[int] = iters_opt,
                    gpus: Optional[int] = gpus_opt,
                    resume: bool = resume_opt, patch_size: Optional[int] = size_opt,
-                   patch_gap: Optional[int] = gap_opt, amp: bool = amp_option(),
-                   adapter_recompute: bool = recompute_option(),
+                   patch_gap: Optional[int] = gap_opt, amp: Optional[bool] = amp_option(),
+                   adapter_recompute: Optional[bool] = recompute_option(),
                    checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                    adapter_opt: Optional[list[str]] = adapter_opt_option(),
                    side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),

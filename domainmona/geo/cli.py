@@ -203,7 +203,7 @@ def register(groups: CommandGroups) -> None:
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from WORK_DIR/state.pt (same chips and flags; "
                                                        "a larger --max-iters extends the run)."),
-                      amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
+                      amp: Optional[bool] = amp_option(), adapter_recompute: Optional[bool] = recompute_option(),
                       checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                       adapter_opt: Optional[list[str]] = adapter_opt_option(),
                       side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
@@ -219,8 +219,8 @@ def register(groups: CommandGroups) -> None:
                               allow_no_crs)
         layer = read_config(config)
         flags = dict(max_iters=max_iters, backbone=encoder, arch=arch, adapter=adapter, batch_size=batch_size, lr=lr,
-                     seed=seed, save_every=save_every, amp=switch(amp, True),
-                     adapter_recompute=switch(adapter_recompute, True),
+                     seed=seed, save_every=save_every, amp=amp,
+                     adapter_recompute=adapter_recompute,
                      checkpoint_blocks=switch(checkpoint_blocks, False), side=side)
         flags.update(adapter_layer(layer, adapter_opt))
         flags.update(side_layer(layer, flags, side_opt))
@@ -250,7 +250,7 @@ def register(groups: CommandGroups) -> None:
                       seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX, help="Seed (default 0)."),
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from the last checkpoint in --work-dir."),
-                      amp: bool = amp_option(), adapter_recompute: bool = recompute_option(),
+                      amp: Optional[bool] = amp_option(), adapter_recompute: Optional[bool] = recompute_option(),
                       checkpoint_blocks: bool = checkpoint_blocks_option(), config: Optional[Path] = config_option(),
                       adapter_opt: Optional[list[str]] = adapter_opt_option(),
                       side: Optional[str] = side_option(), side_opt: Optional[list[str]] = side_opt_option(),
@@ -264,8 +264,8 @@ def register(groups: CommandGroups) -> None:
                               allow_no_crs)
         layer = read_config(config)
         flags = given(work_dir=work_dir, max_iters=max_iters, backbone=backbone, adapter=adapter,
-                      pretrained=pretrained, seed=seed, resume=switch(resume, False), amp=switch(amp, True),
-                      adapter_recompute=switch(adapter_recompute, True),
+                      pretrained=pretrained, seed=seed, resume=switch(resume, False), amp=amp,
+                      adapter_recompute=adapter_recompute,
                       checkpoint_blocks=switch(checkpoint_blocks, False), side=side, **source)
         flags.update(adapter_layer(layer, adapter_opt))
         flags.update(side_layer(layer, flags, side_opt))

@@ -48,8 +48,8 @@ def register(groups: CommandGroups) -> None:
         hu_max: Optional[float] = typer.Option(None, "--hu-max", help="HU window high end (250)."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML over configs/monai/swinunetr_ct.yaml "
                                               "(UNETR and SegResNet sizes: model.unetr, model.segresnet)."),
-        amp: bool = amp_option(),
-        adapter_recompute: bool = recompute_option(),
+        amp: Optional[bool] = amp_option(),
+        adapter_recompute: Optional[bool] = recompute_option(),
         checkpoint_blocks: bool = checkpoint_blocks_option(),
         adapter_opt: Optional[list[str]] = adapter_opt_option(),
         side: Optional[str] = typer.Option(None, "--side", metavar="NAME", help="UNETR: hst runs Hierarchical "
@@ -70,8 +70,8 @@ def register(groups: CommandGroups) -> None:
                          use_checkpoint=checkpoint_blocks or None)
         resolved = resolve_settings(config, adapter_opt, side_opt, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
                                  model=dict(name=model, adapter=adapter, side=side, **swin_only),
-                                 train=dict(roi=roi, max_epochs=max_epochs, amp=None if amp else False,
-                                            adapter_recompute=None if adapter_recompute else False))
+                                 train=dict(roi=roi, max_epochs=max_epochs, amp=amp,
+                                            adapter_recompute=adapter_recompute))
         refuse_swin_only_flags(resolved.model["name"], swin_only)
         if print_config:
             print_settings(resolved)
