@@ -184,8 +184,21 @@ def test_a_model_zoo_unetr_checkpoint_and_a_plain_vit_state_dict_load_with_count
     assert f"(monai-vit layout): loaded {len(zoo.vit.state_dict())} tensors, 0 missing, 0 unexpected" in \
         capsys.readouterr().out
     torch.testing.assert_close(plain.vit.norm.weight, zoo.vit.norm.weight)
+    # a self-supervised ViT with MONAI's other patch embedding (perceptron: Linear on flattened 16^3 patches)
+    # and another patch grid (48^3 input: 3^3 patches) loads into the conv UNETR at 32^3 (2^3 patches)
+    perceptron = ViT(1, img_size=48, patch_size=16, proj_type="perceptron", num_layers=12, classification=False,
+                     hidden_size=UNETR_TINY["hidden_size"], mlp_dim=UNETR_TINY["mlp_dim"],
+                     num_heads=UNETR_TINY["num_heads"])
+    torch.save(perceptron.state_dict(), tmp_path / "perceptron_vit.pt")
+    loaded = load_network_weights(plain, "unetr", tmp_path / "perceptron_vit.pt", verbose=True)
+    assert loaded == len(zoo.vit.state_dict()) and "0 missing, 0 unexpected" in capsys.readouterr().out
+    patches = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        ours = plain.vit.patch_embedding.patch_embeddings(patches).flatten(2).transpose(1, 2)
+        theirs = perceptron.patch_embedding.patch_embeddings(patches)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)  # the same projection of each patch
     torch.save({"encoder.layers1.weight": torch.ones(3)}, tmp_path / "swin.pt")
-    with pytest.raises(UserError, match="no tensor fits UNETR"):
+    with pytest.raises(UserError, match="no tensor fits"):
         load_network_weights(plain, "unetr", tmp_path / "swin.pt")
 
 

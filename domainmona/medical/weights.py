@@ -50,20 +50,21 @@ def load_ssl_weights(model: nn.Module, path: str | Path, verbose: bool = True) -
 
 def load_network_weights(model: nn.Module, name: str, path: str | Path, verbose: bool = True) -> int:
     """Load `path` into network `name` (see the module docstring); return how many tensors were loaded."""
-    from domainmona.adapters import LoadReport
+    from domainmona.adapters import LoadReport, load_pretrained
     from domainmona.adapters.weights import load_matching, read_state_dict, strip_prefix
 
     if name == "swinunetr":
         return load_ssl_weights(model, path, verbose=verbose)
     tensors = strip_prefix(read_state_dict(path), "module.")  # saved from DistributedDataParallel
     if name == "unetr" and not any(k.startswith("vit.") for k in tensors):
-        target, layout = model.vit, "monai-vit"
+        # a bare 3D-ViT file: the core's loader, which also converts between MONAI's perceptron and conv patch
+        # embeddings and resamples position embeddings of another patch grid
+        report = load_pretrained(model, path)
     else:
-        target, layout = model, f"monai-{name}"
-    report = load_matching(target, tensors, LoadReport(str(path), layout))
+        report = load_matching(model, tensors, LoadReport(str(path), f"monai-{name}"))
     if not report.loaded:
         example = next(iter(tensors))
-        raise UserError(f"{path}: no tensor fits {type(model).__name__} ({layout} layout, e.g. '{example}')")
+        raise UserError(f"{path}: no tensor fits {type(model).__name__} ({report.layout} layout, e.g. '{example}')")
     if verbose:
         console.print(f"pretrained: {report}", highlight=False)
     return report.loaded
