@@ -1,6 +1,6 @@
 """Target task data: semantic masks of the generated DOTA-style scenes (domainmona.detection.synthetic).
 
-The target classes (vehicle, ship, court, container on a brown terrain) never appear in the micro Swin's
+The target classes (vehicle, ship, court, container on a brown terrain) never appear in the micro backbones'
 source pretraining (tank, plane, pool, roof on a green terrain, classified, not segmented), so adapting
 to them is a transfer to a different task and domain.
 """
@@ -17,7 +17,7 @@ from domainmona.detection.dota.labels import read_dota_labels
 from domainmona.detection.synthetic import SYNTHETIC_CLASSES, generate_dota_scenes
 
 SCENE_SIDE = 256  # generated size; objects up to ~100 px need room
-MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)  # the micro Swin's pretraining normalisation
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)  # both micro backbones' pretraining normalisation
 STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
 
 
