@@ -51,20 +51,27 @@ def _checked_modules(model: nn.Module, modules_to_save: Iterable[str], what: str
     return modules
 
 
-def _the_backbone(model: nn.Module):
+def _parts(model: nn.Module, saved: set[str]) -> list[dict[str, str]]:
+    """What each adapted backbone of `model` needs to match: method, config, backbone id, base-weight fingerprint
+    and its path in `model`."""
     found = adapted_backbones(model)
-    if len(found) != 1:
-        what = "no adapters: call inject(model, method) first" if not found else "several adapted backbones"
-        raise UserError(f"{type(model).__name__} has {what}")
-    return found[0]
+    if not found:
+        raise UserError(f"{type(model).__name__} has no adapters: call inject(model, method) first")
+    parts = []
+    for prefix, root, state in found:
+        inner = {n[len(prefix) + 1:] if prefix else n for n in saved if not prefix or n.startswith(prefix + ".")}
+        parts.append({"method": state.method, "config": json.dumps(state.config, sort_keys=True),
+                      "backbone": backbone_id(root), "base_fingerprint": frozen_fingerprint(root, inner),
+                      "prefix": prefix})
+    return parts
 
 
 def _metadata(model: nn.Module, saved: set[str]) -> dict[str, str]:
-    prefix, root, state = _the_backbone(model)
-    inner = {n[len(prefix) + 1:] if prefix else n for n in saved if not prefix or n.startswith(prefix + ".")}
-    return {"format": FORMAT, "version": __version__, "method": state.method,
-            "config": json.dumps(state.config, sort_keys=True), "backbone": backbone_id(root),
-            "base_fingerprint": frozen_fingerprint(root, inner), "prefix": prefix}
+    """The first adapted backbone's record at the top level; a model with several (a segmentation network adapted
+    in its encoder and its decoder stages) lists them all under `parts`."""
+    parts = _parts(model, saved)
+    several = {"parts": json.dumps(parts)} if len(parts) > 1 else {}
+    return {"format": FORMAT, "version": __version__, **parts[0], **several}
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, modules_to_save: Iterable[str] = ()) -> Path:
@@ -102,19 +109,27 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     model lacks. A file written before modules_to_save existed restores what it holds."""
     tensors, meta = read_adapter(path)
     name = Path(path).name
+    several = "parts" in meta
+    parts = json.loads(meta["parts"]) if several else [meta]
     if not adapted_backbones(model):
-        inject(model, meta["method"], **json.loads(meta["config"]))
-    prefix, root, state = _the_backbone(model)
-    config = json.dumps(state.config, sort_keys=True)
-    if (state.method, config) != (meta["method"], meta["config"]):
-        raise UserError(f"{name} holds a '{meta['method']}' adapter {meta['config']}, the model has "
-                        f"'{state.method}' {config}")
-    if backbone_id(root) != meta["backbone"]:
-        raise UserError(f"{name} is for backbone {meta['backbone']}, this model's is {backbone_id(root)}")
-    actual = _metadata(model, set(tensors))["base_fingerprint"]
-    if actual != meta["base_fingerprint"]:
-        raise UserError(f"{name} was trained on other base weights (fingerprint {meta['base_fingerprint'][:12]} "
-                        f"vs {actual[:12]}): load the same pretrained backbone first")
+        for part in parts:
+            target = _checked_modules(model, [part["prefix"]], name)[0] if several else ""
+            inject(model.get_submodule(target), part["method"], **json.loads(part["config"]))
+    actual = _parts(model, set(tensors))
+    if len(actual) != len(parts) or (several and [p["prefix"] for p in actual] != [p["prefix"] for p in parts]):
+        raise UserError(f"{name} adapts {', '.join(repr(p['prefix']) for p in parts)}, this model "
+                        f"{', '.join(repr(p['prefix']) for p in actual)}")
+    for part, now in zip(parts, actual):
+        where = f" at '{part['prefix']}'" if several else ""
+        if (now["method"], now["config"]) != (part["method"], part["config"]):
+            raise UserError(f"{name} holds a '{part['method']}' adapter {part['config']}{where}, the model has "
+                            f"'{now['method']}' {now['config']}")
+        if now["backbone"] != part["backbone"]:
+            raise UserError(f"{name} is for backbone {part['backbone']}{where}, this model's is {now['backbone']}")
+        if now["base_fingerprint"] != part["base_fingerprint"]:
+            raise UserError(f"{name} was trained on other base weights{where} (fingerprint "
+                            f"{part['base_fingerprint'][:12]} vs {now['base_fingerprint'][:12]}): load the same "
+                            "pretrained backbone first")
     modules = _checked_modules(model, json.loads(meta.get("modules_to_save", "[]")), name)
     _copy_checked(model, tensors, name, set(file_tensors(model, modules)))
     return model

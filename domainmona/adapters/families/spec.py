@@ -40,6 +40,9 @@ class Family:
     # The family's own block checkpointing: called with (root, True/False) it switches it, with (root, None) it
     # only reads it; returns whether it is on. None: the family has no such mechanism.
     checkpointing: Callable[[nn.Module, bool | None], bool] | None = None
+    # The block's spatial convolutions in forward order, for the methods that work on convolutions (LoRA on each,
+    # Conv-Adapter beside the last); empty: those methods keep their own rules for the family.
+    convs: Callable[[nn.Module], list[nn.Module]] = lambda block: []
 
     def slots(self, placement: str) -> tuple[str, ...]:
         """Slot names for a placement ('post', 'branch', 'parallel' beside the MLP, 'attn-parallel' beside the

@@ -1,6 +1,7 @@
 """Conv-Adapter (Chen et al. 2022): alpha * PW(act(GConv_k(a))) beside a layer. Transformer form beside (S)W-MSA,
-fed LN1 x (k = `kernel`, GELU); CNN form beside a ResNet bottleneck's 3x3 conv (ReLU) or a ConvNeXt block's 7x7
-depthwise conv (GELU), with that conv's kernel, stride and dilation."""
+fed LN1 x (k = `kernel`, GELU); CNN form beside a ResNet bottleneck's 3x3 conv (ReLU), a ConvNeXt block's 7x7
+depthwise conv (GELU) or the last convolution a family names (`Family.convs`, ReLU; 2D or 3D), with that conv's
+kernel, stride and dilation."""
 
 from dataclasses import dataclass
 
@@ -37,12 +38,17 @@ class ConvAdapter(Method):
         conv, activation = self._spatial_conv(site)
         self._check_width(site, conv.in_channels, config)
         adapter = ConvAdapterModule(conv.in_channels, conv.kernel_size[0], config.reduction, activation,
-                                    stride=conv.stride[0], dilation=conv.dilation[0])
+                                    stride=conv.stride[0], dilation=conv.dilation[0],
+                                    spatial_dims=len(conv.kernel_size))
         BesideConv.convert(conv, adapter)
 
     def _spatial_conv(self, site) -> tuple[nn.Module, nn.Module]:
-        """A bottleneck's 3x3 conv2 (ReLU) or a ConvNeXt block's depthwise conv_dw (GELU)."""
+        """The last of the convolutions the family names (ReLU), else a bottleneck's 3x3 conv2 (ReLU) or a
+        ConvNeXt block's depthwise conv_dw (GELU)."""
         block = site.block
+        convs = site.family.convs(block)
+        if convs:
+            return convs[-1], nn.ReLU()
         if isinstance(getattr(block, "conv3", None), nn.Conv2d):
             return block.conv2, nn.ReLU()
         if isinstance(getattr(block, "conv_dw", None), nn.Conv2d):

@@ -1,9 +1,10 @@
-"""LoRA on the query and value projections of every attention block."""
+"""LoRA on the query and value projections of every attention block; in convolutional blocks whose family names
+their convolutions (`Family.convs`), on each of those."""
 
 from dataclasses import dataclass
 
 from domainmona.adapters.methods.base import Method, register_method
-from domainmona.adapters.modules.lora import LoRAQKVLinear
+from domainmona.adapters.modules.lora import LoRAConv, LoRAQKVLinear
 from domainmona.errors import UserError
 
 
@@ -21,10 +22,14 @@ class LoRA(Method):
     recomputes = True
 
     def attach(self, site, config) -> None:
-        qkv = site.family.qkv(site.block)
-        if qkv is None:
+        qkv, convs = site.family.qkv(site.block), site.family.convs(site.block)
+        if qkv is None and not convs:
             raise UserError(f"method 'lora' needs attention qkv projections, which {site.family.name} blocks "
                             f"do not have (try 'mona')")
         if config.rank < 1:
             raise UserError("method 'lora': rank must be >= 1")
-        LoRAQKVLinear.convert(qkv, config.rank, config.alpha)
+        if qkv is not None:
+            LoRAQKVLinear.convert(qkv, config.rank, config.alpha)
+            return
+        for conv in convs:
+            LoRAConv.convert(conv, config.rank, config.alpha)

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021) on the query and value parts of a fused qkv projection.
+"""LoRA (Hu et al. 2021) on the query and value parts of a fused qkv projection, and on a convolution.
 
 Written by hand: peft adapts whole Linear layers and cannot restrict a fused qkv Linear to q and v.
 The Linear keeps its class lineage and parameter names (`weight`, `bias`), so pretrained weights load as before.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainmona.adapters.modules.delta import QVDelta
+from domainmona.adapters.modules.delta import Mergeable, QVDelta, add_weight_delta, swap_class
 from domainmona.adapters.modules.recompute import Recomputable
 
 
@@ -52,3 +52,37 @@ class LoRAQKVLinear(Recomputable, QVDelta, nn.Linear):
     def _low_rank(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.lora_scale * F.linear(F.linear(x, self.lora_q_down), self.lora_q_up),
                 self.lora_scale * F.linear(F.linear(x, self.lora_v_down), self.lora_v_up))
+
+
+class LoRAConv(Recomputable, Mergeable):
+    """Swapped-in mixin for a frozen convolution (LoCon's form): its output plus scale * up(down(x)), `down` a
+    convolution to `rank` channels with the layer's own kernel, stride, padding and dilation, `up` a 1x1 back
+    (zero at init). The update is the low-rank kernel dW[o, i, ...] = scale * sum_r up[o, r] down[r, i, ...],
+    which `merge` folds into the layer's weight."""
+
+    lora_scale: float
+    adapter_tensors = ("lora_down", "lora_up")
+    attributes = ("lora_scale", "recompute", "inside_checkpoint")
+
+    @classmethod
+    def convert(cls, conv: nn.modules.conv._ConvNd, rank: int, alpha: float) -> nn.Module:
+        if conv.groups != 1 or conv.transposed:
+            raise ValueError(f"LoRA takes plain convolutions, not grouped or transposed ones: {conv}")
+        ref = conv.weight
+        swap_class(conv, cls).lora_scale = alpha / rank
+        down = nn.Parameter(torch.empty(rank, conv.in_channels, *conv.kernel_size, dtype=ref.dtype, device=ref.device))
+        nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+        conv.register_parameter("lora_down", down)
+        conv.register_parameter("lora_up", nn.Parameter(torch.zeros(conv.out_channels, rank, dtype=ref.dtype,
+                                                                    device=ref.device)))
+        return conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.recomputed(self._low_rank, x)
+
+    def _low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_scale * torch.einsum("or,br...->bo...", self.lora_up, self._conv_forward(x, self.lora_down,
+                                                                                                  None))
+
+    def fold(self) -> None:
+        add_weight_delta(self, self.lora_scale * torch.einsum("or,r...->o...", self.lora_up, self.lora_down))
