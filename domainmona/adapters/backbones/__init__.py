@@ -217,7 +217,7 @@ def _file_order(item):
     return (FILE_ORDER.index(file) if file in FILE_ORDER else len(FILE_ORDER), file, line)
 
 
-FILE_ORDER = ("swin.py", "cnn.py", "vit.py", "volume.py")  # the order CLI choices list the families
+FILE_ORDER = ("swin.py", "cnn.py", "vit.py", "micro_vit.py", "volume.py")  # the order CLI choices list the families
 
 
 def _literal_name_dims(node: ast.FunctionDef) -> tuple[str, int]:

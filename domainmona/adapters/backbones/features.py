@@ -110,7 +110,7 @@ def trained_whole(module: nn.Module) -> list[str]:
     names = []
     for name, m in module.named_modules():
         prefix = f"{name}." if name else ""
-        if any(name.startswith(f"{n}.") for n in names):
+        if any(name == n or name.startswith(f"{n}.") for n in names):  # inside one listed already
             continue
         if isinstance(m, TimmFeatures) and m.pyramid is not None:
             names += [f"{prefix}pyramid", *(prefix + path for path in m.tuned_vit_modules())]
