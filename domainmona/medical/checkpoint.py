@@ -28,7 +28,7 @@ def save_checkpoint(path: str | Path, **content: Any) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and sanity-check a checkpoint written by `segment-ct train`."""
-    from domainmona.medical.settings import check_settings, fill_missing
+    from domainmona.medical.settings import check_settings, decoder_mode, fill_missing
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -50,6 +50,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         check_settings(fill_missing(content["settings"]))
     except UserError as exc:
         raise UserError(f"{path}: its settings are invalid ({exc})") from None
+    model = content["settings"]["model"]
+    model["decoder"] = decoder_mode(model, None)  # null: saved before --decoder existed, its decoder trained whole
     return content
 
 

@@ -25,12 +25,18 @@ def register(groups: CommandGroups) -> None:
                                       "metrics.json go here."),
         model: Optional[str] = typer.Option(None, "--model", help="Network: swinunetr (default) | unetr (3D ViT "
                                             "encoder) | segresnet (3D CNN encoder)."),
-        pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="SwinUNETR: MONAI SSL Swin weights "
-                                                  "(model_swinvit.pt or ssl_pretrained_weights.pth); UNETR: a MONAI "
-                                                  "UNETR checkpoint or 3D-ViT state dict; SegResNet: its state dict."),
+        pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="A whole network's state dict (a MONAI "
+                                                  "bundle's models/model.pt: encoder, decoder and head; a head for "
+                                                  "another class count is re-initialised), or encoder weights: "
+                                                  "SwinUNETR's MONAI SSL Swin (model_swinvit.pt, "
+                                                  "ssl_pretrained_weights.pth), UNETR's 3D ViT."),
         adapter: Optional[MethodOrNone] = adapter_option(None, "Adapter method (default mona; those the network's "
                                                          "encoder family defines); 'none' = full fine-tuning of the "
                                                          "plain network."),
+        decoder: Optional[str] = typer.Option(None, "--decoder", metavar="MODE", help="The CNN decoder: train "
+                                              "(whole) | adapt (the --adapter method in its conv blocks, the output "
+                                              "head trains) | frozen (the head alone trains). Default: adapt over "
+                                              "whole-network --pretrained weights, else train."),
         shots: Optional[int] = typer.Option(None, "--shots", min=1, help="Train on the first K labelled cases only."),
         roi: Optional[int] = typer.Option(None, "--roi", help="Patch and sliding-window size (96): SwinUNETR a "
                                           "multiple of 32 from 64, UNETR of 16 from 32, SegResNet of 8 from 16."),
@@ -63,16 +69,17 @@ def register(groups: CommandGroups) -> None:
         to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
         from domainmona.medical.data import load_split
-        from domainmona.medical.settings import refuse_swin_only_flags, resolve_settings
+        from domainmona.medical.settings import decoder_mode, refuse_swin_only_flags, resolve_settings
         from domainmona.settings import plain, print_settings
 
         swin_only = dict(feature_size=feature_size, decoder_size=decoder_size, merging=merging,
                          use_checkpoint=checkpoint_blocks or None)
         resolved = resolve_settings(config, adapter_opt, side_opt, preprocess=dict(hu_min=hu_min, hu_max=hu_max),
-                                 model=dict(name=model, adapter=adapter, side=side, **swin_only),
+                                 model=dict(name=model, adapter=adapter, side=side, decoder=decoder, **swin_only),
                                  train=dict(roi=roi, max_epochs=max_epochs, amp=amp,
                                             adapter_recompute=adapter_recompute))
         refuse_swin_only_flags(resolved.model["name"], swin_only)
+        resolved.model["decoder"] = decoder_mode(resolved.model, pretrained)  # what --print-config and checkpoints show
         if print_config:
             print_settings(resolved)
         settings = plain(resolved)  # what the checkpoints record

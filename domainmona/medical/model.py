@@ -58,6 +58,13 @@ class SlimDecoderSwinUNETR(SwinUNETR):
         return [project(h) for project, h in zip(self.skip_projections, hidden)]
 
 
+# MONAI's names of the output head (the convolution to the classes): SwinUNETR's and UNETR's `out`, SegResNet's
+# `conv_final`. It is re-initialised for another class count and trains in every decoder mode.
+HEAD_NAMES = ("out", "conv_final")
+# UNETRWithHST's side network and its skip projections: they train whole whatever the decoder does.
+SIDE_MODULES = ("hst", "hst_skips")
+
+
 def build_swinunetr(model_cfg: dict[str, Any], out_channels: int, in_channels: int = 1) -> SwinUNETR:
     """Plain (or slim-decoder) SwinUNETR from the `model:` settings; no adapters yet."""
     merging = model_cfg["merging"]
@@ -125,23 +132,58 @@ def encoder(model: nn.Module, name: str) -> nn.Module:
 
 def assemble(model_cfg: dict[str, Any], out_channels: int, pretrained: str | None = None, verbose: bool = False,
              device: torch.device | str = "cpu", roi: int | None = None) -> nn.Module:
-    """Build on `device`, load pretrained weights, then inject adapters into the encoder: the core freezes it
-    except what the method trains, while the CNN decoder (outside it) stays trainable. SegResNet's stem conv
-    (`convInit`, before the first down block) is frozen with its encoder unless the method is 'full'.
-    Adapter 'none': plain model."""
+    """Build on `device`, load pretrained weights (the encoder's, or the whole network's), then inject adapters
+    into the encoder: the core freezes it except what the method trains. SegResNet's stem conv (`convInit`,
+    before the first down block) is frozen with its encoder unless the method is 'full'. The CNN decoder follows
+    `model.decoder` (`decoder_mode`: null resolves from the weights): train leaves it trainable; frozen freezes
+    it but the output head; adapt also injects the method into each of its stages (`decoder_parts`), so that
+    their adapters and the head train. Adapter 'none': plain model."""
     from domainmona.adapters import inject
+    from domainmona.medical.settings import decoder_mode
 
-    name = model_cfg["name"]
+    name, method = model_cfg["name"], model_cfg["adapter"]
     model = build_network(model_cfg, out_channels, roi).to(device)
     if pretrained is not None:
         load_network_weights(model, name, pretrained, verbose=verbose)
-    if model_cfg["adapter"] != "none":
-        inject(encoder(model, name), model_cfg["adapter"], **model_cfg["adapter_cfg"])
-        for stem in encoder_modules(name)[1]:
-            model.get_submodule(stem).requires_grad_(model_cfg["adapter"] == "full")
-        for module in tuned_vit_modules(model):  # HST tunes the frozen ViT's LayerNorms
-            model.get_submodule(module).requires_grad_(True)
+    if method == "none":
+        return model
+    inject(encoder(model, name), method, **model_cfg["adapter_cfg"])
+    for stem in encoder_modules(name)[1]:
+        model.get_submodule(stem).requires_grad_(method == "full")
+    for module in tuned_vit_modules(model):  # HST tunes the frozen ViT's LayerNorms
+        model.get_submodule(module).requires_grad_(True)
+    mode = decoder_mode(model_cfg, pretrained)
+    if mode != "train":
+        for module in decoder_modules(model, name).values():
+            module.requires_grad_(False)
+    if mode == "adapt":
+        for part in decoder_parts(model, name).values():
+            inject(part, method, **model_cfg["adapter_cfg"])
     return model
+
+
+def head_of(model: nn.Module) -> str:
+    """The name of the network's output head (see HEAD_NAMES)."""
+    return next(name for name, _ in model.named_children() if name in HEAD_NAMES)
+
+
+def decoder_modules(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """The CNN decoder of network `name`: its top-level modules but the encoder (and its stems), the output head
+    and a side network."""
+    module, stems = encoder_modules(name)
+    outside = {module, *stems, head_of(model), *SIDE_MODULES}
+    return {child: m for child, m in model.named_children() if child not in outside}
+
+
+def decoder_parts(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    """The decoder modules holding blocks an adapter family knows, each adapted on its own by --decoder adapt:
+    every stage of SwinUNETR's and UNETR's decoder (family monai-unetr-decoder), SegResNet's `up_layers`
+    (monai-segresnet). The rest (SegResNet's upsampling convs, a slim decoder's skip projections) stays frozen."""
+    from domainmona.adapters.families import FAMILIES
+    from domainmona.adapters.families.spec import matches
+
+    return {child: m for child, m in decoder_modules(model, name).items()
+            if any(matches(block, family.blocks) for block in m.modules() for family in FAMILIES)}
 
 
 def tuned_vit_modules(model: nn.Module) -> list[str]:
@@ -162,21 +204,21 @@ def network_of(model: nn.Module) -> str:
 
 def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Parameters split into the encoder (Swin, ViT, or SegResNet's stem and down blocks), the adapters injected
-    into it, and the CNN decoder (the rest)."""
+    into it, the CNN decoder (the rest) and the adapters injected into the decoder."""
     from domainmona.adapters import adapter_parameter_names
 
     module, stems = encoder_modules(network_of(model))
     prefixes = tuple(f"{m}." for m in (module, *stems))
     adapters = adapter_parameter_names(model)
-    groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "decoder": []}
+    groups: dict[str, list[nn.Parameter]] = {"encoder": [], "adapter": [], "decoder": [], "decoder_adapter": []}
     for name, param in model.named_parameters():
-        group = "adapter" if name in adapters else "encoder" if name.startswith(prefixes) else "decoder"
-        groups[group].append(param)
+        part = "encoder" if name.startswith(prefixes) else "decoder"
+        groups[("adapter" if part == "encoder" else "decoder_adapter") if name in adapters else part].append(param)
     return groups
 
 
 def optimizer_groups(model: nn.Module, lr: float, adapter_lr: float) -> list[dict]:
-    """AdamW groups: adapters at `adapter_lr`, every other trainable weight at `lr`."""
+    """AdamW groups: adapters (encoder's and decoder's) at `adapter_lr`, every other trainable weight at `lr`."""
     groups = {name: [p for p in params if p.requires_grad] for name, params in parameter_groups(model).items()}
     return [g for g in ({"params": groups["encoder"] + groups["decoder"], "lr": lr},
-                        {"params": groups["adapter"], "lr": adapter_lr}) if g["params"]]
+                        {"params": groups["adapter"] + groups["decoder_adapter"], "lr": adapter_lr}) if g["params"]]

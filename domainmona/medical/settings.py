@@ -32,10 +32,15 @@ MERGING_CHOICES = ("legacy", "merging", "mergingv2")  # see domainmona.medical.m
 MIN_ROI = 64  # at 32 the bottleneck is 1x1x1, which InstanceNorm refuses to normalise
 SEGRESNET_GROUPS = 8  # SegResNet's GroupNorm groups: every level's width must be a multiple
 WIDTH_MULTIPLE = 12  # MONAI's SwinUNETR refuses other widths (its stages have 3, 6, 12, 24 heads)
-FLAGS = {"roi", "max_epochs", "hu_min", "hu_max", "feature_size", "decoder_size", "merging", "adapter", "name"}
+FLAGS = {"roi", "max_epochs", "hu_min", "hu_max", "feature_size", "decoder_size", "merging", "adapter", "name",
+         "decoder"}
 FLAG_OF_KEY = {"name": "model"}  # keys whose flag has another name
 SWIN_ONLY_FLAGS = ("feature_size", "decoder_size", "merging", "use_checkpoint")  # model keys only SwinUNETR reads
 NESTED = ("unetr", "segresnet")  # model keys holding one network's own mapping, merged key by key
+DECODER_CHOICES = ("train", "adapt", "frozen")  # model.decoder (--decoder); null resolves by `decoder_mode`
+# The methods --decoder adapt puts into the decoder's conv blocks (Mona after each, LoRA on their convolutions,
+# Conv-Adapter beside the last; full and fixed train or freeze them whole).
+DECODER_METHODS = ("mona", "lora", "conv-adapter", "full", "fixed")
 
 # (section, key) -> (int or float, range check); `bool` is never accepted as a number.
 NUMBERS: dict[tuple[str, str], tuple[type, Callable]] = {
@@ -204,6 +209,7 @@ def check_settings(settings: dict[str, Any]) -> None:
         raise UserError(f"--merging {shown(model.get('merging'), plain=True)}: choose from "
                         f"{', '.join(MERGING_CHOICES)}")
     _check_adapter(model)
+    _check_decoder(model)
     _check_side(model)
     if pre["hu_min"] >= pre["hu_max"]:
         raise UserError(f"--hu-min {pre['hu_min']} must be below --hu-max {pre['hu_max']}")
@@ -289,6 +295,37 @@ def _check_adapter(model: dict[str, Any]) -> None:
         raise UserError("model.adapter_cfg: must be a mapping of the adapter method's options")
     if model.get("adapter") != "none":
         get_method(str(model.get("adapter"))).make_config(**model["adapter_cfg"])
+
+
+def _check_decoder(model: dict[str, Any], resolved: bool = False) -> None:
+    """`--decoder` and the method it needs: adapt and frozen keep the decoder's pretrained weights beside an
+    adapted encoder, and adapt puts the method into its conv blocks, where only DECODER_METHODS are defined
+    (`resolved`: the value is null's default, which the message says)."""
+    decoder, method = model.get("decoder"), model["adapter"]
+    if decoder is None:
+        return
+    if decoder not in DECODER_CHOICES:
+        raise UserError(f"--decoder {shown(decoder, plain=True)}: choose from {', '.join(DECODER_CHOICES)}")
+    if decoder != "train" and method == "none":
+        raise UserError(f"--decoder {decoder}: needs an --adapter method (--adapter none trains the whole network)")
+    if decoder == "adapt" and method not in DECODER_METHODS:
+        flag = "--decoder adapt (the default over whole-network weights)" if resolved else "--decoder adapt"
+        raise UserError(f"{flag}: --adapter {method} is not defined for the decoder's conv blocks (choose from "
+                        f"{', '.join(DECODER_METHODS)}), or pass --decoder train or frozen")
+
+
+def decoder_mode(model: dict[str, Any], pretrained: str | Path | None) -> str:
+    """`model.decoder`, or where it is null: adapt over whole-network weights (their decoder is kept and
+    adapted, not retrained), train otherwise (encoder weights, or none: the decoder has nothing to keep). A whole
+    network of another kind is refused here, reading the file."""
+    if model["decoder"] is not None:
+        return model["decoder"]
+    from domainmona.medical.weights import holds_whole_network
+
+    whole = pretrained is not None and holds_whole_network(pretrained, model["name"])
+    mode = "adapt" if whole and model["adapter"] != "none" else "train"
+    _check_decoder({**model, "decoder": mode}, resolved=True)
+    return mode
 
 
 def _check_side(model: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The parameter report printed before training: encoder, adapters and CNN decoder counted separately.
+"""The parameter report printed before training: encoder, its adapters, CNN decoder and its adapters counted
+separately.
 
 SwinUNETR is mostly CNN decoder (~87% at width 48), so "x% trainable" of the whole model hides where the
 weights are; this table shows each part and what trains in it, for each network.
@@ -29,6 +30,10 @@ def parameter_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def _title(model_cfg: dict[str, Any]) -> str:
+    return f"{_network(model_cfg)}; decoder {model_cfg['decoder']}"
+
+
+def _network(model_cfg: dict[str, Any]) -> str:
     name, adapter = model_cfg["name"], model_cfg["adapter"]
     if name == "unetr":
         cfg = model_cfg["unetr"]
@@ -42,17 +47,17 @@ def _title(model_cfg: dict[str, Any]) -> str:
             f"patch merging {model_cfg['merging']}")
 
 
-
-
 def report_table(model: nn.Module, model_cfg: dict[str, Any]) -> Table:
     counts = parameter_counts(model)
     total = sum(n for n, _ in counts.values())
     table = Table(title=_title(model_cfg))
     for column in ("part", "parameters", "trainable", "share of model"):
         table.add_column(column, justify="left" if column == "part" else "right")
-    labels = {"encoder": get_backbone(network_of(model)).options["encoder_label"], "adapter": "adapters",
-              "decoder": "CNN decoder"}
+    labels = {"encoder": get_backbone(network_of(model)).options["encoder_label"], "adapter": "encoder adapters",
+              "decoder": "CNN decoder", "decoder_adapter": "decoder adapters"}
     for group, (count, trainable) in counts.items():
+        if not count:
+            continue
         table.add_row(labels[group], f"{count:,}", f"{trainable:,}", f"{100 * count / total:.1f}%")
     trainable_total = sum(t for _, t in counts.values())
     table.add_row("total", f"{total:,}", f"{trainable_total:,}", f"{100 * trainable_total / total:.1f}% trains",

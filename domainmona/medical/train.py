@@ -32,7 +32,7 @@ from domainmona.medical import transforms
 from domainmona.medical.checkpoint import load_checkpoint, load_state, save_checkpoint
 from domainmona.medical.data import Split
 from domainmona.medical.model import assemble, optimizer_groups
-from domainmona.medical.settings import check_settings
+from domainmona.medical.settings import check_settings, decoder_mode
 from domainmona.medical.summary import print_report
 from domainmona.medical.weights import save_adapter_file
 from domainmona.medical.predict import segment
@@ -146,9 +146,11 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
 
     `resume` continues `work_dir`'s last.pt, or starts the run when there is none yet (so a killed command
     is simply rerun with --resume). Everything that can be refused (the settings, the data, last.pt, the
-    pretrained weights, the work dir itself) is checked before the work dir is touched.
+    pretrained weights, the work dir itself) is checked before the work dir is touched. A null `model.decoder`
+    is resolved from `pretrained` (`decoder_mode`) and recorded in `settings`, which every checkpoint holds.
     """
     check_settings(settings)
+    settings["model"]["decoder"] = decoder_mode(settings["model"], pretrained)
     rt = runtime(gpus)
     cfg = settings["train"]
     work_dir = Path(work_dir)
@@ -214,11 +216,11 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
                 if record.get("val_dice", -1.0) > best_dice:
                     best_dice = record["val_dice"]
                     save_checkpoint(best_path, model=model.state_dict(), epoch=epoch + 1, best_dice=best_dice, **common)
-                    save_adapter_file(model, settings["model"], adapter_paths[best_path])
+                    save_adapter_file(model, settings["model"], adapter_paths[best_path], best_path)
                 save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
                                 scaler=scaler.state_dict(), epoch=epoch + 1, best_dice=best_dice, history=history,
                                 **common)
-                save_adapter_file(model, settings["model"], adapter_paths[last_path])
+                save_adapter_file(model, settings["model"], adapter_paths[last_path], last_path)
                 with atomic_path(metrics_path) as tmp:
                     tmp.write_text(json.dumps(history, indent=2))
             rt.barrier()
