@@ -33,7 +33,6 @@ class Side:
     target: str  # "module:Class"; the class takes (host, in_chans, **options) and has `out_channels`
     summary: str
     default_preset: str | None = None  # a key of the module's PRESETS (None: no presets)
-    paper_defined_3d: bool = False
 
 
 SIDES: dict[str, Side] = {s.name: s for s in (
