@@ -8,6 +8,8 @@ functions, so `--help` and `--version` load none of them (tests/test_cli.py chec
 from __future__ import annotations
 
 import sys
+import threading
+import time
 
 import typer
 from rich.markup import escape
@@ -65,8 +67,29 @@ def run(argv: list[str] | None = None) -> int:
     except _Failed as failed:
         return failed.code
     except (KeyboardInterrupt, typer.Abort):  # typer.Abort: click's name for Ctrl-C during a prompt
-        return _interrupted(kept)
+        code = _interrupted(kept)
+        _let_pool_threads_finish()
+        return code
     return code
+
+
+POOL_THREADS_WAIT = 60.0  # seconds; a pool thread finishes the one item it holds (a volume's transforms)
+
+
+def _let_pool_threads_finish() -> None:
+    """Wait for the threads of thread pools (MONAI's CacheDataset fills its cache on one) to finish their
+    current item. Ctrl-C ends the pool but not the item; a thread still inside torch when the interpreter
+    shuts down is stopped by unwinding through C++ frames, which aborts the process (exit -6, "terminate
+    called without an active exception") instead of exit 130. A second Ctrl-C stops waiting."""
+    from multiprocessing.dummy import DummyProcess
+
+    deadline = time.monotonic() + POOL_THREADS_WAIT
+    try:
+        for thread in threading.enumerate():
+            if isinstance(thread, DummyProcess) and thread.daemon:
+                thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        pass
 
 
 class _Failed(Exception):

@@ -8,6 +8,7 @@ command skips the relaunch and joins torchrun's processes as they are.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -35,7 +36,18 @@ def join_process_group(timeout: timedelta) -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timeout)
+        atexit.register(leave_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def leave_process_group() -> None:
+    """Destroy the default process group while the interpreter is whole. Left to interpreter shutdown, gloo's
+    worker threads may drop tensors after Python is gone and the process aborts (SIGABRT, "terminate called
+    without an active exception"; pytorch/pytorch#190489) although its work was done."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def relaunch_under_torchrun(gpus: int, what: str = "training") -> None:

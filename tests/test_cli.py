@@ -89,3 +89,23 @@ def test_adapter_exports_win_over_same_named_submodules_imported_first():
     done = subprocess.run([sys.executable, "-c", _SUBMODULES_FIRST], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["domainmona.adapters.fuse", "domainmona.adapters.inject", "True", "[]"]
+
+
+def test_after_ctrl_c_the_pool_threads_finish_their_item_before_the_interpreter_stops():
+    """MONAI's CacheDataset fills its cache on a ThreadPool; Ctrl-C ends the pool, not the item a thread holds.
+    The CLI waits for those threads (a thread left inside torch at shutdown aborts the process, exit -6)."""
+    import threading
+    import time
+    from multiprocessing.dummy import DummyProcess
+    from multiprocessing.pool import ThreadPool
+
+    from domainmona.cli import _let_pool_threads_finish
+
+    done = []
+    with ThreadPool(2) as pool:
+        pool.map_async(lambda i: (time.sleep(0.3), done.append(i)), range(2))
+        time.sleep(0.05)  # both threads hold an item when the pool is ended
+    assert any(isinstance(t, DummyProcess) for t in threading.enumerate())
+    _let_pool_threads_finish()
+    assert sorted(done) == [0, 1]
+    assert not any(isinstance(t, DummyProcess) for t in threading.enumerate())

@@ -7,6 +7,7 @@ Under torchrun every rank trains on its share of the volumes; rank 0 validates a
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from domainmona.console import console, progress
 from domainmona.devices import amp_dtype, autocast, clipped_step, describe, grad_scaler, load_scaler_state
 from domainmona.errors import UserError
 from domainmona.io import atomic_path, claim_dir, remove_stale_temps
-from domainmona.launch import under_torchrun
+from domainmona.launch import leave_process_group, under_torchrun
 from domainmona.medical import transforms
 from domainmona.medical.checkpoint import load_checkpoint, load_state, save_checkpoint
 from domainmona.medical.data import Split
@@ -65,6 +66,7 @@ def runtime(gpus: int) -> Runtime:
         return Runtime(torch.device("cuda" if cuda else "cpu"))
     local_rank = int(os.environ["LOCAL_RANK"])
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    atexit.register(leave_process_group)  # also after a failure or Ctrl-C
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -224,6 +226,5 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
                 with atomic_path(metrics_path) as tmp:
                     tmp.write_text(json.dumps(history, indent=2))
             rt.barrier()
-    if rt.world > 1:
-        torch.distributed.destroy_process_group()
+    leave_process_group()
     return best_path if best_path.exists() else last_path
