@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -45,6 +47,23 @@ def doctor(brief: bool = typer.Option(False, "--brief", help="One line when ever
     build = next((c.detail for c in checks if c.name == "mmcv build"), "")
     console.print(f"[green]all {len(checks)} checks passed[/]" + (f" ({build})" if brief and build else ""),
                   highlight=False)
+
+
+@app.command("export")
+def export(checkpoint: Path = typer.Argument(..., help="geo-seg checkpoint (train geo-seg) or segment-ct best.pt/last.pt."),
+           out: Path = typer.Option(..., "--out", help="MODEL.onnx to write (replaces only a file domainmona "
+                                    "exported)."),
+           size: Optional[int] = typer.Option(None, "--size", min=32, help="geo-seg: tile size the file takes, a "
+                                              "multiple of 32 (default: training's).")) -> None:
+    """Export a geo-seg or CT checkpoint to ONNX, adapters merged and fused: dynamic batch, spatial axes fixed at
+    the tile size (geo-seg, a multiple of 32) or the training ROI (CT); classes, bands, normalisation, tile/ROI
+    size and overlap, CT spacing and the checkpoint's SHA-256 in its metadata_props."""
+    from domainmona.export import export_checkpoint
+
+    metadata = export_checkpoint(checkpoint, out, size)
+    console.print(f"{metadata['kind']}: {metadata['network']}, input {metadata['input_shape']}", highlight=False,
+                  markup=False)
+    console.print(str(out), soft_wrap=True, highlight=False, markup=False)
 
 
 for _domain in (adapters_cli, detection_cli, medical_cli, geo_cli):

@@ -183,3 +183,18 @@ def side_opt_option() -> Any:
     """`--side-opt KEY=VALUE` of every 2D train command: the side network's preset or constructor options."""
     return typer.Option(None, "--side-opt", metavar="KEY=VALUE", help="An option of the side network (e.g. "
                         "preset=dense-m for hst, with_cp=true for vit-comer); repeatable.")
+
+
+Runtime = Literal["torch", "onnx"]  # what runs the network in the predict commands (domainmona.export)
+
+
+def runtime_option() -> Any:
+    """`--runtime torch|onnx` of `tile-predict` and `segment-ct predict`."""
+    return typer.Option("torch", "--runtime", help="torch: the checkpoint's network; onnx: --model's file (from "
+                        "'domainmona export' of the same checkpoint) in onnxruntime, its CUDA provider when present.")
+
+
+def onnx_model_option() -> Optional[Path]:
+    """`--model MODEL.onnx`, with `--runtime onnx`."""
+    return typer.Option(None, "--model", help="With --runtime onnx: the ONNX file 'domainmona export' wrote from "
+                        "--checkpoint (its SHA-256 is checked).")

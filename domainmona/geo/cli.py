@@ -11,9 +11,10 @@ import typer
 from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.commands import CommandGroups
 from domainmona.console import console
-from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
-                                checkpoint_blocks_option, config_option, method_choice, positive, print_config_option,
-                                probability, recompute_option, shots_option, side_opt_option, side_option)
+from domainmona.options import (Runtime, adapter_opt_option, adapter_option, amp_option, backbone_option,
+                                checkpoint_blocks_option, config_option, method_choice, onnx_model_option, positive,
+                                print_config_option, probability, recompute_option, runtime_option, shots_option,
+                                side_opt_option, side_option)
 
 Method = method_choice()  # the registered adapter methods
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
@@ -127,7 +128,8 @@ def register(groups: CommandGroups) -> None:
                      allow_no_crs: bool = typer.Option(False, "--allow-no-crs"),
                      nodata: Optional[float] = typer.Option(None, "--nodata", help=NODATA_HELP),
                      gpus: int = typer.Option(1, "--gpus", min=1, help="Processes (one per GPU) under torchrun: "
-                                              "whole scenes each, or bands of one scene's tile rows.")) -> None:
+                                              "whole scenes each, or bands of one scene's tile rows."),
+                     runtime: Runtime = runtime_option(), model: Optional[Path] = onnx_model_option()) -> None:
         """Predict whole scenes tile by tile into GeoTIFF class maps or polygon layers."""
         from domainmona.errors import UserError
         from domainmona.geo.models import PredictSettings, Predictor
@@ -143,7 +145,7 @@ def register(groups: CommandGroups) -> None:
         if out is not None and len(scenes) > 1:
             raise UserError(f"--out names one output but {len(scenes)} scenes were given; use --out-dir")
         predictor = Predictor(checkpoint, PredictSettings(size, overlap, batch_size, score_thr, iou_thr, cog,
-                                                          allow_no_crs, nodata))
+                                                          allow_no_crs, nodata, runtime, model))
         if out is not None:
             predictor.check(scenes[0], out)  # a bad scene or output: its own one-line error, exit 2
             outputs = [out]

@@ -27,7 +27,7 @@ def segment_infer(model, stats: list[dict]) -> SegmentInfer:
     device."""
     import torch
 
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None) or next(model.parameters()).device  # an OnnxNetwork has no parameters
 
     def infer(batch: list[Tile]) -> np.ndarray:
         images = np.stack([normalise(t.pixels, stats) * t.valid for t in batch])
@@ -98,6 +98,8 @@ class PredictSettings:
     cog: bool = False
     allow_no_crs: bool = False
     nodata: float | None = None
+    runtime: str = "torch"
+    onnx_model: Path | None = None  # with runtime onnx: the file `domainmona export` wrote from the checkpoint
 
 
 class Predictor:
@@ -124,6 +126,20 @@ class Predictor:
             self.opts = StreamOptions(size, self.spec["overlap"] if s.overlap is None else s.overlap, s.batch_size,
                                       tuple(self.spec["bands"]), s.allow_no_crs, s.nodata)
             check_stream_options(self.opts, half_overlap=True)
+        self.network = self._onnx_network()
+
+    def _onnx_network(self):
+        """The ONNX network of `--runtime onnx`, checked against the checkpoint and the tile size; else None."""
+        from domainmona.export import DETECTOR_REFUSAL, GEO_SEG, runtime_network
+
+        s = self.settings
+        if s.runtime == "onnx" and not self.segmentation:
+            raise UserError(f"--runtime onnx: {DETECTOR_REFUSAL}")
+        network = runtime_network(s.runtime, s.onnx_model, self.checkpoint, GEO_SEG)
+        if network is not None and int(network.metadata["tile_size"]) != self.opts.size:
+            raise UserError(f"--model {s.onnx_model}: takes {network.metadata['tile_size']}-pixel tiles, not "
+                            f"{self.opts.size}; export with --size {self.opts.size} or leave --size out")
+        return network
 
     @property
     def segmentation(self) -> bool:
@@ -136,7 +152,7 @@ class Predictor:
 
     def inputs(self) -> list[Path]:
         """The files an output must never replace, besides the scene."""
-        return [self.checkpoint, geo_sidecar(self.checkpoint)]
+        return [self.checkpoint, geo_sidecar(self.checkpoint), *filter(None, [self.settings.onnx_model])]
 
     def check(self, raster: Path, out: Path) -> None:
         """Refuse, before any work, an output of the wrong kind or one that may not be written (an input, a
@@ -157,7 +173,9 @@ class Predictor:
         from domainmona.detection.checkpoint import load_detector
         from domainmona.geo.segmodel import load_segmenter
 
-        if self.segmentation:
+        if self.network is not None:
+            self.model = self.network
+        elif self.segmentation:
             self.model, self.spec = load_segmenter(self.checkpoint, self.opts.size)
         else:
             self.model, self.info = load_detector(self.checkpoint)

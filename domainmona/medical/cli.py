@@ -8,8 +8,9 @@ from typing import Optional
 import typer
 
 from domainmona.commands import CommandGroups
-from domainmona.options import (adapter_opt_option, adapter_option, amp_option, checkpoint_blocks_option,
-                                fraction, method_choice, print_config_option, recompute_option, side_opt_option)
+from domainmona.options import (Runtime, adapter_opt_option, adapter_option, amp_option, checkpoint_blocks_option,
+                                fraction, method_choice, onnx_model_option, print_config_option, recompute_option,
+                                runtime_option, side_opt_option)
 
 MethodOrNone = method_choice("none")  # the registered adapter methods, or none
 
@@ -101,11 +102,13 @@ def register(groups: CommandGroups) -> None:
         checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt/last.pt from segment-ct train."),
         out: Path = typer.Option(..., "--out", help="Folder for label maps and PNG previews."),
         overlap: float = typer.Option(0.5, "--overlap", callback=fraction, help="Sliding-window overlap, in [0, 1)."),
+        runtime: Runtime = runtime_option(),
+        model: Optional[Path] = onnx_model_option(),
     ) -> None:
         """uint8 NIfTI label maps in each input's original geometry, plus a PNG overlay per input."""
         from domainmona.medical.predict import predict_volumes
 
-        for path in predict_volumes(inputs, checkpoint, out, overlap=overlap):
+        for path in predict_volumes(inputs, checkpoint, out, overlap=overlap, runtime=runtime, onnx_model=model):
             typer.echo(str(path))
 
     @app.command("evaluate")

@@ -15,6 +15,7 @@ from monai.inferers import sliding_window_inference
 
 from domainmona.console import progress
 from domainmona.errors import UserError
+from domainmona.export import CT, runtime_network
 from domainmona.io import PRODUCER, atomic_path, claim_dir, claim_file, write_json
 from domainmona.medical import transforms
 from domainmona.medical.checkpoint import load_checkpoint, load_state
@@ -65,11 +66,13 @@ def written_by_predict(path: Path) -> bool:
 
 
 def predict_volumes(inputs: list[str | Path], checkpoint_path: str | Path, out_dir: str | Path,
-                    overlap: float = 0.5, device: str | None = None) -> list[Path]:
+                    overlap: float = 0.5, device: str | None = None, runtime: str = "torch",
+                    onnx_model: str | Path | None = None) -> list[Path]:
     """Write `<out>/<input name>` uint8 label maps (input's shape and affine) and `<out>/<stem>.png` previews.
 
     Everything is checked before any work: the inputs, the overlap, the checkpoint, and every output path
     (never an input, never a file domainmona did not write). A killed run leaves no partial file; rerun it.
+    ``runtime`` onnx runs ``onnx_model`` (exported from the checkpoint) in onnxruntime instead of torch.
     """
     import nibabel as nib
 
@@ -83,14 +86,15 @@ def predict_volumes(inputs: list[str | Path], checkpoint_path: str | Path, out_d
     out_dir = Path(out_dir)
     targets = [out_dir / name for name in names]
     previews = [out_dir / f"{name[:-len('.nii.gz')]}.png" for name in names]
-    read = [*inputs, Path(checkpoint_path)]
+    read = [*inputs, Path(checkpoint_path), *([Path(onnx_model)] if onnx_model else [])]
     for path in targets + previews:
         claim_file(path, read, is_ours=written_by_predict)
     claim_file(out_dir / LABEL_NAMES_FILE, read)
     checkpoint = load_checkpoint(checkpoint_path)
     settings = checkpoint["settings"]
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model_from_checkpoint(checkpoint, device, checkpoint_path)
+    network = runtime_network(runtime, None if onnx_model is None else Path(onnx_model), Path(checkpoint_path), CT)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and network is None else "cpu"))
+    model = network or model_from_checkpoint(checkpoint, device, checkpoint_path)
     chain = transforms.inference(settings["preprocess"])
     invert = transforms.inverse_to_original(chain)
     claim_dir(out_dir, COMMAND)
