@@ -26,8 +26,8 @@ def test_names_read_from_the_source_are_the_registry():
     assert backbone_names() == tuple(backbones())
     assert backbone_names(3) == tuple(backbones(3)) == ("swinunetr", "unetr", "segresnet")
     assert {"micro", "swin-t", "swin-s", "swin-b", "swin-l", "resnet50", "resnet101", "convnext-t", "convnext-s",
-            "convnext-b", "efficientnet-b0", "mobilenetv2", "vit-s-16", "vit-b-16", "vit-l-16", "prithvi-100m",
-            "sam-vit-b", "micro-vit"} == set(TWO_D)
+            "convnext-b", "efficientnet-b0", "efficientnet-lite0", "mobilenetv2", "vit-s-16", "vit-b-16", "vit-l-16",
+            "prithvi-100m", "sam-vit-b", "micro-vit"} == set(TWO_D)
 
 
 @pytest.mark.parametrize("name", TWO_D)

@@ -3,7 +3,9 @@
 The layout (the report's `layout`) is read from the file's containers, prefixes and names:
 - timm: a timm model's state dict (its head, `fc` or `classifier` stays unused); torchvision's ResNets have the same
   names;
-- torchvision: ConvNeXt, EfficientNet and MobileNetV2 (`features.N...`, converted in backbones/cnn_weights.py);
+- torchvision: ConvNeXt, EfficientNet and MobileNetV2 (`features.N...`, converted in backbones/cnn_weights.py), also
+  `features` saved on its own and MobileNetV2's flat pre-0.8 names (`features.N.conv.{0,1,3,4,6,7}`);
+- efficientnet_pytorch: EfficientNet and EfficientNet-Lite (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`);
 - openmmlab: mmpretrain/mmdet (`state_dict`, `backbone.` prefix): ResNet (timm's names), ConvNeXt
   (`downsample_layers`, `stages.N.M.depthwise_conv`) and ViT (`layers.N.ln1`, backbones/vit_weights.py);
 - mae: a `{"model": ...}` container around timm's names (MAE, DeiT, SatMAE, Scale-MAE, RETFound);

@@ -40,8 +40,14 @@ class _Adapted:
         the input convolution are inflated (domainmona.adapters.bands)."""
         from domainmona.adapters.pretrained import load_pretrained
 
+        from mmengine.dist import is_main_process
+
+        from domainmona.console import err_console
+
         report = load_pretrained(module, self.weights)
         MMLogger.get_current_instance().info(f'{type(self).__name__}: {report}')
+        if is_main_process():  # the counts on the terminal too: the framework log is out of sight
+            err_console.print(f'backbone weights: {report}', highlight=False, soft_wrap=True)
 
     def modules_to_save(self) -> list[str]:
         """Modules that train whole, outside the adapter method (`trained_whole`)."""

@@ -1,6 +1,6 @@
 """CNN backbones built with timm (`features_only`): their stage outputs at strides 4, 8, 16 and 32 feed the FPN
-or the segmentation decoder. Weights in timm, torchvision and OpenMMLab layouts load
-(domainmona.adapters.pretrained)."""
+or the segmentation decoder. Weights in timm, torchvision and OpenMMLab layouts load, EfficientNets' also in
+efficientnet_pytorch's (domainmona.adapters.pretrained)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,15 @@ def convnext_b() -> Backbone:
 @register_backbone
 def efficientnet_b0() -> Backbone:
     return _cnn(name="efficientnet-b0", timm_name="efficientnet_b0", channels=(24, 40, 112, 320),
-                out_indices=(1, 2, 3, 4), summary="EfficientNet-B0, 3.6 M", layouts=("timm", "torchvision"))
+                out_indices=(1, 2, 3, 4), summary="EfficientNet-B0, 3.6 M",
+                layouts=("timm", "torchvision", "efficientnet_pytorch"))
+
+
+@register_backbone
+def efficientnet_lite0() -> Backbone:
+    """B0 without squeeze-excitation, ReLU6: the mobile variant ImageNet files ship for (efficientnet_pytorch)."""
+    return _cnn(name="efficientnet-lite0", timm_name="efficientnet_lite0", channels=(24, 40, 112, 320),
+                out_indices=(1, 2, 3, 4), summary="EfficientNet-Lite0, 3.0 M", layouts=("timm", "efficientnet_pytorch"))
 
 
 @register_backbone
