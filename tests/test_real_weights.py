@@ -10,7 +10,6 @@ import re
 
 import pytest
 import torch
-from safetensors.torch import save_file
 from test_pretrained_layouts import IMAGE, _torchvision_features, backbone, load_and_compare, randomise, timm_file
 from typer.testing import CliRunner
 
