@@ -16,8 +16,10 @@ fused Mona3d reshape), while at fixed sizes every network matches torch to ~1e-5
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +149,7 @@ def export_checkpoint(checkpoint: Path, out: Path, size: int | None = None) -> d
     torch.manual_seed(0)
     example = torch.zeros(2, *source.input_shape)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(source.network, (example,), dynamo=True, verbose=False, opset_version=OPSET,
                                     input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: batch},))
@@ -155,6 +157,21 @@ def export_checkpoint(checkpoint: Path, out: Path, size: int | None = None) -> d
     with atomic_path(out) as tmp:
         program.save(tmp, external_data=False)
     return metadata
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Keep the exporter's optimiser notes (onnxscript logs a warning per LayerNormalization it leaves unfolded)
+    off the terminal: the command's output is its summary and the file's path."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class OnnxNetwork:

@@ -38,12 +38,14 @@ def _refused(args, needle: str) -> None:
 
 
 def _perturb_trainable(model: torch.nn.Module, seed: int) -> None:
-    """Move every trainable tensor off its initial value (LoRA's zero B, Mona's identity scales), so that
-    merging and fusing have something to fold."""
+    """Move every adapter tensor off its initial value (LoRA's zero B, Mona's identity scales), so that merging
+    and fusing have something to fold."""
+    from domainmona.adapters.inject import is_adapter_parameter
+
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
+        for name, param in model.named_parameters():
+            if is_adapter_parameter(name):
                 param.add_(torch.randn(param.shape, generator=generator) * 0.05)
 
 
