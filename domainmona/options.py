@@ -111,6 +111,13 @@ def amp_option() -> Optional[bool]:
                              "on the CPU.")
 
 
+def pretrained_option(what: str = "backbone") -> Optional[Path]:
+    """`--pretrained` of the 2D train commands: the layouts `domainmona.adapters.pretrained` converts."""
+    return typer.Option(None, "--pretrained", help=f"Pretrained {what} weights, in the layout they ship in (timm, "
+                        "torchvision, efficientnet_pytorch, OpenMMLab, Microsoft Swin, MAE, DINO, MoCo, Prithvi, "
+                        "SAM); loaded, missing and unexpected counts are printed.")
+
+
 def shots_option() -> Optional[int]:
     """`--shots K` of `train dota|star` and `tile`: one meaning, one sampler (domainmona.tiling.select_shots)."""
     return typer.Option(None, "--shots", min=1, help="Seeded K-shot subset: K labelled objects per class, exactly "

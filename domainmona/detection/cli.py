@@ -13,7 +13,8 @@ from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
 from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
                                 checkpoint_blocks_option, config_option, method_choice, print_config_option,
-                                probability, recompute_option, shots_option, side_opt_option, side_option)
+                                pretrained_option, probability, recompute_option, shots_option, side_opt_option,
+                                side_option)
 
 Method = method_choice()  # the registered adapter methods
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
@@ -81,7 +82,7 @@ def register(groups: CommandGroups) -> None:
     work_opt = typer.Option(..., "--work-dir", help="Where checkpoints, logs and the split patches go.")
     backbone_opt = backbone_option(None, 2, f"Backbone (default {DEFAULT_BACKBONE})")
     adapter_opt = adapter_option(None, "Adapter method trained inside the backbone (default mona).")
-    pretrained_opt = typer.Option(None, "--pretrained", help="Pretrained backbone weights (timm, torchvision, OpenMMLab, Microsoft Swin, MAE, DINO, MoCo layouts).")
+    pretrained_opt = pretrained_option()
     shots_opt = shots_option()
     iters_opt = typer.Option(None, "--max-iters", min=1, help="Iterations instead of the 12-epoch schedule.")
     gpus_opt = typer.Option(None, "--gpus", min=1, help="More than 1 launches torchrun (default 1).")

@@ -13,8 +13,8 @@ from domainmona.commands import CommandGroups
 from domainmona.console import console
 from domainmona.options import (Runtime, adapter_opt_option, adapter_option, amp_option, backbone_option,
                                 checkpoint_blocks_option, config_option, method_choice, onnx_model_option, positive,
-                                print_config_option, probability, recompute_option, runtime_option, shots_option,
-                                side_opt_option, side_option)
+                                pretrained_option, print_config_option, probability, recompute_option, runtime_option,
+                                shots_option, side_opt_option, side_option)
 
 Method = method_choice()  # the registered adapter methods
 SEED_MAX = 2**32 - 1  # numpy's and mmengine's seeds are unsigned 32-bit
@@ -196,7 +196,7 @@ def register(groups: CommandGroups) -> None:
                                                                "--encoder"),
                       arch: Optional[str] = typer.Option(None, "--arch", help="smp decoder: UPerNet, FPN, ..."),
                       adapter: Optional[Method] = adapter_option(None, "Adapter method (mona)."),
-                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local pretrained encoder weights."),
+                      pretrained: Optional[Path] = pretrained_option("encoder"),
                       batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
                       lr: Optional[float] = typer.Option(None, "--lr", callback=positive),
                       seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX),
@@ -248,7 +248,7 @@ def register(groups: CommandGroups) -> None:
                       backbone: Optional[str] = backbone_option(None, 2, f"Backbone (default {DEFAULT_BACKBONE})"),
                       adapter: Optional[Method] = adapter_option(None, "Adapter method trained inside the backbone "
                                                                  "(default mona)."),
-                      pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Local pretrained backbone weights."),
+                      pretrained: Optional[Path] = pretrained_option(),
                       seed: Optional[int] = typer.Option(None, "--seed", min=0, max=SEED_MAX, help="Seed (default 0)."),
                       resume: bool = typer.Option(False, "--resume",
                                                   help="Continue from the last checkpoint in --work-dir."),
