@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 from domainmona.io import atomic_path
@@ -18,3 +21,17 @@ def write_markdown(path: Path, lines: list[str]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
+
+
+def study_arguments(parser: argparse.ArgumentParser,
+                    render: Callable[[Path, dict], None]) -> argparse.Namespace | None:
+    """The command line of a seeded study, with the options every study takes (--seeds, --threads, --from-json);
+    with --from-json, the saved run is re-rendered by `render(stem, saved)` and None returned."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="threads per run")
+    parser.add_argument("--from-json", type=Path, help="only re-render the report of a saved run")
+    args = parser.parse_args()
+    if args.from_json:
+        render(args.from_json.with_suffix(""), json.loads(args.from_json.read_text()))
+        return None
+    return args

@@ -40,6 +40,7 @@ from domainmona.detection.synthetic import SYNTHETIC_CLASSES
 from domainmona.io import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import study_arguments  # noqa: E402
 from transfer.data import scene_tensors  # noqa: E402
 from transfer.report import write_results  # noqa: E402
 from transfer.run import (BASE_WEIGHT_METHODS, HEAD_LR, PEFT_LR, Arm, Budget, adapt,  # noqa: E402
@@ -67,13 +68,8 @@ def main() -> None:
     parser.add_argument("--vit", action="store_true", help="the plain-ViT rows on the micro ViT (VIT_ARMS)")
     parser.add_argument("--quick", action="store_true", help="smoke run: K in {1, 5}, 1 seed, 4 steps")
     parser.add_argument("--steps", type=int, default=Budget.steps)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--from-json", type=Path, help="only re-render the .md and .png of a saved run")
-    args = parser.parse_args()
-    if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        write_results(args.from_json.with_suffix(""), saved["setup"], saved["runs"])
+    args = study_arguments(parser, lambda stem, saved: write_results(stem, saved["setup"], saved["runs"]))
+    if args is None:
         return
     torch.set_num_threads(args.threads)
     shots, seeds, budget = ((1, 5), 1, Budget(steps=4)) if args.quick else ((1, 5, 20), args.seeds, Budget(args.steps))
