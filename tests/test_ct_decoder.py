@@ -194,13 +194,7 @@ def test_a_checkpoint_from_before_the_decoder_setting_rebuilds_its_trained_decod
 @pytest.mark.parametrize("method", ["mona", "lora", "conv-adapter"])
 def test_what_trains_in_each_decoder_mode(name, method):
     """adapt: the encoder's and the decoder's adapters and the output head; frozen: the encoder's adapters and the
-    head; train: the encoder's adapters and the whole decoder. SegResNet's blocks take Mona only (LoRA and
-    Conv-Adapter are not defined for them, in its encoder as in its up path)."""
-    if name == "segresnet" and method != "mona":
-        with pytest.raises(UserError, match=f"method '{method}'") as refused:
-            build(name, method, "adapt")
-        assert "\n" not in str(refused.value)
-        return
+    head; train: the encoder's adapters and the whole decoder."""
     encoder, stems = encoder_modules(name)
     inside = tuple(f"{m}." for m in (encoder, *stems))
     for mode in ("adapt", "frozen", "train"):
@@ -225,7 +219,7 @@ def test_what_trains_in_each_decoder_mode(name, method):
             assert convs == {f"{site}.{conv}" for site in SITES[name] for conv in wanted}
 
 
-@pytest.mark.parametrize("name", ["swinunetr", "unetr"])
+@pytest.mark.parametrize("name", NETWORKS)
 def test_lora_on_the_decoder_convolutions_folds_into_them_exactly(name):
     """predict merges the adapters: LoRA's low-rank kernels fold into the decoder's 3D convolutions (and the
     encoder's q and v), leaving plain networks with the same outputs."""
@@ -273,6 +267,7 @@ def test_the_default_adapt_refuses_a_method_the_decoder_does_not_define(tmp_path
 
 @pytest.mark.parametrize(("name", "method", "decoder"), [
     ("swinunetr", "mona", None), ("unetr", "lora", None), ("segresnet", "mona", None), ("unetr", "conv-adapter", "frozen"),
+    ("segresnet", "lora", None), ("segresnet", "conv-adapter", None),
 ])
 def test_the_adapter_file_holds_exactly_what_trains_and_round_trips(name, method, decoder, tmp_path):
     whole = save_whole(source_network(name, classes=6), tmp_path / "model.pt")

@@ -119,7 +119,6 @@ def test_trainable_counts_are_the_adapters_and_the_decoder():
 
 
 @pytest.mark.parametrize(("name", "method", "reason"), [
-    ("segresnet", "lora", "needs attention qkv projections, which monai-segresnet blocks do not have"),
     ("segresnet", "adaptformer", "needs parallel adapter slots, which monai-segresnet blocks do not have"),
     ("unetr", "vpt-shallow", "not monai-vit backbones"),
 ])
@@ -257,9 +256,9 @@ def test_swin_only_flags_and_undefined_methods_are_refused_before_any_work(datas
     common = ["segment-ct", "train", "--data", str(dataset), "--work-dir", str(work), "--gpus", "0"]
     result = _run(common + ["--model", "unetr", "--feature-size", "24"])
     assert isinstance(result.exception, UserError) and "--feature-size: a SwinUNETR option" in str(result.exception)
-    result = _run(common + ["--model", "segresnet", "--adapter", "lora", "--roi", "32"])
+    result = _run(common + ["--model", "segresnet", "--adapter", "adaptformer", "--roi", "32"])
     assert isinstance(result.exception, UserError)
-    assert "method 'lora' needs attention qkv projections" in str(result.exception)
+    assert "method 'adaptformer' needs parallel adapter slots" in str(result.exception)
     assert not work.exists()
 
 

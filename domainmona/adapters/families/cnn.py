@@ -18,6 +18,13 @@ class CNNBlockForward(AdapterHost):
         return self.join_block(super().forward(*args, **kwargs))
 
 
+def spatial_convs(block: nn.Module) -> list[nn.Module]:
+    """The block's convolutions with a kernel above 1 (a MONAI block's conv1, conv2; not a residual 1x1
+    projection), in order: where LoRA and Conv-Adapter go in the MONAI CNN families."""
+    return [m for m in block.modules() if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
+            and max(m.kernel_size) > 1]
+
+
 def _out_channels(block: nn.Module) -> int:
     """An inverted residual ends in conv_pwl, Bottleneck in conv3, BasicBlock in conv2, a depthwise-separable
     block in conv_pw; a ConvNeXt block keeps the width of its conv_dw."""

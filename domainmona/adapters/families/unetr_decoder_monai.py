@@ -5,21 +5,13 @@ basic conv block (`UnetResBlock`, `UnetBasicBlock`), the blocks inside every dec
 The family has no root class: a whole SwinUNETR or UNETR must still find its encoder as its one backbone, so
 each decoder stage is passed to `inject` on its own (segment-ct's `--decoder adapt`); the transposed convolutions
 between the blocks stay frozen. SegResNet's up path adapts with its own family (`monai-segresnet`), its blocks
-being the encoder's class.
+being the encoder's class, in the same way.
 """
 
 from __future__ import annotations
 
-from torch import nn
-
-from domainmona.adapters.families.cnn import CNNBlockForward
+from domainmona.adapters.families.cnn import CNNBlockForward, spatial_convs
 from domainmona.adapters.families.spec import Family, register_family
-
-
-def spatial_convs(block: nn.Module) -> list[nn.Module]:
-    """The block's convolutions with a kernel above 1 (conv1, conv2; not a residual 1x1 projection), in order."""
-    return [m for m in block.modules() if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed
-            and max(m.kernel_size) > 1]
 
 
 FAMILY = register_family(Family(
