@@ -53,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ct_adapt import Refused, peak_rss_mb  # noqa: E402
 from real_data import ROLES, _boxes, fetch, neon_boxes_to_gpkg, sha256  # noqa: E402
-from report import machine, write_markdown  # noqa: E402
+from report import machine, study_arguments, write_markdown  # noqa: E402
 from transfer.run import METHOD_OPTIONS  # noqa: E402
 
 from domainmona.errors import UserError  # noqa: E402
@@ -264,7 +264,7 @@ def run_job(job: Job, chips: Path, test: Path, iters: int, work: Path, weights: 
     start = time.perf_counter()
     with log.open("w") as stream:
         done = subprocess.run([sys.executable, __file__, "--cli-child", str(usage), json.dumps([train, predict])],
-                              stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              stdout=stream, stderr=subprocess.STDOUT)
     text = log.read_text()
     refusal = [line for line in text.splitlines() if line.startswith("error: ")]
     if done.returncode == 2 and refusal:
@@ -281,8 +281,7 @@ def cli(work: Path, name: str, argv: list[str]) -> str:
     log = work / f"{name}.log"
     with log.open("w") as stream:
         done = subprocess.run([sys.executable, __file__, "--cli-child", str(work / f"{name}.usage.json"),
-                               json.dumps([argv])], stdout=stream, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               json.dumps([argv])], stdout=stream, stderr=subprocess.STDOUT)
     if done.returncode:
         raise RuntimeError(f"domainmona {' '.join(argv)} failed:\n{log.read_text()[-3000:]}")
     return log.read_text()
@@ -529,8 +528,8 @@ def report(stem: Path, setup: dict, result: dict) -> None:
     lines = [
         f"# Few-shot transfer on real aerial imagery with real ImageNet weights{' (smoke run)' if setup['quick'] else ''}",
         "",
-        f"Written by `benchmarks/real_transfer.py` on {setup['date']}, {setup['machine']}, 1 thread per run "
-        f"(OMP_NUM_THREADS=1), {setup['jobs']} run(s) side by side; whole run {setup['minutes']:.1f} min. "
+        f"Written by `benchmarks/real_transfer.py` on {setup['date']}, {setup['machine']}, "
+        f"{setup.get('threads', 1)} thread(s) per run (OMP_NUM_THREADS), {setup['jobs']} run(s) side by side; whole run {setup['minutes']:.1f} min. "
         f"Command: `{setup['command']}`. Versions: "
         + ", ".join(f"{k} {v}" for k, v in setup["versions"].items()) + ".",
         "",
@@ -644,20 +643,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"smoke run: K=5, 1 seed, {', '.join(QUICK_METHODS)}, "
                         "2 iterations")
-    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--det-iters", type=int, default=20, help="train geo-det iterations, every row and K")
     parser.add_argument("--seg-iters", type=int, default=40, help="train geo-seg iterations, every row")
-    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
     parser.add_argument("--cache", type=Path, help="real_data's cache folder")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
-    parser.add_argument("--from-json", type=Path, help="only re-render the .md and .png of a saved run")
-    args = parser.parse_args()
-    if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        report(args.from_json.with_suffix(""), saved["setup"], saved["result"])
+    args = study_arguments(parser, lambda stem, saved: report(stem, saved["setup"], saved["result"]))
+    if args is None:
         return
     if args.quick:
         args.det_iters, args.seg_iters, args.seeds = 2, 2, 1
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every command's process inherits it
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="real-transfer-") as tmp:
@@ -673,7 +669,8 @@ def main() -> None:
             lines[run["backbone"]] = run["weights_line"]
     setup = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
              "machine": f"{machine()} (shared; load average {os.getloadavg()[0]:.1f} at the end)",
-             "quick": args.quick, "jobs": args.jobs, "det_iters": args.det_iters, "seg_iters": args.seg_iters,
+             "quick": args.quick, "threads": args.threads, "jobs": args.jobs, "det_iters": args.det_iters,
+             "seg_iters": args.seg_iters,
              "command": " ".join([".venv/bin/python benchmarks/real_transfer.py", *sys.argv[1:]]),
              "minutes": (time.perf_counter() - started) / 60, "versions": versions(), "sources": sources_read(),
              "weights": {b: f"ImageNet, `{Path(ROLES[r].members[r].path).name}`" if r else
