@@ -50,20 +50,27 @@ def doctor(brief: bool = typer.Option(False, "--brief", help="One line when ever
 
 
 @app.command("export")
-def export(checkpoint: Path = typer.Argument(..., help="geo-seg checkpoint (train geo-seg) or segment-ct best.pt/last.pt."),
+def export(checkpoint: Path = typer.Argument(..., help="geo-seg checkpoint (train geo-seg), detector checkpoint (train dota|star|geo-det) or segment-ct best.pt/last.pt."),
            out: Path = typer.Option(..., "--out", help="MODEL.onnx to write (replaces only a file domainmona "
-                                    "exported)."),
+                                    "exported); a detector also writes MODEL.roi_head.onnx beside it."),
            size: Optional[int] = typer.Option(None, "--size", min=32, help="geo-seg: tile size the file takes, a "
                                               "multiple of 32 (default: training's).")) -> None:
     """Export a geo-seg or CT checkpoint to ONNX, adapters merged and fused: dynamic batch, spatial axes fixed at
     the tile size (geo-seg, a multiple of 32) or the training ROI (CT); classes, bands, normalisation, tile/ROI
-    size and overlap, CT spacing and the checkpoint's SHA-256 in its metadata_props."""
+    size and overlap, CT spacing and the checkpoint's SHA-256 in its metadata_props. A rotated-box detector
+    becomes two graphs, MODEL.onnx (image -> FPN levels and RPN outputs, one fixed-size image) and
+    MODEL.roi_head.onnx (RoI features -> class probabilities and boxes), which domainmona.onnx_detector joins
+    in numpy (proposals, rotated RoIAlign, rotated NMS); the metadata names both and every glue setting."""
     from domainmona.export import export_checkpoint
 
     metadata = export_checkpoint(checkpoint, out, size)
     console.print(f"{metadata['kind']}: {metadata['network']}, input {metadata['input_shape']}", highlight=False,
                   markup=False)
     console.print(str(out), soft_wrap=True, highlight=False, markup=False)
+    if metadata["kind"] == "detector":
+        from domainmona.export import roi_head_path
+
+        console.print(str(roi_head_path(out)), soft_wrap=True, highlight=False, markup=False)
 
 
 for _domain in (adapters_cli, detection_cli, medical_cli, geo_cli):

@@ -33,7 +33,8 @@ FORMAT = "domainmona.onnx/1"
 OPSET = 18
 INPUT, OUTPUT = "image", "logits"
 GEO_SEG, CT = "geo-seg", "ct"
-DETECTOR_REFUSAL = "exporting rotated-box detectors is not supported yet"
+DETECTOR = "detector"
+DETECTOR_REFUSAL = "running exported rotated-box detectors is not supported yet (run domainmona.onnx_detector)"
 
 
 def sha256(path: Path) -> str:
@@ -109,9 +110,7 @@ def exportable(checkpoint: Path, size: int | None = None) -> Exportable:
         spec = read_spec(checkpoint)
         if spec is not None:
             return geo_exportable(checkpoint, spec, size)
-        if all(key in read_metadata(checkpoint) for key in DETECTOR_KEYS):
-            raise UserError(f"{checkpoint}: {DETECTOR_REFUSAL}")
-        raise UserError(f"{checkpoint}: not a geo-seg or segment-ct checkpoint of domainmona's")
+        raise UserError(f"{checkpoint}: not a geo-seg, detector or segment-ct checkpoint of domainmona's")
     if size is not None:
         raise UserError("--size is for geo-seg checkpoints; a CT network is exported at its training ROI")
     return ct_exportable(checkpoint)
@@ -142,6 +141,10 @@ def export_checkpoint(checkpoint: Path, out: Path, size: int | None = None) -> d
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out {out}: must end in .onnx")
     claim_file(out, [checkpoint], is_ours=onnx_is_ours, what="--out")
+    if is_detector(checkpoint):
+        if size is not None:
+            raise UserError("--size is for geo-seg checkpoints; a detector is exported at its network input")
+        return export_detector(checkpoint, out)
     source = exportable(checkpoint, size)
     metadata = {"format": FORMAT, "producer": f"{PRODUCER} {__version__}", **source.metadata,
                 "input_name": INPUT, "output_name": OUTPUT, "input_shape": _json(["batch", *source.input_shape]),
@@ -156,6 +159,52 @@ def export_checkpoint(checkpoint: Path, out: Path, size: int | None = None) -> d
     program.model.metadata_props.update(metadata)
     with atomic_path(out) as tmp:
         program.save(tmp, external_data=False)
+    return metadata
+
+
+def is_detector(checkpoint: Path) -> bool:
+    from domainmona.detection.checkpoint import DETECTOR_KEYS
+    from domainmona.geo.segmodel import read_metadata
+
+    return (checkpoint.is_file() and checkpoint.suffix == ".safetensors"
+            and all(key in read_metadata(checkpoint) for key in DETECTOR_KEYS))
+
+
+def roi_head_path(out: Path) -> Path:
+    """The RoI head graph written beside a detector's MODEL.onnx: MODEL.roi_head.onnx."""
+    return out.with_name(f"{out.stem}.roi_head.onnx")
+
+
+def export_detector(checkpoint: Path, out: Path) -> dict[str, str]:
+    """A detector checkpoint as two ONNX files (``out`` and `roi_head_path`; see domainmona.detection.export
+    for the split and domainmona.onnx_detector for the glue that runs them); returns ``out``'s metadata."""
+    import torch
+
+    from domainmona.detection.export import detector_metadata, export_graphs, load_for_export, network_size
+
+    second = roi_head_path(out)
+    claim_file(second, [checkpoint], is_ours=onnx_is_ours, what="--out's RoI head file")
+    model, info, cfg = load_for_export(checkpoint)
+    size = network_size(cfg, info)
+    common = {"format": FORMAT, "producer": f"{PRODUCER} {__version__}", "source_checkpoint": checkpoint.name,
+              "source_sha256": sha256(checkpoint)}
+    metadata = {**common, **detector_metadata(model, cfg, info, size, second.name), "input_name": INPUT}
+    channels = json.loads(metadata["input_shape"])[1]
+
+    def export(module, args, input_names, output_names, dynamic_shapes):
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(module, args, dynamo=True, verbose=False, opset_version=OPSET,
+                                     input_names=input_names, output_names=output_names,
+                                     dynamic_shapes=dynamic_shapes)
+
+    network, roi_head = export_graphs(model, size, channels, export)
+    network.model.metadata_props.update(metadata)
+    roi_head.model.metadata_props.update({**common, "kind": f"{DETECTOR} roi_head", "network_file": out.name})
+    with atomic_path(second) as tmp:
+        roi_head.save(tmp, external_data=False)
+    with atomic_path(out) as tmp:
+        network.save(tmp, external_data=False)
     return metadata
 
 

@@ -159,10 +159,10 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(geo_root, tmp
     _refused(["export", foreign, "--out", out], "not a readable PyTorch file")
     plain = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(plain))
-    _refused(["export", plain, "--out", out], "not a geo-seg or segment-ct checkpoint")
+    _refused(["export", plain, "--out", out], "not a geo-seg, detector or segment-ct checkpoint")
     detector = tmp_path / "detector.safetensors"
     save_file({"w": torch.zeros(2)}, str(detector), metadata={key: "x" for key in DETECTOR_KEYS})
-    _refused(["export", detector, "--out", out], "exporting rotated-box detectors is not supported yet")
+    _refused(["export", detector, "--out", out], "malformed detector metadata")
     assert not out.exists()
 
     taken = tmp_path / "taken.onnx"
