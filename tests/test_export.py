@@ -162,7 +162,7 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(geo_root, tmp
     _refused(["export", plain, "--out", out], "not a geo-seg, detector or segment-ct checkpoint")
     detector = tmp_path / "detector.safetensors"
     save_file({"w": torch.zeros(2)}, str(detector), metadata={key: "x" for key in DETECTOR_KEYS})
-    _refused(["export", detector, "--out", out], "malformed detector metadata")
+    _refused(["export", detector, "--out", out], "not a domainmona adapter")
     assert not out.exists()
 
     taken = tmp_path / "taken.onnx"
