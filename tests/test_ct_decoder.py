@@ -331,3 +331,20 @@ def test_train_over_a_whole_swinunetr_with_mona_then_predict_and_evaluate(datase
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert list(scores["classes"]) == ["liver", "spleen", "kidney"]
     assert all(0.0 <= c["dice"] <= 1.0 for c in scores["classes"].values())
+
+
+def test_resume_keeps_the_decoder_mode_the_run_started_with_without_repeating_pretrained(dataset, tmp_path, capsys):
+    """The default decoder mode is resolved from --pretrained when the run starts; `--resume` reads it from
+    last.pt, so a killed run is resumed by the same command with or without --pretrained."""
+    whole = save_whole(source_network("segresnet"), tmp_path / "model.pt")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], "adapter_cfg": {"rank": 4}},
+                                      "train": {**TINY["train"], "roi": ROI["segresnet"]}}))
+    base = ["segment-ct", "train", "--data", dataset, "--work-dir", tmp_path / "run", "--shots", "1", "--config",
+            config, "--model", "segresnet", "--adapter", "lora", "--gpus", "0"]
+    assert _cli(base + ["--pretrained", whole]) == 0
+    assert _cli(base + ["--resume", "--max-epochs", "2"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["settings"]["model"]["decoder"] == "adapt"
+    assert any(".lora_" in key and key.startswith("up_layers.") for key in last["model"])

@@ -142,6 +142,16 @@ def _check_resumable(state: dict, settings: dict[str, Any], split: Split, path: 
         raise UserError(f"{path}: not a last.pt (no optimizer state, epoch and history to resume from)")
 
 
+def resumed_decoder(state: dict) -> str:
+    """The decoder mode of the run a last.pt continues: resolved when that run started (`decoder_mode`), so that
+    resuming needs no `--pretrained` to resolve it again."""
+    return state["settings"]["model"]["decoder"]
+
+
+def last_checkpoint(work_dir: str | Path) -> Path:
+    return Path(work_dir) / CHECKPOINT_DIR / "last.pt"
+
+
 def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrained: str | Path | None = None,
           resume: bool = False, gpus: int = 1) -> Path:
     """Train, validate every `val_every` epochs, and return the checkpoint to use (best, else last).
@@ -149,21 +159,24 @@ def train(split: Split, settings: dict[str, Any], work_dir: str | Path, pretrain
     `resume` continues `work_dir`'s last.pt, or starts the run when there is none yet (so a killed command
     is simply rerun with --resume). Everything that can be refused (the settings, the data, last.pt, the
     pretrained weights, the work dir itself) is checked before the work dir is touched. A null `model.decoder`
-    is resolved from `pretrained` (`decoder_mode`) and recorded in `settings`, which every checkpoint holds.
+    is resolved from `pretrained` (`decoder_mode`), or on resuming taken from last.pt (resolved when the run
+    started, so `--pretrained` need not be repeated), and recorded in `settings`, which every checkpoint holds.
     """
     check_settings(settings)
-    settings["model"]["decoder"] = decoder_mode(settings["model"], pretrained)
-    rt = runtime(gpus)
-    cfg = settings["train"]
     work_dir = Path(work_dir)
     ckpt_dir = work_dir / CHECKPOINT_DIR
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    last_path, best_path = last_checkpoint(work_dir), ckpt_dir / "best.pt"
     adapter_paths = {path: ckpt_dir / f"{path.stem}_adapter.safetensors" for path in (last_path, best_path)}
     metrics_path = work_dir / "metrics.json"
     if last_path.exists() and not resume:
         raise UserError(f"{work_dir} already holds a run; pass --resume to continue it or choose another --work-dir")
-    set_determinism(seed=cfg["seed"] + rt.rank)
     state = load_checkpoint(last_path) if resume and last_path.exists() else None
+    if state is not None and settings["model"]["decoder"] is None:
+        settings["model"]["decoder"] = resumed_decoder(state)
+    settings["model"]["decoder"] = decoder_mode(settings["model"], pretrained)
+    rt = runtime(gpus)
+    cfg = settings["train"]
+    set_determinism(seed=cfg["seed"] + rt.rank)
     if state is not None:
         _check_resumable(state, settings, split, last_path)
     model = assemble(settings["model"], split.num_classes, pretrained=None if state else pretrained,
