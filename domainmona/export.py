@@ -34,7 +34,6 @@ OPSET = 18
 INPUT, OUTPUT = "image", "logits"
 GEO_SEG, CT = "geo-seg", "ct"
 DETECTOR = "detector"
-DETECTOR_REFUSAL = "running exported rotated-box detectors is not supported yet (run domainmona.onnx_detector)"
 
 
 def sha256(path: Path) -> str:
@@ -245,9 +244,9 @@ class OnnxNetwork:
         return torch.from_numpy(self.session.run([OUTPUT], {INPUT: images})[0])
 
 
-def load_onnx_network(path: Path, checkpoint: Path, kind: str) -> OnnxNetwork:
-    """``path`` exported by `domainmona export` from ``checkpoint`` (its SHA-256) for ``kind``, ready to run;
-    anything else is one line."""
+def load_onnx_network(path: Path, checkpoint: Path, kind: str):
+    """``path`` exported by `domainmona export` from ``checkpoint`` (its SHA-256) for ``kind``, ready to run (an
+    `OnnxNetwork`, or for detectors a domainmona.onnx_detector.OnnxDetector); anything else is one line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--model {path}: no such ONNX file")
@@ -256,13 +255,32 @@ def load_onnx_network(path: Path, checkpoint: Path, kind: str) -> OnnxNetwork:
         raise UserError(f"--model {path}: not an ONNX file that 'domainmona export' wrote")
     if metadata.get("kind") != kind:
         raise UserError(f"--model {path}: a {metadata.get('kind')} model, this command runs {kind} models")
-    if metadata.get("source_sha256") != sha256(Path(checkpoint)):
+    fingerprint = sha256(Path(checkpoint))
+    if metadata.get("source_sha256") != fingerprint:
         raise UserError(f"--model {path}: exported from another checkpoint ({metadata.get('source_checkpoint')}) "
                         f"than {checkpoint}; run 'domainmona export {checkpoint} --out MODEL.onnx'")
-    return OnnxNetwork(path, metadata)
+    if kind != DETECTOR:
+        return OnnxNetwork(path, metadata)
+    from domainmona.onnx_detector import OnnxDetector
+
+    head = path.with_name(json.loads(metadata["graphs"])["roi_head"])  # the one OnnxDetector opens
+    # the second graph must come from the same export, or the boxes would mix two models
+    head_meta = onnx_metadata(head) if head.is_file() else None
+    if head_meta is None or head_meta.get("source_sha256") != fingerprint:
+        raise UserError(f"--model {path}: its RoI head {head} is missing or from another export; export again")
+    return OnnxDetector(path)
 
 
-def runtime_network(runtime: str, model: Path | None, checkpoint: Path, kind: str) -> OnnxNetwork | None:
+def onnx_files(model: Path | None) -> list[Path]:
+    """The files `--model` reads (a detector's RoI head graph too): inputs that no output may replace."""
+    if model is None:
+        return []
+    metadata = onnx_metadata(Path(model)) if Path(model).is_file() else None
+    graphs = json.loads(metadata.get("graphs", "{}")) if metadata else {}
+    return [Path(model), *([Path(model).with_name(graphs["roi_head"])] if "roi_head" in graphs else [])]
+
+
+def runtime_network(runtime: str, model: Path | None, checkpoint: Path, kind: str):
     """`--runtime onnx --model FILE` checked against ``checkpoint``; None for the torch runtime."""
     if runtime == "torch":
         if model is not None:

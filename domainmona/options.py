@@ -196,7 +196,7 @@ Runtime = Literal["torch", "onnx"]  # what runs the network in the predict comma
 
 
 def runtime_option() -> Any:
-    """`--runtime torch|onnx` of `tile-predict` and `segment-ct predict`."""
+    """`--runtime torch|onnx` of `tile-predict`, `segment-ct predict` and `test dota|star`."""
     return typer.Option("torch", "--runtime", help="torch: the checkpoint's network; onnx: --model's file (from "
                         "'domainmona export' of the same checkpoint) in onnxruntime, its CUDA provider when present.")
 

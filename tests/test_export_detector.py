@@ -70,15 +70,38 @@ def torch_and_onnx(checkpoint: Path, model_path: Path, images: Path):
 def assert_matched(expected, got) -> tuple[float, float]:
     """Every detection matched to one of the other side's with the same label (best IoU first: equal scores
     may sort either way); returns (lowest IoU, largest score difference)."""
-    from domainmona.detection.rotated_ops import box_iou_rotated
-
     (boxes, scores, labels), (boxes2, scores2, labels2) = expected, got
     assert len(boxes) == len(boxes2) and len(boxes) > 0
-    # in double: in float32 two boxes equal to 1e-5 px can score 1/3 (near-coincident edges)
-    ious = box_iou_rotated(torch.from_numpy(boxes).double(), torch.from_numpy(np.ascontiguousarray(boxes2)).double())
-    ious = ious.numpy()
-    ious[labels[:, None] != labels2[None]] = -1
-    free = np.ones(len(boxes2), bool)
+    return assert_ious_matched(polygon_ious(obb_polygons(boxes), obb_polygons(boxes2)), (scores, labels),
+                               (scores2, labels2))
+
+
+def obb_polygons(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4, 2) float64 corners of le90 boxes."""
+    from domainmona.boxes.geometry import obb_to_poly
+
+    return np.asarray(obb_to_poly(np.asarray(boxes, np.float64)), np.float64).reshape(-1, 4, 2)
+
+
+def polygon_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every pair of (N, 4, 2) and (M, 4, 2) quadrilaterals, in float64 by shapely: rotated_ops'
+    float32 IoU can score 1/3 for boxes equal to 1e-5 px (near-coincident edges)."""
+    import shapely
+
+    first, second = shapely.polygons(a), shapely.polygons(b)
+    inter = shapely.area(shapely.intersection(first[:, None], second[None]))
+    union = shapely.area(first)[:, None] + shapely.area(second)[None] - inter
+    return inter / np.maximum(union, 1e-12)
+
+
+def assert_ious_matched(ious: np.ndarray, expected, got) -> tuple[float, float]:
+    """One-to-one matching of two detection sets, given their IoUs and each side's (scores, labels): parity is
+    IoU >= 0.99, score within 1e-4, same label; returns (lowest IoU, largest score difference)."""
+    (scores, labels), (scores2, labels2) = expected, got
+    assert ious.shape == (len(scores), len(scores2)) and len(scores) > 0, ious.shape
+    ious = ious.copy()
+    ious[np.asarray(labels)[:, None] != np.asarray(labels2)[None]] = -1
+    free = np.ones(len(scores2), bool)
     worst_iou, worst_score = 1.0, 0.0
     for i in np.argsort(-ious.max(1), kind="stable"):
         j = int(np.argmax(np.where(free, ious[i], -2)))
@@ -141,3 +164,107 @@ def test_a_foreign_roi_head_file_is_refused_and_nothing_written(tmp_path):
     _refused(["export", checkpoint, "--out", tmp_path / "model.onnx"], "was not written by domainmona")
     assert taken.read_bytes() == b"a user's file" and not (tmp_path / "model.onnx").exists()
     _refused(["export", checkpoint, "--out", tmp_path / "other.onnx", "--size", "64"], "--size is for geo-seg")
+
+
+# --- --runtime onnx in tile-predict and test dota ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """method -> (checkpoint, its export) for mona and lora micro detectors."""
+    root = tmp_path_factory.mktemp("det-runtime")
+    pairs = {}
+    for method in ("mona", "lora"):
+        checkpoint, out = detector_checkpoint(root, method), root / f"{method}.onnx"
+        assert _cli("export", checkpoint, "--out", out)[0] == 0
+        pairs[method] = (checkpoint, out)
+    return pairs
+
+
+def _gpkg_detections(path: Path):
+    """(polygons (N, 4, 2), scores, classes) of a tile-predict GeoPackage, in float64 map coordinates."""
+    import pyogrio
+    import shapely
+
+    _, _, wkb, (classes, scores) = pyogrio.raw.read(path, columns=["class", "score"])
+    polygons = np.stack([shapely.get_coordinates(g)[:4] for g in shapely.from_wkb(wkb)])
+    return polygons, np.asarray(scores, np.float64), np.asarray(classes)
+
+
+@pytest.mark.slow
+def test_tile_predict_onnx_gives_the_torch_detections(exported, tmp_path):
+    from domainmona.geo.synthetic import SceneSpec, write_scene
+
+    checkpoint, model = exported["mona"]
+    scene = write_scene(tmp_path / "scene.tif", tmp_path / "labels.gpkg",
+                        SceneSpec(width=448, height=384, kind="objects", objects=10, seed=4, block=64)).raster
+    sets = {}
+    for runtime in ("torch", "onnx"):
+        out = tmp_path / f"{runtime}.gpkg"
+        extra = ["--model", model] if runtime == "onnx" else []
+        code, _, err = _cli("tile-predict", scene, "--checkpoint", checkpoint, "--out", out, "--score-thr", "0.05",
+                            "--runtime", runtime, *extra)
+        assert code == 0, err
+        sets[runtime] = _gpkg_detections(out)
+    (polys, scores, classes), (polys2, scores2, classes2) = sets["torch"], sets["onnx"]
+    assert len(polys) == len(polys2)
+    print("tile-predict detections", len(polys), "min IoU, max score diff",
+          assert_ious_matched(polygon_ious(polys, polys2), (scores, classes), (scores2, classes2)))
+
+
+def _task1(folder: Path) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """(image, class) -> (polygons (N, 4, 2), scores) of a Task1 folder."""
+    found: dict = {}
+    for path in sorted(folder.glob("Task1_*.txt")):
+        for line in path.read_text().splitlines():
+            image, score, *coords = line.split()
+            polys, scores = found.setdefault((image, path.stem[len("Task1_"):]), ([], []))
+            polys.append(np.asarray(coords, np.float64).reshape(4, 2)), scores.append(float(score))
+    return {key: (np.stack(p), np.asarray(s)) for key, (p, s) in found.items()}
+
+
+@pytest.mark.slow
+def test_test_dota_onnx_reproduces_the_torch_task1(exported, tmp_path):
+    from domainmona.detection.synthetic import generate_dota_scenes
+
+    checkpoint, model = exported["mona"]
+    generate_dota_scenes(tmp_path / "data", 1, 384, seed=5, objects_per_image=(6, 10))
+    for runtime in ("torch", "onnx"):
+        extra = ["--model", model] if runtime == "onnx" else []
+        code, _, err = _cli("test", "dota", "--checkpoint", checkpoint, "--data", tmp_path / "data", "--out",
+                            tmp_path / runtime, "--runtime", runtime, *extra)
+        assert code == 0, err
+    expected, got = _task1(tmp_path / "torch" / "task1"), _task1(tmp_path / "onnx" / "task1")
+    assert expected and sorted(expected) == sorted(got)
+    for key, (polys, scores) in expected.items():
+        polys2, scores2 = got[key]
+        assert len(polys) == len(polys2), key
+        labels = np.zeros(len(scores), int)
+        print("Task1", key, len(polys), "min IoU, max score diff",
+              assert_ious_matched(polygon_ious(polys, polys2), (scores, labels), (scores2, labels[:len(scores2)])))
+
+
+@pytest.mark.slow
+def test_onnx_of_another_detector_is_refused_in_one_line(exported, tmp_path):
+    from domainmona.detection.synthetic import generate_dota_scenes
+    from domainmona.geo.synthetic import SceneSpec, write_scene
+
+    (mona, mona_onnx), (_, lora_onnx) = exported["mona"], exported["lora"]
+    scene = write_scene(tmp_path / "scene.tif", tmp_path / "labels.gpkg",
+                        SceneSpec(width=128, height=128, kind="objects", objects=2, seed=1, block=64)).raster
+    pred = tmp_path / "pred.gpkg"
+    _refused(["tile-predict", scene, "--checkpoint", mona, "--out", pred, "--runtime", "onnx", "--model", lora_onnx],
+             "exported from another checkpoint")
+    _refused(["tile-predict", scene, "--checkpoint", mona, "--out", pred, "--runtime", "onnx"],
+             "--runtime onnx needs --model")
+    _refused(["tile-predict", scene, "--checkpoint", mona, "--out", mona_onnx, "--runtime", "onnx", "--model",
+              mona_onnx], "--out")
+    generate_dota_scenes(tmp_path / "data", 1, 256, seed=2)
+    _refused(["test", "dota", "--checkpoint", mona, "--data", tmp_path / "data", "--out", tmp_path / "out",
+              "--runtime", "onnx", "--model", lora_onnx], "exported from another checkpoint")
+    _refused(["test", "dota", "--checkpoint", mona, "--data", tmp_path / "data", "--out", tmp_path / "out",
+              "--model", mona_onnx], "--model goes with --runtime onnx")
+    lonely = tmp_path / "lonely.onnx"  # the network graph copied away from its RoI head file
+    lonely.write_bytes(mona_onnx.read_bytes())
+    _refused(["test", "dota", "--checkpoint", mona, "--data", tmp_path / "data", "--out", tmp_path / "out",
+              "--runtime", "onnx", "--model", lonely], "RoI head")
+    assert not pred.exists() and not (tmp_path / "out").exists()

@@ -215,15 +215,22 @@ def save_detector(model, info: DetectorInfo, path: Path) -> Path:
     return path
 
 
-def _build(cfg):
-    """The detector of `cfg`, initialised (its backbone weights file loaded), without the init log."""
-    from mmengine.logging import MMLogger
-    from mmrotate.registry import MODELS
+def register_modules() -> None:
+    """mmrotate's registries filled (and MonaSwinTransformer), mmrotate the default scope: what building a
+    detector or only its test pipeline (`--runtime onnx`) needs."""
     from mmrotate.utils import register_all_modules
 
     import domainmona.detection.backbone  # noqa: F401  (registers MonaSwinTransformer)
 
     register_all_modules()
+
+
+def _build(cfg):
+    """The detector of `cfg`, initialised (its backbone weights file loaded), without the init log."""
+    from mmengine.logging import MMLogger
+    from mmrotate.registry import MODELS
+
+    register_modules()
     install_safe_checkpoint_loader()  # a config's init_cfg may name a checkpoint for mmengine to load
     model = MODELS.build(cfg.model)
     logger = MMLogger.get_current_instance()

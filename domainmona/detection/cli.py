@@ -11,10 +11,10 @@ import typer
 from domainmona.adapters.backbones import DEFAULT_BACKBONE
 from domainmona.commands import CommandGroups
 from domainmona.detection import dataset_cli
-from domainmona.options import (adapter_opt_option, adapter_option, amp_option, backbone_option,
-                                checkpoint_blocks_option, config_option, method_choice, print_config_option,
-                                pretrained_option, probability, recompute_option, shots_option, side_opt_option,
-                                side_option)
+from domainmona.options import (Runtime, adapter_opt_option, adapter_option, amp_option, backbone_option,
+                                checkpoint_blocks_option, config_option, method_choice, onnx_model_option,
+                                print_config_option, pretrained_option, probability, recompute_option,
+                                runtime_option, shots_option, side_opt_option, side_option)
 
 Method = method_choice()  # the registered adapter methods
 Version = Enum('Version', {v: v for v in ('1.0', '1.5', '2.0')}, type=str)
@@ -54,7 +54,8 @@ def _train(dataset: str, data: Path, work_dir: Path, backbone: Optional[str], ad
         console.print(str(final), highlight=False, soft_wrap=True)
 
 
-def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float) -> None:
+def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float, runtime: str = 'torch',
+          model: Optional[Path] = None) -> None:
     from domainmona.console import console
     from domainmona.detection.inference import run_test
     from domainmona.detection.runner import quiet_frameworks
@@ -62,7 +63,7 @@ def _test(dataset: str, checkpoint: Path, data: Path, out: Path, iou_thr: float)
 
     with framework_log(out):
         quiet_frameworks()
-        result = run_test(checkpoint, data, out, iou_thr, dataset)
+        result = run_test(checkpoint, data, out, iou_thr, dataset, runtime, model)
     if result.map is not None:
         console.print(f"full-image mAP ({dataset.upper()}, VOC07, IoU 0.5): {result.map:.4f}")
     console.print(str(result.zip_path), highlight=False, soft_wrap=True)
@@ -135,7 +136,8 @@ def _test_command(dataset: str):
                      data: Path = typer.Option(..., "--data", help="Scenes: images/ (+ labelTxt/ for mAP)."),
                      out: Path = typer.Option(..., "--out", help="Task1 files, their zip and metrics."),
                      iou_thr: float = typer.Option(0.1, "--iou-thr", callback=probability,
-                                                   help="Rotated NMS IoU when merging.")) -> None:
-        _test(dataset, checkpoint, data, out, iou_thr)
+                                                   help="Rotated NMS IoU when merging."),
+                     runtime: Runtime = runtime_option(), model: Optional[Path] = onnx_model_option()) -> None:
+        _test(dataset, checkpoint, data, out, iou_thr, runtime, model)
 
     return test_command

@@ -19,9 +19,11 @@ class TestResult:
     scenes: Path  # the folder holding the scenes' images/
 
 
-def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, dataset: str = 'dota') -> TestResult:
+def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, dataset: str = 'dota',
+             runtime: str = 'torch', onnx_model: Path | None = None) -> TestResult:
     """Test a final checkpoint (see domainmona.detection.checkpoint; `dataset` only matters for official
-    `.pth` checkpoints) on the full scenes of `data`.
+    `.pth` checkpoints) on the full scenes of `data`; with `runtime` 'onnx', `onnx_model` (its export) runs
+    the network and everything else stays the same.
 
     `out` receives `patches/`, `task1/`, `task1.zip` and `metrics.json`; all of it is checked before the
     model runs: no input inside it, nothing there that domainmona did not write.
@@ -31,23 +33,26 @@ def run_test(checkpoint: Path, data: Path, out: Path, iou_thr: float = 0.1, data
     from domainmona.detection.dota.merge import (TASK1_WRITER, is_task1_zip, merge_patch_detections, write_task1,
                                                  zip_task1)
     from domainmona.detection.dota.split import read_split_inputs, split_dataset
-    from domainmona.detection.predict import predict_patches
+    from domainmona.detection.predict import onnx_detector, predict_patches
+    from domainmona.export import onnx_files
 
     if not 0.0 <= iou_thr <= 1.0:  # NaN fails too
         raise UserError(f"--iou-thr must be between 0 and 1, got {iou_thr}")
     scenes, labels = find_test_scenes(data)
     patches, task1_dir, zip_path, metrics = out / 'patches', out / 'task1', out / 'task1.zip', out / 'metrics.json'
     refuse_overlap([patches, task1_dir, zip_path, metrics],
-                   [scenes / 'images', *([labels] if labels else []), checkpoint])
+                   [scenes / 'images', *([labels] if labels else []), checkpoint, *onnx_files(onnx_model)])
     check_parent(out, '--out')
     if out.exists():  # a rerun: what it replaces must be its own
         claim_dir(out, 'test')
         check_replaceable(task1_dir, TASK1_WRITER)
         claim_file(zip_path, is_ours=is_task1_zip, what='--out')
         claim_file(metrics, what='--out')
-    model, info = load_detector(checkpoint, dataset)
+    model, info = onnx_detector(runtime, onnx_model, checkpoint)
+    if model is None:
+        model, info = load_detector(checkpoint, dataset)
+        prepare_for_inference(model)  # mergeable updates folded, Mona fused: the plain detector's cost
     read_split_inputs(scenes, info.classes, patches)  # bad labels or images: refused before anything is written
-    prepare_for_inference(model)  # mergeable updates folded, Mona fused: the plain detector's cost
     cfg = info.config(checkpoint)
     claim_dir(out, 'test')
     split_dataset(scenes, patches, size=info.patch_size, gap=info.patch_gap, rates=(1.0,), classes=info.classes)

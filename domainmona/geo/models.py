@@ -38,18 +38,18 @@ def segment_infer(model, stats: list[dict]) -> SegmentInfer:
 
 
 def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
-    """mmdet's test pipeline on in-memory tiles, batched through `model.test_step`.
+    """mmdet's test pipeline on in-memory tiles, batched through the detector (`run_detector`: torch's
+    `test_step`, or the exported detector of `--runtime onnx`).
 
     Tiles become the uint8 images the detector was trained on (domainmona.geo.chipload.detector_image);
     scenes other than uint8 are stretched with the chips' statistics. ``cfg`` is the detector's mmengine
     Config (from a checkpoint: `DetectorInfo.config`, which reads it as data, never as code).
     """
-    import torch
     from mmcv.transforms import Compose
     from mmengine.dataset import pseudo_collate
     from mmengine.registry import init_default_scope
 
-    from domainmona.boxes.detections import Detections
+    from domainmona.detection.predict import run_detector
     from domainmona.geo.chipload import detector_image
 
     init_default_scope("mmrotate")
@@ -62,14 +62,7 @@ def detect_infer(model, cfg, stats: list[dict] | None) -> DetectInfer:
             image = stretch_to_uint8(tile.pixels, stats) if stats else tile.pixels.astype(np.uint8)
             image = detector_image(image * tile.valid.astype(np.uint8))
             samples.append(pipeline(dict(img=image, img_id=str(i), img_path=None)))
-        with torch.inference_mode():
-            outputs = model.test_step(pseudo_collate(samples))
-        results = []
-        for sample in outputs:
-            pred = sample.pred_instances
-            boxes = pred.bboxes.tensor if hasattr(pred.bboxes, "tensor") else pred.bboxes
-            results.append(Detections.of(boxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()))
-        return results
+        return [detections for _, detections in run_detector(model, pseudo_collate(samples))]
 
     return infer
 
@@ -129,12 +122,15 @@ class Predictor:
         self.network = self._onnx_network()
 
     def _onnx_network(self):
-        """The ONNX network of `--runtime onnx`, checked against the checkpoint and the tile size; else None."""
-        from domainmona.export import DETECTOR_REFUSAL, GEO_SEG, runtime_network
+        """The ONNX network of `--runtime onnx`, checked against the checkpoint and the tile size (a detector's
+        against the input its test pipeline resizes tiles to); else None."""
+        from domainmona.detection.predict import onnx_detector
+        from domainmona.export import GEO_SEG, runtime_network
 
         s = self.settings
-        if s.runtime == "onnx" and not self.segmentation:
-            raise UserError(f"--runtime onnx: {DETECTOR_REFUSAL}")
+        if not self.segmentation:
+            network, self.info = onnx_detector(s.runtime, s.onnx_model, self.checkpoint)
+            return network
         network = runtime_network(s.runtime, s.onnx_model, self.checkpoint, GEO_SEG)
         if network is not None and int(network.metadata["tile_size"]) != self.opts.size:
             raise UserError(f"--model {s.onnx_model}: takes {network.metadata['tile_size']}-pixel tiles, not "
@@ -152,7 +148,9 @@ class Predictor:
 
     def inputs(self) -> list[Path]:
         """The files an output must never replace, besides the scene."""
-        return [self.checkpoint, geo_sidecar(self.checkpoint), *filter(None, [self.settings.onnx_model])]
+        from domainmona.export import onnx_files
+
+        return [self.checkpoint, geo_sidecar(self.checkpoint), *onnx_files(self.settings.onnx_model)]
 
     def check(self, raster: Path, out: Path) -> None:
         """Refuse, before any work, an output of the wrong kind or one that may not be written (an input, a
@@ -174,7 +172,7 @@ class Predictor:
         from domainmona.geo.segmodel import load_segmenter
 
         if self.network is not None:
-            self.model = self.network
+            self.model = self.network  # a detector's info came with it
         elif self.segmentation:
             self.model, self.spec = load_segmenter(self.checkpoint, self.opts.size)
         else:
