@@ -364,7 +364,7 @@ def main() -> None:
         work = Path(tmp)
         task, entries = write_task(work, pool + held_out)
         jobs = []
-        for k in shots:
+        for k in sorted(shots, reverse=True):  # the goals are read at the largest K: its cells first
             for seed in range(seeds):
                 datalist = write_datalist(task, entries, pool, k, seed)
                 config = write_config(work / f"k{k}_seed{seed}.yaml", args.network, epochs_for(steps, k), seed,
