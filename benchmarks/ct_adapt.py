@@ -236,8 +236,8 @@ def summarise(rows: tuple[Row, ...], runs: list[dict], costs: dict[str, dict], s
         mine = [run for run in runs if run["row"] == row.label]
         dice = {str(k): [run["dice"] for run in mine if run["k"] == k] for k in shots} if row.trained else {}
         table.append({**asdict(row), **costs[row.label], "step_ratio": costs[row.label]["step_s"] / full,
-                      "dice": {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None)
-                               for k, v in dice.items()},
+                      "dice": {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None, len(v))
+                               for k, v in dice.items() if v},  # (mean, std, seeds); none with --partial
                       "peak_mb": max(run["peak_mb"] for run in mine), "file_mb": mine[0]["file_mb"],
                       "checkpoint_mb": mine[0]["checkpoint_mb"], "flags": " ".join(row.flags())})
     return table
@@ -252,7 +252,7 @@ def goal_lines(table: list[dict], shots: list[int]) -> list[str]:
         checks = [(pct <= GOALS["file_pct"], f"file {pct:.1f}% of its checkpoint (goal <= {GOALS['file_pct']:g}%)"),
                   (row["step_ratio"] <= GOALS["step_ratio"],
                    f"step {row['step_ratio']:.2f}x full (goal <= {GOALS['step_ratio']}x)")]
-        if row["dice"]:
+        if str(k) in row["dice"] and str(k) in full["dice"]:
             gap = row["dice"][str(k)][0] - full["dice"][str(k)][0]
             checks.append((gap >= -GOALS["dice_gap"], f"Dice {gap:+.3f} vs full (goal >= -{GOALS['dice_gap']})"))
         else:
@@ -262,14 +262,15 @@ def goal_lines(table: list[dict], shots: list[int]) -> list[str]:
     return lines
 
 
-def table_lines(table: list[dict], shots: list[int]) -> list[str]:
-    """The markdown table, one line per row (the README's CT section shows the same)."""
+def table_lines(table: list[dict], shots: list[int], seeds: int) -> list[str]:
+    """The markdown table, one line per row (the README's CT section shows the same); a Dice cell of fewer
+    seeds than asked (a --partial report) says how many."""
 
     def dice(row: dict, k: int) -> str:
         if str(k) not in row["dice"]:
             return "-"
-        mean, std = row["dice"][str(k)]
-        return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+        mean, std, n = row["dice"][str(k)]
+        return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "") + (f" (n={n})" if n < seeds else "")
 
     lines = ["| row | trainable params | " + " | ".join(f"Dice K={k}" for k in shots)
              + " | CPU s / step | × full | peak MB | adapter file MB | % of checkpoint |",
@@ -311,7 +312,10 @@ def report(stem: Path, setup: dict, table: list[dict]) -> None:
         f"(AdamW, weight decay {setup['weight_decay']:g}, cosine per epoch), gradient clip 1, no intensity "
         f"augmentation, Mona inner dim 16; {seeds} seed(s)"
         + (" (a smoke run)" if setup["quick"] else " (**fewer than the 3 asked**)" if seeds < 3 else "")
-        + ". Validation runs once, after the last step: no checkpoint is chosen on the held-out cases.",
+        + ". Validation runs once, after the last step: no checkpoint is chosen on the held-out cases."
+        + (f" **Partial report**: {setup['finished_runs']} of the {setup['planned_runs']} training runs had "
+           "finished (`--partial`); a cell of fewer seeds says how many (n=), '-' has none yet; the whole study "
+           "resumes from its journal (`benchmarks/results/ct_adapt.runs.jsonl`)." if setup.get("partial") else ""),
         "- **Dice**: `segment-ct train`'s validation, mean foreground Dice over the held-out cases (sliding window, "
         "preprocessed space), mean ± std over seeds (no std with one seed).",
         f"- **CPU s / step**: one training step of each row in one process (the train loop's own step on one "
@@ -321,7 +325,7 @@ def report(stem: Path, setup: dict, table: list[dict]) -> None:
         "`best_adapter.safetensors` (what trains: adapters, the head, a trained decoder) and its share of the "
         "run's `best.pt`, as `segment-ct train` prints it.",
         "",
-        *table_lines(table, shots),
+        *table_lines(table, shots, seeds),
         "",
         "Rows (flags after `segment-ct train --data ... --pretrained <source> --config <ct-demo settings>`): "
         + "; ".join(f"{row['label']}: `{row['flags']}`" for row in table) + ".",
@@ -334,7 +338,7 @@ def report(stem: Path, setup: dict, table: list[dict]) -> None:
         "What would change it: " + CAVEAT,
     ]
     write_markdown(stem.with_suffix(".md"), lines)
-    print("\n".join(table_lines(table, shots)))
+    print("\n".join(table_lines(table, shots, seeds)))
 
 
 def main() -> None:
@@ -347,6 +351,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per run, at least (whole epochs)")
     parser.add_argument("--jobs", type=int, default=2, help="training runs side by side")
     parser.add_argument("--lr", type=float, default=LR, help="lr of every row (adapters and head included)")
+    parser.add_argument("--partial", action="store_true", help="report the journal's finished training runs "
+                        "without starting the others (their cells '-', fewer seeds marked n=)")
     args = study_arguments(parser, lambda stem, saved: report(stem, saved["setup"], saved["table"]))
     if args is None:
         return
@@ -373,7 +379,7 @@ def main() -> None:
                          for row in ROWS if row.trained]
         journal = Journal(stem.with_suffix(".runs.jsonl"), {"steps": steps, "lr": args.lr, "threads": args.threads})
         runs += journal.done
-        todo = [job for job in jobs if (job[0].label, job[1], job[2]) not in journal.keys]
+        todo = [] if args.partial else [job for job in jobs if (job[0].label, job[1], job[2]) not in journal.keys]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} training runs done before (journal {journal.path.name})")
         with ThreadPoolExecutor(args.jobs) as pool_of_runs:  # each run is its own process
             for done in pool_of_runs.map(lambda job: journal.add(attempt(*job, refused=refused)), todo):
@@ -394,11 +400,14 @@ def main() -> None:
              "held_out": held_out,
              "step_rounds": rounds, "lr": args.lr, "weight_decay": train["weight_decay"],
              "command": " ".join([".venv/bin/python benchmarks/ct_adapt.py", *sys.argv[1:]]),
-             "minutes": (time.perf_counter() - started) / 60, "refused": refused}
+             "minutes": (time.perf_counter() - started) / 60, "refused": refused, "partial": args.partial,
+             "planned_runs": len(jobs),
+             "finished_runs": sum(run["row"] in {row.label for row in ROWS if row.trained} for run in runs)}
     table = summarise(rows, runs, costs, list(shots))
     with atomic_path(stem.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({"setup": setup, "table": table, "runs": runs}, indent=1))
-    journal.path.unlink()  # its runs are in the .json now
+    if not args.partial:
+        journal.path.unlink()  # its runs are in the .json now
     report(stem, setup, table)
 
 
