@@ -10,6 +10,7 @@ import shapely
 import torch
 
 from domainmona.detection import mmcv_ext, rotated_ops  # before mmcv.ops: serves mmcv._ext without the build
+from domainmona.detection.dota.polygon_iou import quad_pair_iou
 from domainmona.errors import UserError
 from mmcv.ops import RoIAlignRotated, box_iou_rotated, nms_rotated  # noqa: E402,I001
 
@@ -370,3 +371,135 @@ def test_without_the_compiled_build_mmcv_ops_run_torch_and_refuse_the_rest_in_on
     monkeypatch.setenv(rotated_ops.SWITCH, 'mmcv')
     with pytest.raises(UserError, match="DOMAINMONA_ROTATED_OPS=mmcv asks for mmcv's compiled kernels"):
         rotated_ops.install_rotated_ops()
+
+
+# ------------------------------------------- near-duplicate boxes: (nearly) coincident edges and corners
+
+def exact_pair_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> np.ndarray:
+    """IoU of boxes1[i] with boxes2[i] by the DOTA evaluation's float64 Sutherland-Hodgman clip (shapely's
+    GEOS returns an empty intersection for some near-identical pairs: IoU 0 for 0.9999996)."""
+    def corners(boxes):
+        return shapely.get_coordinates(polygons(boxes)).reshape(-1, 5, 2)[:, :4]
+    return quad_pair_iou(corners(boxes1), corners(boxes2))
+
+
+def near_duplicates(angle: float, centre: float, offset: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 5) float32 boxes around (centre, centre) and copies with each parameter moved by up to `offset`
+    (px; the angle by offset / 100 rad), one parameter at a time and all at once: corners and edges of a
+    pair coincide to within the offset, where exact inside/crossing tests decide by rounding."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.tensor([[40., 20.], [100., 3.], [8., 8.], [300., 50.]])
+    base = torch.cat((torch.full((4, 2), centre) + torch.rand(4, 2, generator=g) * 10, sizes,
+                      torch.full((4, 1), angle)), 1).double()
+    boxes1, boxes2 = [], []
+    scale = torch.tensor([1., 1., 1., 1., 0.01], dtype=torch.float64) * offset
+    for moved in [[0], [1], [2], [3], [4], [0, 1, 2, 3, 4]]:
+        for _ in range(8):
+            step = torch.zeros(4, 5, dtype=torch.float64)
+            step[:, moved] = (torch.rand(4, len(moved), generator=g, dtype=torch.float64) * 2 - 1) * scale[moved]
+            boxes1.append(base)
+            boxes2.append(base + step)
+    return torch.cat(boxes1).float(), torch.cat(boxes2).float()
+
+
+@pytest.mark.parametrize('angle', [0.0, math.pi / 2, -math.pi / 2, math.pi / 4, 0.3])
+@pytest.mark.parametrize('centre', [50.0, 5000.0])
+@pytest.mark.parametrize('offset', [1e-5, 1e-4, 1e-3])
+def test_near_identical_boxes_in_float32_give_the_exact_iou(angle, centre, offset):
+    # reference: exact polygons (float64) of the very float32 boxes, so only the op's arithmetic counts
+    # (rounding 5000 px to float32 moves a corner by up to 2.4e-4 px). Before: 0.333 for some pairs.
+    boxes1, boxes2 = near_duplicates(angle, centre, offset, seed=int(centre) + int(1 / offset))
+    expected = exact_pair_iou(boxes1, boxes2)
+    got32 = rotated_ops.box_iou_rotated(boxes1, boxes2, aligned=True)
+    got64 = rotated_ops.box_iou_rotated(boxes1.double(), boxes2.double(), aligned=True)
+    assert got32.dtype == torch.float32 and expected.min() > 0.9
+    np.testing.assert_allclose(got32.numpy(), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got64.numpy(), expected, atol=1e-6, rtol=0)  # _PARALLEL slivers, rounding
+    np.testing.assert_allclose(got32.numpy(), got64.numpy(), atol=1e-7, rtol=0)  # float32 output rounding
+    full = rotated_ops.box_iou_rotated(boxes1, boxes2)  # the (N, M) path, through the overlap filter
+    np.testing.assert_allclose(torch.diagonal(full).numpy(), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_the_same_rectangle_written_differently_has_iou_one(dtype):
+    # w, h swapped with the angle + pi/2, or the angle + pi: the same corners in another order, each on the
+    # other box's edges up to rounding (mmcv's kernel and the op before gave IoU 0 for many of these); in
+    # float32 the turned angle is itself rounded (~1e-7 rad), hence the exact IoU as the reference
+    boxes = random_boxes(2000, 21, field=5000)
+    boxes = boxes[(boxes[:, 2] > 1) & (boxes[:, 3] > 1)].to(dtype)
+    swapped = torch.stack((boxes[:, 0], boxes[:, 1], boxes[:, 3], boxes[:, 2], boxes[:, 4] + math.pi / 2), 1)
+    turned = torch.cat((boxes[:, :4], boxes[:, 4:] + math.pi), 1)
+    for other in (boxes.clone(), swapped, turned):
+        iou = rotated_ops.box_iou_rotated(boxes, other, aligned=True)
+        np.testing.assert_allclose(iou.numpy(), exact_pair_iou(boxes, other), atol=1e-7, rtol=0)
+        assert iou.min() > 1 - 1e-5
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_collinear_and_nearly_parallel_edges(dtype):
+    # a box slid along its length shares two edge lines: their "crossing" is rounding noise and once landed
+    # anywhere on the edge (IoU 0.8 off, float64 too); nearly parallel edges 3 px apart, 1e-6 rad off, once
+    # crossed inside the boxes in float32
+    g = torch.Generator().manual_seed(22)
+    n = 3000
+    boxes = torch.cat((torch.rand(n, 2, generator=g) * 5000, torch.rand(n, 1, generator=g) * 80 + 20,
+                       torch.rand(n, 1, generator=g) * 80 + 1, (torch.rand(n, 1, generator=g) - 0.5) * math.pi), 1)
+    boxes[::4, 4], boxes[1::4, 4], boxes[2::4, 4] = 0, math.pi / 2, math.pi / 4
+    boxes = boxes.double()
+    slid = boxes.clone()
+    slid[:, 0] += 10 * torch.cos(boxes[:, 4])
+    slid[:, 1] += 10 * torch.sin(boxes[:, 4])
+    turned = boxes.clone()
+    turned[:, 4] += 1e-6
+    turned[:, 0] += 3
+    for other in (slid, turned):
+        first, second = boxes.to(dtype), other.to(dtype)
+        expected = exact_pair_iou(first, second)
+        got = rotated_ops.box_iou_rotated(first, second, aligned=True)
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_float32_boxes_give_the_float64_iou():
+    # the op computes in float64 whatever the input dtype: float32 differs only by rounding its output
+    boxes1, boxes2 = random_boxes(600, 23, field=3000), random_boxes(500, 24, field=3000)
+    boxes2[:200] = boxes1[:200]
+    got32 = rotated_ops.box_iou_rotated(boxes1, boxes2)
+    got64 = rotated_ops.box_iou_rotated(boxes1.double(), boxes2.double())
+    assert got32.dtype == torch.float32 and (got64 > 0).sum() > 300
+    torch.testing.assert_close(got32.double(), got64, atol=1e-7, rtol=0)
+
+
+@needs_compiled
+def test_box_iou_rotated_matches_mmcv_within_1e5_on_generic_boxes(switch):
+    # generic boxes (no copies, touching or empty ones, where mmcv's float32 tests decide by rounding)
+    g = torch.Generator().manual_seed(25)
+    boxes1 = torch.cat((torch.rand(500, 2, generator=g) * 200, torch.rand(500, 2, generator=g) * 40 + 5,
+                        (torch.rand(500, 1, generator=g) - 0.5) * math.pi), 1)
+    boxes2 = boxes1[torch.randperm(500, generator=g)] + torch.randn(500, 5, generator=g) * 3
+    boxes2[:, 2:4] = boxes2[:, 2:4].abs() + 1
+    switch('mmcv')
+    expected = box_iou_rotated(boxes1, boxes2)
+    switch('torch')
+    got = box_iou_rotated(boxes1, boxes2)
+    assert (expected > 0).sum() > 1_000
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('threshold', [0.5, 0.9, 0.99])
+def test_nms_rotated_keeps_one_of_two_near_duplicates(switch, threshold):
+    boxes1, boxes2 = [], []
+    for angle in (0.0, math.pi / 2, math.pi / 4, 0.3):
+        first, second = near_duplicates(angle, 5000.0, 1e-5, seed=26)
+        boxes1.append(first)
+        boxes2.append(second)
+    boxes1, boxes2 = torch.cat(boxes1), torch.cat(boxes2)
+    # each pair on its own, far from the others (batched_nms's class offsets do the same)
+    spread = torch.arange(len(boxes1), dtype=torch.float32)[:, None] * torch.tensor([[1000., 0, 0, 0, 0]])
+    boxes = torch.cat((boxes1 + spread, boxes2 + spread))
+    scores = torch.rand(len(boxes), generator=torch.Generator().manual_seed(27))
+    keep = rotated_ops.nms_rotated(boxes, scores, threshold)
+    pair = torch.arange(len(boxes)) % len(boxes1)
+    assert sorted(pair[keep].tolist()) == list(range(len(boxes1)))
+    switch('torch')
+    _, kept = nms_rotated(boxes, scores, threshold)  # as merge and the RoI head call it
+    assert sorted(pair[kept].tolist()) == list(range(len(boxes1)))

@@ -96,47 +96,71 @@ def implementation(device: torch.device) -> str:
 
 # ---------------------------------------------------------------------------------------------- IoU
 
+# Tolerances of `_intersection_area`, in float64 (where rounding is ~1e-13 of a box's size): how far, as a
+# fraction of an edge, a candidate vertex may lie beyond an edge and still count as on it; and the sine of
+# the angle below which two edges count as parallel.
+_SLACK = 1e-9
+_PARALLEL = 1e-8
+
+
 def _vertices(boxes: torch.Tensor, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x and y, each (P, 4), of the corners of (P, 5) clockwise boxes whose centres move by -shift
-    (mmcv's get_rotated_vertices, whose cos/sin are taken in double)."""
+    (mmcv's get_rotated_vertices)."""
     x, y = boxes[:, 0] - shift[:, 0], boxes[:, 1] - shift[:, 1]
     w, h = boxes[:, 2], boxes[:, 3]
-    wide = torch.float32 if boxes.device.type == 'mps' else torch.float64
-    angle = boxes[:, 4].to(wide)
-    cos2 = torch.cos(angle).to(boxes.dtype) * 0.5
-    sin2 = torch.sin(angle).to(boxes.dtype) * 0.5
+    cos2 = torch.cos(boxes[:, 4]) * 0.5
+    sin2 = torch.sin(boxes[:, 4]) * 0.5
     x0, y0 = x - sin2 * h - cos2 * w, y + cos2 * h - sin2 * w
     x1, y1 = x + sin2 * h - cos2 * w, y - cos2 * h - sin2 * w
     return torch.stack((x0, x1, 2 * x - x0, 2 * x - x1), 1), torch.stack((y0, y1, 2 * y - y0, 2 * y - y1), 1)
 
 
-def _corners_inside(px, py, rx, ry) -> torch.Tensor:
-    """(P, 4) whether each corner (px, py) lies in the rectangle with corners (rx, ry), edges included."""
+def _corners_inside(px, py, rx, ry, slack: float) -> torch.Tensor:
+    """(P, 4) whether each corner (px, py) lies in the rectangle with corners (rx, ry), edges included, its
+    projections on the two sides allowed `slack` (a fraction of each side) beyond them."""
     abx, aby = (rx[:, 1] - rx[:, 0])[:, None], (ry[:, 1] - ry[:, 0])[:, None]
     dax, day = (rx[:, 0] - rx[:, 3])[:, None], (ry[:, 0] - ry[:, 3])[:, None]
     apx, apy = px - rx[:, :1], py - ry[:, :1]
     ap_ab, ap_ad = apx * abx + apy * aby, -(apx * dax + apy * day)
-    return (ap_ab >= 0) & (ap_ad >= 0) & (ap_ab <= abx * abx + aby * aby) & (ap_ad <= dax * dax + day * day)
+    ab_ab, ad_ad = abx * abx + aby * aby, dax * dax + day * day
+    return ((ap_ab >= -slack * ab_ab) & (ap_ad >= -slack * ad_ad)
+            & (ap_ab <= (1 + slack) * ab_ab) & (ap_ad <= (1 + slack) * ad_ad))
 
 
 def _intersection_area(x1, y1, x2, y2) -> torch.Tensor:
     """Area of the intersection of two convex quadrilaterals (corners x1, y1 and x2, y2, each (P, 4)) per
     row: the edge crossings and the corners inside the other box (mmcv's 24 candidate points, same
-    tolerances), ordered by angle around their mean and summed with the shoelace formula. The intersection
-    is convex, so this is the area of mmcv's Graham hull of the same points."""
+    tolerances but `_SLACK`), ordered by angle around their mean and summed with the shoelace formula. The
+    intersection is convex, so this is the area of mmcv's Graham hull of the same points.
+
+    Why the slack: a vertex of the intersection that lies on (or within rounding of) an edge of both boxes,
+    as where near-duplicate boxes' edges (nearly) coincide, is a corner inside the other box and an edge
+    crossing at t = 0 or 1 at once; exact tests can reject every candidate for it (mmcv's kernel does: a box
+    and the same rectangle written with w, h swapped and the angle + pi/2 can give IoU 0), and the hull then
+    loses a whole corner (IoU 0.333 for a lost half). Accepting points up to `slack` of an edge beyond it keeps
+    them; a point let in that way lies within slack * edge of the true polygon, so the area moves by at most
+    about slack * perimeter * size."""
+    slack = _SLACK
     ex1, ey1 = x1.roll(-1, 1) - x1, y1.roll(-1, 1) - y1            # edge i of box 1
     ex2, ey2 = x2.roll(-1, 1) - x2, y2.roll(-1, 1) - y2
     e1x, e1y, e2x, e2y = ex1[:, :, None], ey1[:, :, None], ex2[:, None], ey2[:, None]
     det = e2x * e1y - e1x * e2y                                     # (P, 4, 4): edge i of 1, edge j of 2
     dx, dy = x2[:, None] - x1[:, :, None], y2[:, None] - y1[:, :, None]
-    parallel = det.abs() <= 1e-14
+    # parallel relative to the edges' lengths (mmcv: |det| <= 1e-14): for (nearly) collinear edges det and
+    # the numerators are rounding noise, t lands anywhere and the "crossing" can sit an edge's length outside
+    # the other box. Skipping edges within `_PARALLEL` rad of parallel loses at most a vertex of angle
+    # pi - _PARALLEL, a sliver of area below _PARALLEL * size^2 / 2; their shared vertices are corners,
+    # which the inside tests keep.
+    lengths = (e1x * e1x + e1y * e1y) * (e2x * e2x + e2y * e2y)
+    parallel = det * det <= _PARALLEL ** 2 * lengths
     det = det.masked_fill(parallel, 1.0)
     t1 = (e2x * dy - dx * e2y) / det
     t2 = (e1x * dy - dx * e1y) / det
-    crossing = ~parallel & (t1 >= 0) & (t1 <= 1) & (t2 >= 0) & (t2 <= 1)
+    crossing = ~parallel & (t1 >= -slack) & (t1 <= 1 + slack) & (t2 >= -slack) & (t2 <= 1 + slack)
     px = torch.cat(((x1[:, :, None] + e1x * t1).flatten(1), x1, x2), 1)   # (P, 24)
     py = torch.cat(((y1[:, :, None] + e1y * t1).flatten(1), y1, y2), 1)
-    valid = torch.cat((crossing.flatten(1), _corners_inside(x1, y1, x2, y2), _corners_inside(x2, y2, x1, y1)), 1)
+    valid = torch.cat((crossing.flatten(1), _corners_inside(x1, y1, x2, y2, slack),
+                       _corners_inside(x2, y2, x1, y1, slack)), 1)
     count = valid.sum(1)
     weight = valid.to(px.dtype)
     total = count.clamp(min=1).to(px.dtype)
@@ -153,17 +177,25 @@ def _intersection_area(x1, y1, x2, y2) -> torch.Tensor:
 
 
 def _pair_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, mode_flag: int) -> torch.Tensor:
-    """IoU (mode 0) or IoF (mode 1) of row-aligned clockwise boxes, as mmcv's single_box_iou_rotated."""
+    """IoU (mode 0) or IoF (mode 1) of row-aligned clockwise boxes, as mmcv's single_box_iou_rotated.
+
+    Always in float64, returned in the boxes' dtype and device. In float32 (mmcv computes in the boxes'
+    dtype) the crossing of two nearly parallel edges, det ~ |e|^2 * their angle, keeps few correct digits:
+    a crossing far outside both boxes can land inside them as a false vertex (IoU 0.9 read as 0.3), and
+    no tolerance separates that from a true one. MPS has no float64, so its pairs go through the CPU.
+    On CPU float64 costs about 1.5x float32 here."""
     out = []
+    work = torch.device('cpu') if boxes1.device.type == 'mps' else boxes1.device
     for start in range(0, boxes1.shape[0], PAIR_CHUNK):
-        b1, b2 = boxes1[start:start + PAIR_CHUNK], boxes2[start:start + PAIR_CHUNK]
+        b1 = boxes1[start:start + PAIR_CHUNK].to(work, torch.float64)
+        b2 = boxes2[start:start + PAIR_CHUNK].to(work, torch.float64)
         shift = (b1[:, :2] + b2[:, :2]) / 2
         inter = _intersection_area(*_vertices(b1, shift), *_vertices(b2, shift))
         area1, area2 = b1[:, 2] * b1[:, 3], b2[:, 2] * b2[:, 3]
         base = area1 + area2 - inter if mode_flag == 0 else area1
         iou = inter / base.masked_fill(base == 0, 1.0)
         out.append(iou.masked_fill((area1 < 1e-14) | (area2 < 1e-14), 0.0))
-    return torch.cat(out) if out else boxes1.new_zeros(0)
+    return torch.cat(out).to(boxes1.device, boxes1.dtype) if out else boxes1.new_zeros(0)
 
 
 def _may_overlap(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
