@@ -36,16 +36,20 @@ def read_metadata(path: Path) -> dict[str, str]:
 class OnnxDetector:
     """The two graphs of an exported detector (``path`` and the RoI head file its metadata names beside it)."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, threads: int | None = None):
+        """``threads``: onnxruntime's intra-op threads (its default, one per core, when None)."""
         path = Path(path)
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.network = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        self.network = ort.InferenceSession(str(path), options, providers=providers)
         self.metadata = dict(self.network.get_modelmeta().custom_metadata_map)
         if self.metadata.get("format") != FORMAT or self.metadata.get("kind") != KIND:
             raise ValueError(f"{path}: not a detector that 'domainmona export' wrote")
         self.roi_head_path = path.with_name(json.loads(self.metadata["graphs"])["roi_head"])
-        self.roi_head = ort.InferenceSession(str(self.roi_head_path), providers=providers)
+        self.roi_head = ort.InferenceSession(str(self.roi_head_path), options, providers=providers)
         self.settings = json.loads(self.metadata["detector"])
         self.classes = json.loads(self.metadata["classes"])
         self.size = int(self.metadata["input_size"])
