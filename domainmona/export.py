@@ -28,6 +28,7 @@ from typing import Any
 from domainmona import __version__
 from domainmona.errors import UserError
 from domainmona.io import PRODUCER, atomic_path, claim_file
+from domainmona.options import check_memory, window_bytes
 
 FORMAT = "domainmona.onnx/1"
 OPSET = 18
@@ -65,6 +66,8 @@ def geo_exportable(checkpoint: Path, spec: dict, size: int | None) -> Exportable
     size = spec["size"] if size is None else size
     if size < 32 or size % 32:
         raise UserError(f"--size {size}: geo-seg tiles must be a positive multiple of 32")
+    check_memory("--size", size, window_bytes(size, bands=spec["in_channels"], batch=2),
+                 f"the example batch of 2 {size}x{size} tiles the exporter traces")
     network, spec = load_segmenter(checkpoint, size)
     metadata = {"kind": GEO_SEG, "classes": _json(["background", *spec["classes"]]), "bands": _json(spec["bands"]),
                 "normalisation": _json({"rule": "clip each band to [p_low, p_high], then (x - mean) / std; "

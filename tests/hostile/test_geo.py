@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -606,8 +607,29 @@ NEW_PARENT_CASES = [
          None),
 ]
 
+
+def export_with(*extra: str, checkpoint: str = "{ws}/seg.safetensors", out: str = f"{NEW}/model.onnx"):
+    return ("export", checkpoint, "--out", out, *extra)
+
+
+EXPORT_CASES = [  # `domainmona export` of the geo-seg asset (the CT and detector checkpoints: tests/test_export*.py)
+    Case("export-checkpoint-missing", export_with(checkpoint="{ws}/none.safetensors"), "no such checkpoint"),
+    Case("export-checkpoint-not-domainmona", export_with(checkpoint="{ws}/mine.safetensors"), "mine.safetensors",
+         write("mine.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")),
+    Case("export-checkpoint-crafted-pickle", export_with(checkpoint="{ws}/evil.pt"), "evil.pt", crafted("evil.pt")),
+    Case("export-out-not-onnx", export_with(out="{ws}/model.tif"), "must end in .onnx", SEG),
+    Case("export-out-user-file", export_with(out="{ws}/mine.onnx"), "mine.onnx",
+         steps(SEG, write("mine.onnx", b"a user's own model"))),
+    Case("export-out-is-a-folder", export_with(out="{ws}/run.onnx"), "run.onnx", steps(SEG, lambda ws: (ws / "run.onnx").mkdir())),
+    Case("export-size-0", export_with("--size", "0"), "--size", SEG),
+    Case("export-size-negative", export_with("--size", "-64"), "--size", SEG),
+    Case("export-size-not-multiple", export_with("--size", "100"), "multiple of 32", SEG),
+    Case("export-size-text", export_with("--size", "big"), "--size", SEG),
+    Case("export-size-beyond-memory", export_with("--size", "1000000000"), "would need", SEG),
+]
+
 CASES = (TILE_CASES + PREDICT_CASES + GEO_SEG_CASES + GEO_DET_CASES + SCENE_CASES + GEO_DEMO_CASES
-         + NEW_PARENT_CASES)
+         + NEW_PARENT_CASES + EXPORT_CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids(CASES))
@@ -762,6 +784,11 @@ def big_scene(size: int) -> Setup:
     return setup
 
 
+def tracing(ws: Path, started: dict = {}) -> bool:
+    """Ready: 3 s after the first look, inside torch's exporter (export makes --out's folder only to write)."""
+    return time.monotonic() - started.setdefault(ws, time.monotonic()) > 3
+
+
 INTERRUPT_CASES = [
     Interrupt("tile-interrupted", ("tile", "{ws}/big.tif", "--labels", "{ws}/big.gpkg", "--out", f"{NEW}/chips",
                                    "--size", "64", "--overlap", "0", "--task", "segmentation"), made_new,
@@ -772,6 +799,7 @@ INTERRUPT_CASES = [
     Interrupt("geo-det-interrupted", (*GEO_DET[:5], f"{NEW}/work", *GEO_DET[6:], "--max-iters", "100"), made_new,
               DET_CHIPS),
     Interrupt("geo-demo-interrupted", ("geo-demo", "--out", f"{NEW}/demo"), made_new),
+    Interrupt("export-interrupted", export_with(), tracing, SEG),
 ]
 
 
