@@ -67,12 +67,10 @@ def _assert_parity(reference: np.ndarray, exported: np.ndarray) -> None:
 @pytest.fixture(scope="module")
 def geo_root(tmp_path_factory) -> Path:
     """Segmentation chips of a small 3-band scene (tiles 64/16) and a scene to predict."""
-    from domainmona.geo.tiling import TileOptions, tile_scenes
+    from test_geo_predict_many import training_chips
 
     root = tmp_path_factory.mktemp("geo")
-    scene = write_scene(root / "train.tif", root / "train.gpkg", SceneSpec(width=192, height=192, objects=4,
-                                                                              frame=16, seed=1, block=64))
-    tile_scenes([scene.raster], scene.labels, root / "chips", TileOptions(size=64, overlap=16, task="segmentation"))
+    training_chips(root)
     write_scene(root / "scene.tif", root / "scene.gpkg", SceneSpec(width=200, height=170, objects=3, frame=16,
                                                                     seed=2, block=64))
     return root

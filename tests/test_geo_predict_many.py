@@ -133,19 +133,25 @@ def test_two_gloo_processes_write_the_bytes_one_process_writes(tmp_path):
 # ------------------------------------------------------------------------------------------ the command
 
 
+def training_chips(root: Path) -> Path:
+    """Segmentation chips (tiles 64/16) of a small seeded 3-band uint8 scene with 4 objects: ROOT/chips."""
+    from domainmona.geo.tiling import TileOptions, tile_scenes
+
+    scene = write_scene(root / "train.tif", root / "train.gpkg", SceneSpec(width=192, height=192, objects=4,
+                                                                              frame=16, seed=1, block=64))
+    tile_scenes([scene.raster], scene.labels, root / "chips", TileOptions(size=64, overlap=16, task="segmentation"))
+    return root / "chips"
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained geo-seg checkpoint on the micro encoder, seeded (3-band uint8 scenes, tiles 64/16)."""
     import torch
 
     from domainmona.geo.segmodel import build_model, load_settings, model_spec, save_segmenter
-    from domainmona.geo.tiling import TileOptions, tile_scenes
 
     root = tmp_path_factory.mktemp("seg-model")
-    scene = write_scene(root / "train.tif", root / "train.gpkg", SceneSpec(width=192, height=192, objects=4,
-                                                                              frame=16, seed=1, block=64))
-    tile_scenes([scene.raster], scene.labels, root / "chips", TileOptions(size=64, overlap=16, task="segmentation"))
-    spec = model_spec(load_settings(encoder="micro"), json.loads((root / "chips" / "manifest.json").read_text()))
+    spec = model_spec(load_settings(encoder="micro"), json.loads((training_chips(root) / "manifest.json").read_text()))
     torch.manual_seed(0)
     return save_segmenter(build_model(spec), spec, root / "seg.safetensors")
 
