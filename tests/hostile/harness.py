@@ -215,6 +215,13 @@ def made_new(ws: Path) -> bool:
     return (ws / "new").exists()
 
 
+def _terminal_sigint() -> None:
+    """In the child: Ctrl-C's default disposition, as a process started from a terminal has it. A suite run in
+    the background (`cmd &` in a script, nohup) inherits SIGINT ignored, and ignored signals stay ignored across
+    exec: Python would then never raise KeyboardInterrupt and every case would run to its end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupted(case: Interrupt, ws: Path, timeout: float = 300) -> str:
     """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) once the case is ready: exit
     130, one `error: interrupted...` line, no temporaries, and no folder of `NEW` left unless the line names
@@ -223,7 +230,8 @@ def interrupted(case: Interrupt, ws: Path, timeout: float = 300) -> str:
         case.setup(ws)
     before = snapshot(ws)
     process = subprocess.Popen([sys.executable, "-m", "domainmona.cli", *case.args(ws)], cwd=ws,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=_terminal_sigint)
     deadline = time.monotonic() + timeout
     try:
         while not case.ready(ws):
