@@ -104,7 +104,8 @@ def ct_exportable(checkpoint: Path) -> Exportable:
 def exportable(checkpoint: Path, size: int | None = None) -> Exportable:
     """The checkpoint's network and metadata, whatever pipeline wrote it; one line for anything else."""
     from domainmona.detection.checkpoint import DETECTOR_KEYS
-    from domainmona.geo.segmodel import read_metadata, read_spec
+    from domainmona.geo.segmodel import read_spec
+    from domainmona.io import read_metadata
 
     if not checkpoint.is_file():
         raise UserError(f"{checkpoint}: no such checkpoint file")
@@ -166,7 +167,7 @@ def export_checkpoint(checkpoint: Path, out: Path, size: int | None = None) -> d
 
 def is_detector(checkpoint: Path) -> bool:
     from domainmona.detection.checkpoint import DETECTOR_KEYS
-    from domainmona.geo.segmodel import read_metadata
+    from domainmona.io import read_metadata
 
     return (checkpoint.is_file() and checkpoint.suffix == ".safetensors"
             and all(key in read_metadata(checkpoint) for key in DETECTOR_KEYS))

@@ -425,6 +425,18 @@ def load_torch(path: str | os.PathLike, allow: Iterable[Any] = (), what: str = "
         raise UserError(f"{what} {path}: not a readable PyTorch file ({type(exc).__name__})") from None
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata in a safetensors checkpoint's header (its tensors are not read); a foreign file is one line."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: not a safetensors checkpoint ({reason})") from None
+
+
 def load_safetensors(path: str | os.PathLike, what: str = "checkpoint") -> tuple[dict[str, Any], dict[str, str]]:
     """(tensors, metadata) of a .safetensors file; a missing, truncated or foreign file is a one-line
     UserError (safetensors raises its own error types, and a header it cannot parse as OSError/ValueError)."""

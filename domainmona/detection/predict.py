@@ -75,7 +75,7 @@ def onnx_detector(runtime: str, onnx_model: Path | None, checkpoint: Path):
     from domainmona.detection.export import network_size
     from domainmona.detection.rotated_ops import install_rotated_ops
     from domainmona.export import DETECTOR, runtime_network
-    from domainmona.geo.segmodel import read_metadata
+    from domainmona.io import read_metadata
 
     detector = runtime_network(runtime, onnx_model, checkpoint, DETECTOR)
     if detector is None:

@@ -214,7 +214,7 @@ def detector_trained(checkpoint: Path) -> dict:
     """What a detector checkpoint was trained on: its own record (`DetectorInfo.scenes`); for one written
     before the record existed, the sidecar of `train geo-det`, else DOTA/STAR's RGB patches, noted so."""
     from domainmona.detection.checkpoint import detector_scenes
-    from domainmona.geo.segmodel import read_metadata
+    from domainmona.io import read_metadata
 
     scenes = detector_scenes(read_metadata(checkpoint), checkpoint)
     return (read_sidecar(checkpoint) or scenes) if "note" in scenes else scenes

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from domainmona.errors import UserError
-from domainmona.io import atomic_path, load_safetensors, read_yaml
+from domainmona.io import atomic_path, load_safetensors, read_metadata, read_yaml
 from domainmona.recipes import CONFIGS_DIR
 
 FORMAT = "domainmona.geo-seg/1"
@@ -155,18 +155,6 @@ def save_segmenter(model, spec: dict[str, Any], path: Path, settings: dict[str, 
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The metadata in a safetensors checkpoint's header (its tensors are not read)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as exc:  # safetensors raises its own error types for a non-safetensors file
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: not a safetensors checkpoint ({reason})") from None
 
 
 def read_spec(path: Path) -> dict[str, Any] | None:
