@@ -195,6 +195,7 @@ def _end_with(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
 
 
 def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int | None = None, gap: int | None = None,
@@ -240,7 +241,14 @@ def split_dataset(src: str | os.PathLike, dst: str | os.PathLike, size: int | No
         # spawn: workers must not inherit the progress bar's thread and locks through fork
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_end_with, initargs=(os.getpid(),)) as pool:
-            futures = [pool.submit(_split_image, job) for job in jobs]
+            # Ctrl-C reaches the whole process group: a worker still starting (importing site) would die with a
+            # "Fatal Python error" dump. Spawned with SIGINT blocked (the mask survives exec), a worker holds it
+            # pending until its initializer ignores it; the parent's own Ctrl-C is delivered once unblocked.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                futures = [pool.submit(_split_image, job) for job in jobs]
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             try:
                 for future in as_completed(futures):
                     _add(summary, future.result())
