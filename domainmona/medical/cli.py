@@ -70,9 +70,7 @@ def register(groups: CommandGroups) -> None:
         to predict."""
         from domainmona.launch import is_main_process, relaunch_under_torchrun, under_torchrun
         from domainmona.medical.data import load_split
-        from domainmona.medical.checkpoint import load_checkpoint
         from domainmona.medical.settings import decoder_mode, refuse_swin_only_flags, resolve_settings
-        from domainmona.medical.train import last_checkpoint, resumed_decoder
         from domainmona.settings import plain, print_settings
 
         swin_only = dict(feature_size=feature_size, decoder_size=decoder_size, merging=merging,
@@ -82,8 +80,12 @@ def register(groups: CommandGroups) -> None:
                                  train=dict(roi=roi, max_epochs=max_epochs, amp=amp,
                                             adapter_recompute=adapter_recompute))
         refuse_swin_only_flags(resolved.model["name"], swin_only)
-        if resume and resolved.model["decoder"] is None and last_checkpoint(work_dir).exists():
-            resolved.model["decoder"] = resumed_decoder(load_checkpoint(last_checkpoint(work_dir)))
+        if resume and resolved.model["decoder"] is None:  # torch and MONAI load only once the settings are good
+            from domainmona.medical.checkpoint import load_checkpoint
+            from domainmona.medical.train import last_checkpoint, resumed_decoder
+
+            if last_checkpoint(work_dir).exists():
+                resolved.model["decoder"] = resumed_decoder(load_checkpoint(last_checkpoint(work_dir)))
         resolved.model["decoder"] = decoder_mode(resolved.model, pretrained)  # what --print-config and checkpoints show
         if print_config:
             print_settings(resolved)

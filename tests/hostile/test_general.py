@@ -177,8 +177,9 @@ BOMBS = {
 
 @pytest.mark.parametrize("name", BOMBS)
 def test_resource_bombs_are_refused_fast_and_small(name, tmp_path):
-    """The alias bomb and a 10^9-pixel tile are refused before anything grows: in under 5 s and 1 GB
-    (the process's peak resident memory, its imports included)."""
+    """The alias bomb and a 10^9-pixel tile are refused before anything grows: in under 5 s and 256 MiB (the
+    process's peak resident memory, its imports included), which holds only while torch has not been imported
+    (torch alone is ~500 MiB; with MONAI the alias bomb's refusal once peaked at 1,037 MiB in CI)."""
     import subprocess
     import sys
 
@@ -190,4 +191,4 @@ def test_resource_bombs_are_refused_fast_and_small(name, tmp_path):
     line = [s for s in result.stderr.splitlines() if s.startswith("error:")]
     assert int(code) == 2 and len(line) == 1 and expect in line[0], result.stderr
     print(f"{name}: refused in {float(seconds):.2f} s, peak RSS {int(peak) / 2**20:.0f} MiB")
-    assert float(seconds) < 5 and int(peak) < 2**30, (seconds, peak)
+    assert float(seconds) < 5 and int(peak) < 2**28, (seconds, peak)
