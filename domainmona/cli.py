@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from domainmona import interrupts
 from domainmona.adapters import cli as adapters_cli
 from domainmona.commands import app, groups
 from domainmona.console import console, err_console
@@ -81,13 +82,19 @@ def run(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code: 0, or 2 with one `error: ...` line on stderr for bad
     input (options click rejects, UserError, files the OS refuses), 130 after Ctrl-C with one line saying
     what was kept. Nothing else is caught: a traceback is a bug. A run that fails or is interrupted removes
-    the folders it made that hold nothing of its work (domainmona.io.undo_folders_on_failure)."""
+    the folders it made that hold nothing of its work (domainmona.io.undo_folders_on_failure). Whatever a
+    library made of a Ctrl-C (domainmona.interrupts), the run ends as interrupted."""
     from domainmona.io import undo_folders_on_failure
 
     kept: list = []
     try:
-        with undo_folders_on_failure(kept):
-            code = _dispatch(argv)
+        with interrupts.recording(), undo_folders_on_failure(kept):
+            try:
+                code = _dispatch(argv)
+            except Exception:
+                interrupts.check()  # after Ctrl-C, a failure is its doing (a class half-made: RuntimeError)
+                raise
+            interrupts.check()  # a Ctrl-C some library swallowed
             if code:
                 raise _Failed(code)
     except _Failed as failed:

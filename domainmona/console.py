@@ -6,6 +6,8 @@ from rich.console import Console, ConsoleDimensions
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from domainmona import interrupts
+
 FILE_WIDTH = 1000  # columns when writing to a file or pipe: no table cell or line is cut or wrapped there
 
 
@@ -24,7 +26,19 @@ console = _Console()
 err_console = _Console(stderr=True)
 
 
+class _Progress(Progress):
+    """Each step of a long job is also where a Ctrl-C that a library swallowed ends it."""
+
+    def update(self, *args, **kwargs) -> None:
+        interrupts.check()
+        super().update(*args, **kwargs)
+
+    def advance(self, *args, **kwargs) -> None:
+        interrupts.check()
+        super().advance(*args, **kwargs)
+
+
 def progress(transient: bool = False) -> Progress:
     """A progress bar with count, elapsed and remaining time; use as a context manager."""
-    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return _Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=transient)

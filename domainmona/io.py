@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from domainmona import interrupts
 from domainmona.errors import UserError
 
 RECORD = ".domainmona.json"  # in every output folder domainmona made
@@ -160,6 +161,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         tmp_path = _temp_path(final, _suffix(final))
         try:
             yield tmp_path
+            interrupts.check()  # nothing is committed after Ctrl-C, even one a library swallowed
             os.replace(tmp_path, final)
         finally:
             if tmp_path.exists() or tmp_path.is_symlink():

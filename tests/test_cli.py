@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import domainmona
 from domainmona.cli import run
 
@@ -109,3 +111,78 @@ def test_after_ctrl_c_the_pool_threads_finish_their_item_before_the_interpreter_
     _let_pool_threads_finish()
     assert sorted(done) == [0, 1]
     assert not any(isinstance(t, DummyProcess) for t in threading.enumerate())
+
+
+def _swallowed_ctrl_c() -> None:
+    """Ctrl-C delivered where a library catches everything (a bare `except:` around an optional import)."""
+    import signal
+
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except BaseException:
+        pass
+
+
+def test_a_ctrl_c_a_library_swallowed_still_ends_the_run_and_commits_nothing(monkeypatch, tmp_path, capsys):
+    import domainmona.cli as cli
+    from domainmona.io import atomic_path
+
+    def command(argv):
+        _swallowed_ctrl_c()
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("work after Ctrl-C")
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", command)
+    assert run([]) == 130
+    assert capsys.readouterr().err.strip().startswith("error: interrupted")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary
+
+
+def test_a_ctrl_c_turned_into_another_exception_or_success_is_read_as_the_interrupt(monkeypatch):
+    """Python 3.11 wraps a KeyboardInterrupt raised in `__set_name__` in RuntimeError; a command may also end."""
+    import domainmona.cli as cli
+    from domainmona.console import progress
+
+    def fails(argv):
+        _swallowed_ctrl_c()
+        raise RuntimeError("Error calling __set_name__ on 'Field' instance")
+
+    def ends(argv):
+        _swallowed_ctrl_c()
+        return 0
+
+    steps_done = []
+
+    def steps(argv):
+        with progress() as bar:
+            task = bar.add_task("work", total=2)
+            _swallowed_ctrl_c()
+            for step in range(2):  # the next step is where the run ends
+                bar.advance(task)
+                steps_done.append(step)
+        return 0
+
+    for command in (fails, ends, steps):
+        monkeypatch.setattr(cli, "_dispatch", command)
+        assert run([]) == 130, command.__name__
+    assert steps_done == []
+
+
+def test_without_ctrl_c_runs_are_untouched_and_python_s_handler_is_back(monkeypatch, tmp_path):
+    import signal
+
+    import domainmona.cli as cli
+    from domainmona.io import atomic_path
+
+    def command(argv):
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("done")
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", command)
+    assert run([]) == 0 and (tmp_path / "out.txt").read_text() == "done"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(cli, "_dispatch", lambda argv: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # without Ctrl-C a failure stays a traceback
+        run([])
