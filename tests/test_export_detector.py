@@ -112,7 +112,7 @@ def assert_ious_matched(ious: np.ndarray, expected, got) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["mona", "lora"])
+@pytest.mark.parametrize("method", ["mona", "lora", "ssf", "vpt-deep", "conv-adapter"])
 def test_exported_detector_matches_torch(tmp_path_factory, scenes, method):
     root = tmp_path_factory.mktemp(f"det-{method}")
     checkpoint = detector_checkpoint(root, method)
