@@ -68,8 +68,9 @@ def train_detection(chips: Path | None, work_dir: Path, max_iters: int | None = 
                     resume: bool = False, amp: bool = True, adapter_recompute: bool = True,
                     checkpoint_blocks: bool = False, scenes: SceneOptions | None = None) -> Path:
     """`train_geo_det` with these settings."""
-    return train_geo_det(GeoDetSettings(work_dir, chips, scenes, max_iters, backbone, adapter, {}, pretrained, seed,
-                                        resume, amp, adapter_recompute, checkpoint_blocks))
+    return train_geo_det(GeoDetSettings(work_dir, chips=chips, scenes=scenes, max_iters=max_iters, backbone=backbone,
+                                        adapter=adapter, pretrained=pretrained, seed=seed, resume=resume, amp=amp,
+                                        adapter_recompute=adapter_recompute, checkpoint_blocks=checkpoint_blocks))
 
 
 def train_geo_det(settings: GeoDetSettings) -> Path:
