@@ -234,9 +234,9 @@ class OnnxNetwork:
         import onnxruntime as ort
         import torch
 
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        from domainmona.onnx_detector import execution_providers
+
+        self.session = ort.InferenceSession(str(path), providers=execution_providers())
         self.metadata = metadata
         self.device = torch.device("cpu")  # where inputs are gathered and outputs returned
 

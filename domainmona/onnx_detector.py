@@ -33,14 +33,19 @@ def read_metadata(path: Path) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
+def execution_providers() -> list[str]:
+    """onnxruntime's CUDA provider when this install has it (onnxruntime-gpu), then the CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
 class OnnxDetector:
     """The two graphs of an exported detector (``path`` and the RoI head file its metadata names beside it)."""
 
     def __init__(self, path: Path | str, threads: int | None = None):
         """``threads``: onnxruntime's intra-op threads (its default, one per core, when None)."""
         path = Path(path)
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        providers = execution_providers()
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
