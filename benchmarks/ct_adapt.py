@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 import yaml
 from bench_adapters import interleaved
-from report import machine, study_arguments, write_markdown
+from report import Journal, machine, study_arguments, write_markdown
 
 from domainmona.io import atomic_path
 
@@ -166,23 +165,6 @@ def run_row(row: Row, k: int, seed: int, network: str, datalist: Path, config: P
     print(f"K={k} seed {seed} {row.label}: Dice {run['dice']:.3f}, {run['cpu_s']:.0f} CPU s, {run['peak_mb']:.0f} MB",
           flush=True)
     return run
-
-
-class Journal:
-    """Finished training runs, one JSON line each, appended as they finish: a run stopped midway (Ctrl-C, a
-    session's end) resumes with the runs it has, those of the same budget (`budget`) only."""
-
-    def __init__(self, path: Path, budget: dict):
-        self.path, self.budget, self.lock = path, budget, threading.Lock()
-        lines = path.read_text().splitlines() if path.exists() else []
-        self.done = [run for run in map(json.loads, lines) if run.get("budget") == budget]
-        self.keys = {(run["row"], run["k"], run["seed"]) for run in self.done}
-
-    def add(self, runs: list[dict]) -> list[dict]:
-        with self.lock, self.path.open("a") as stream:
-            for run in runs:
-                stream.write(json.dumps({**run, "budget": self.budget}) + "\n")
-        return runs
 
 
 def attempt(row: Row, *args, refused: dict[str, str]) -> list[dict]:
@@ -378,7 +360,8 @@ def main() -> None:
                                       args.lr)
                 jobs += [(row, k, seed, args.network, datalist, config, work, args.threads)
                          for row in ROWS if row.trained]
-        journal = Journal(stem.with_suffix(".runs.jsonl"), {"steps": steps, "lr": args.lr, "threads": args.threads})
+        journal = Journal(stem.with_suffix(".runs.jsonl"), {"steps": steps, "lr": args.lr, "threads": args.threads},
+                          key=lambda run: (run["row"], run["k"], run["seed"]))
         runs += journal.done
         todo = [] if args.partial else [job for job in jobs if (job[0].label, job[1], job[2]) not in journal.keys]
         print(f"{len(jobs) - len(todo)} of {len(jobs)} training runs done before (journal {journal.path.name})")

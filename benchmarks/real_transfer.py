@@ -53,7 +53,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ct_adapt import Refused, peak_rss_mb  # noqa: E402
 from real_data import ROLES, _boxes, fetch, neon_boxes_to_gpkg, sha256  # noqa: E402
-from report import machine, study_arguments, write_markdown  # noqa: E402
+from report import Journal, machine, study_arguments, write_markdown  # noqa: E402
 from transfer.run import METHOD_OPTIONS  # noqa: E402
 
 from domainmona.errors import UserError  # noqa: E402
@@ -422,14 +422,14 @@ def raster_checks(files: dict[str, Path], work: Path, iters: int, seg_checkpoint
 
 
 # ------------------------------------------------------------------------------------------------------ study
-def study(args, work: Path) -> dict:
+def study(args, work: Path, journal: Journal) -> dict:
     files = fetch(cache=args.cache)
     weights = {backbone: files[role] for backbone, role in BACKBONES.items() if role}
     det = detection_split(files, work / "det")
     seg = segmentation_split(files, work / "seg")
     shots, seeds = ((5,), 1) if args.quick else (SHOTS, args.seeds)
     methods = QUICK_METHODS if args.quick else METHODS
-    chips, refused, runs = {}, {}, []
+    chips, refused, runs = {}, {}, list(journal.done)
     jobs = []
     for seed in range(seeds):
         chips[("geo-seg", None, seed)] = seg_chips = work / f"seg-chips-s{seed}"
@@ -438,10 +438,12 @@ def study(args, work: Path) -> dict:
         for k in shots:
             chips[("geo-det", k, seed)], labelled = tile_shots(work, det, k, seed)
             det.setdefault("labelled", {})[f"{k or 'all'}-s{seed}"] = labelled
-    for k in shots:  # the first K and seed first, so that a refused row is known before its other cells run
-        for seed in range(seeds):
+    for seed in range(seeds):  # seed by seed, every cell once before any twice (a stopped study has them all);
+        for k in shots:        # the first K first, so that a refused row is known before its other cells run
             jobs += [Job("geo-det", b, m, k, seed) for b in BACKBONES for m in methods]
-    jobs += [Job("geo-seg", b, m, None, seed) for seed in range(seeds) for b in BACKBONES for m in methods]
+        jobs += [Job("geo-seg", b, m, None, seed) for b in BACKBONES for m in methods]
+    todo = [] if args.partial else [job for job in jobs if run_key(vars(job)) not in journal.keys]
+    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs done before (journal {journal.path.name})", flush=True)
 
     def one(job: Job) -> list[dict]:
         key = f"{job.task} {job.backbone} {job.method}"
@@ -462,15 +464,29 @@ def study(args, work: Path) -> dict:
                  "score": value, "iters": iters, **{k: v for k, v in run.items() if k != "prediction"}}]
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        for done in pool.map(one, jobs):
+        for done in pool.map(lambda job: journal.add(one(job)), todo):
             runs += done
-    first_seg = next((work / Job("geo-seg", r["backbone"], r["method"], None, r["seed"]).name / "run"
-                      / "geo-seg.safetensors" for r in runs if r["task"] == "geo-seg"), None)
-    checks = raster_checks(files, work / "rasters", 2 if args.quick else 20, first_seg)
+    checks = [] if args.partial else raster_checks(files, work / "rasters", 2 if args.quick else 20,
+                                                   landsat_checkpoint(work, jobs, chips, seg, weights, args))
     return {"runs": runs, "refused": refused, "checks": checks, "shots": [k or "all" for k in shots],
-            "seeds": seeds, "methods": list(methods),
+            "seeds": seeds, "methods": list(methods), "planned_runs": len(jobs),
             "split": {"detection": {key: det[key] for key in ("west", "east", "crossing", "labelled")},
                       "segmentation": seg["pixels"]}}
+
+
+def run_key(run: dict) -> tuple:
+    """A run's cell and seed, in the journal and in the job list alike."""
+    return run["task"], run["backbone"], run["method"], run["k"], run["seed"]
+
+
+def landsat_checkpoint(work: Path, jobs: list, chips: dict, seg: dict, weights: dict, args) -> Path:
+    """A geo-seg checkpoint for the Landsat COG check: the first segmentation run's of this process, or (its
+    runs all journalled by an earlier one) that run again."""
+    first = next(job for job in jobs if job.task == "geo-seg")
+    checkpoint = work / first.name / "run" / "geo-seg.safetensors"
+    if not checkpoint.exists():
+        run_job(first, chips[(first.task, first.k, first.seed)], seg["test"], args.seg_iters, work, weights)
+    return checkpoint
 
 
 QUICK_METHODS = ("full", "mona", "vpt-deep")
@@ -514,11 +530,28 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
             for key, v in cells.items()}
 
 
-def cell(summary: dict, key: str) -> str:
+def cell(summary: dict, key: str, seeds: int) -> str:
+    """mean ± std over seeds; (n=) when fewer seeds than planned are in."""
     if key not in summary:
         return "-"
     value = summary[key]
-    return f"{value['mean']:.3f}" + (f" ± {value['std']:.3f}" if value["std"] is not None else "")
+    return (f"{value['mean']:.3f}" + (f" ± {value['std']:.3f}" if value["std"] is not None else "")
+            + (f" (n={value['n']})" if value["n"] < seeds else ""))
+
+
+def resumed_line(setup: dict, result: dict) -> str:
+    """How long the study took, and for a partial report how much of it is there."""
+    line = f"whole run {setup['minutes']:.1f} min. "
+    if setup.get("resumed_runs"):
+        line = (f"resumed from its journal ({setup['resumed_runs']} runs done before): the runs' own wall time "
+                f"{setup['run_minutes']:.1f} min over {setup['jobs']} side by side, this process "
+                f"{setup['minutes']:.1f} min. ")
+    if setup.get("partial"):
+        line += (f"**Partial report**: {setup['finished_runs']} of {result['planned_runs']} runs finished; a cell "
+                 "of fewer seeds says how many (n=), '-' has none yet; the item-3 raster checks run with the whole "
+                 "study; running the command again without `--partial` resumes from "
+                 "`benchmarks/results/real_transfer.runs.jsonl`. ")
+    return line
 
 
 def report(stem: Path, setup: dict, result: dict) -> None:
@@ -529,7 +562,8 @@ def report(stem: Path, setup: dict, result: dict) -> None:
         f"# Few-shot transfer on real aerial imagery with real ImageNet weights{' (smoke run)' if setup['quick'] else ''}",
         "",
         f"Written by `benchmarks/real_transfer.py` on {setup['date']}, {setup['machine']}, "
-        f"{setup.get('threads', 1)} thread(s) per run (OMP_NUM_THREADS), {setup['jobs']} run(s) side by side; whole run {setup['minutes']:.1f} min. "
+        f"{setup.get('threads', 1)} thread(s) per run (OMP_NUM_THREADS), {setup['jobs']} run(s) side by side; "
+        + resumed_line(setup, result) +
         f"Command: `{setup['command']}`. Versions: "
         + ", ".join(f"{k} {v}" for k, v in setup["versions"].items()) + ".",
         "",
@@ -557,7 +591,8 @@ def report(stem: Path, setup: dict, result: dict) -> None:
             if key in result["refused"]:
                 lines.append(f"| {method} | " + " | ".join(["refused"] * len(shots)) + " |")
             else:
-                lines.append(f"| {method} | " + " | ".join(cell(summary, f"geo-det|{backbone}|{method}|{k}")
+                lines.append(f"| {method} | " + " | ".join(cell(summary, f"geo-det|{backbone}|{method}|{k}",
+                                                                result["seeds"])
                                                            for k in shots) + " |")
         lines.append("")
     lines += [
@@ -575,7 +610,8 @@ def report(stem: Path, setup: dict, result: dict) -> None:
         "| method | " + " | ".join(f"mIoU {b}" for b in BACKBONES) + " |", "|---|" + "---:|" * len(BACKBONES)]
     for method in methods:
         lines.append(f"| {method} | " + " | ".join(
-            "refused" if f"geo-seg {b} {method}" in result["refused"] else cell(summary, f"geo-seg|{b}|{method}|all")
+            "refused" if f"geo-seg {b} {method}" in result["refused"]
+            else cell(summary, f"geo-seg|{b}|{method}|all", result["seeds"])
             for b in BACKBONES) + " |")
     lines += ["", "Method options (`--adapter-opt`, the transfer study's): "
               + "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in METHOD_OPTIONS[m].items())}"
@@ -648,6 +684,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side")
     parser.add_argument("--cache", type=Path, help="real_data's cache folder")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    parser.add_argument("--partial", action="store_true", help="report the journal's finished runs only (a "
+                        "stopped study resumes from its journal when run again without it)")
     args = study_arguments(parser, lambda stem, saved: report(stem, saved["setup"], saved["result"]))
     if args is None:
         return
@@ -655,11 +693,15 @@ def main() -> None:
         args.det_iters, args.seg_iters, args.seeds = 2, 2, 1
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every command's process inherits it
     started = time.perf_counter()
+    stem = RESULTS / ("real_transfer_quick" if args.quick else "real_transfer")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(stem.with_suffix(".runs.jsonl"), {"det_iters": args.det_iters, "seg_iters": args.seg_iters,
+                                                         "threads": args.threads}, key=run_key)
     try:
         with tempfile.TemporaryDirectory(prefix="real-transfer-") as tmp:
             work = args.keep or Path(tmp)
             work.mkdir(parents=True, exist_ok=True)
-            result = study(args, work)
+            result = study(args, work, journal)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -672,14 +714,17 @@ def main() -> None:
              "quick": args.quick, "threads": args.threads, "jobs": args.jobs, "det_iters": args.det_iters,
              "seg_iters": args.seg_iters,
              "command": " ".join([".venv/bin/python benchmarks/real_transfer.py", *sys.argv[1:]]),
-             "minutes": (time.perf_counter() - started) / 60, "versions": versions(), "sources": sources_read(),
+             "minutes": (time.perf_counter() - started) / 60, "partial": args.partial,
+             "resumed_runs": len(journal.done), "finished_runs": len(result["runs"]),
+             "run_minutes": sum(run["wall_s"] for run in result["runs"]) / 60 / args.jobs,
+             "versions": versions(), "sources": sources_read(),
              "weights": {b: f"ImageNet, `{Path(ROLES[r].members[r].path).name}`" if r else
                          "the shipped micro Swin, `micro`'s default weights" for b, r in BACKBONES.items()},
              "weights_lines": lines}
-    stem = RESULTS / ("real_transfer_quick" if args.quick else "real_transfer")
-    stem.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(stem.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({"setup": setup, "result": result}, indent=1, default=str))
+    if not args.partial:
+        journal.path.unlink(missing_ok=True)  # its runs are in the .json now
     report(stem, setup, result)
 
 

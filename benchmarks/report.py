@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import platform
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from domainmona.io import atomic_path
@@ -14,6 +15,24 @@ from domainmona.io import atomic_path
 
 def machine() -> str:
     return f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU"
+
+
+class Journal:
+    """Finished runs of a study, one JSON line each, appended as they finish: a study stopped midway (Ctrl-C, a
+    session's end) resumes with the runs it has, those of the same budget (`budget`) only; `key(run)` names a
+    run's cell and seed, so that the study skips what is in `keys`."""
+
+    def __init__(self, path: Path, budget: dict, key: Callable[[dict], Hashable]):
+        self.path, self.budget, self.lock = path, budget, threading.Lock()
+        lines = path.read_text().splitlines() if path.exists() else []
+        self.done = [run for run in map(json.loads, lines) if run.get("budget") == budget]
+        self.keys = {key(run) for run in self.done}
+
+    def add(self, runs: list[dict]) -> list[dict]:
+        with self.lock, self.path.open("a") as stream:
+            for run in runs:
+                stream.write(json.dumps({**run, "budget": self.budget}) + "\n")
+        return runs
 
 
 def write_markdown(path: Path, lines: list[str]) -> None:

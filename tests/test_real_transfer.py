@@ -104,3 +104,24 @@ def test_netcdf_without_georeferencing_attributes_is_refused(tmp_path):
     copy(tmp_path / "b.tif", tmp_path / "b.nc", driver="netCDF")
     with pytest.raises(UserError, match="no crs/transform/nodatavals"):
         rt.netcdf_to_geotiff(tmp_path / "b.nc", tmp_path / "b_out.tif")
+
+
+def test_a_stopped_study_resumes_with_the_runs_of_its_budget_and_reports_what_is_missing(tmp_path):
+    """The journal keeps finished runs across processes (a session's end); another budget's runs are not
+    reused; a partial cell says how many seeds it holds."""
+    from report import Journal
+
+    path = tmp_path / "study.runs.jsonl"
+    budget = {"det_iters": 20, "seg_iters": 40, "threads": 1}
+    runs = [{"task": "geo-det", "backbone": "micro", "method": "mona", "k": 5, "seed": s, "score": 0.1 * (s + 1),
+             "wall_s": 60.0} for s in range(2)]
+    Journal(path, budget, key=rt.run_key).add(runs)
+    again = Journal(path, budget, key=rt.run_key)
+    assert [run["score"] for run in again.done] == [0.1, 0.2]
+    assert rt.run_key(vars(rt.Job("geo-det", "micro", "mona", 5, 1))) in again.keys
+    assert rt.run_key(vars(rt.Job("geo-det", "micro", "mona", 5, 2))) not in again.keys
+    assert Journal(path, {**budget, "det_iters": 300}, key=rt.run_key).done == []
+    summary = rt.summarise(again.done)
+    assert rt.cell(summary, "geo-det|micro|mona|5", 3) == "0.150 ± 0.071 (n=2)"
+    assert rt.cell(summary, "geo-det|micro|mona|5", 2) == "0.150 ± 0.071"
+    assert rt.cell(summary, "geo-det|micro|full|5", 3) == "-"
