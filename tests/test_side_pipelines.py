@@ -242,3 +242,19 @@ def test_probe_measures_a_step_with_a_side_network():
     assert row.trainable_params == counts.trainable_model_params
     assert row.step_s is not None and row.adapter_file_bytes > 4 * row.trainable_params
     assert "side network hst" in p.table([row], None).title
+
+
+@pytest.mark.parametrize("side, option", [("hst", "n_metas=2"), ("vit-comer", "deform_head=4"), ("simple", "dim=8")])
+def test_an_option_the_side_network_does_not_take_is_refused_by_name(side, option):
+    """Checked against the constructor's signature: the line names the option and what the network takes (a
+    TypeError raised while building is a bug, and stays one)."""
+    import timm
+
+    from domainmona.adapters.side import build_side
+    from domainmona.adapters.side.host import host_vit
+
+    with torch.device("meta"):
+        host = host_vit(timm.create_model("vit_small_patch16_224", dynamic_img_size=True))
+    name = option.split("=")[0]
+    with pytest.raises(UserError, match=rf"^{side}: unknown option\(s\) {name}; it takes \w"):
+        build_side(side, host, 3, {name: 2})

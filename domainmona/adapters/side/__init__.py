@@ -14,6 +14,7 @@ module holds its presets. `host` is the protocol side networks call the ViT thro
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,8 +78,16 @@ def build_side(name: str, host: HostViT, in_chans: int, options: dict[str, Any] 
     """Side network `name` for the ViT `host`, on `in_chans` input bands."""
     cls = side_class(name)
     if name == "simple":
-        return cls(host.dim, **dict(options or {}))
-    try:
-        return cls(host, in_chans=in_chans, **side_options(name, host.dim, options))
-    except TypeError as exc:  # an option the constructor does not take
-        raise UserError(f"{name}: {exc}") from None
+        return cls(host.dim, **_accepted(name, cls, dict(options or {})))
+    return cls(host, in_chans=in_chans, **_accepted(name, cls, side_options(name, host.dim, options)))
+
+
+def _accepted(name: str, cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options``, refused in one line if the constructor does not take one of them (checked against its
+    signature, so that a TypeError raised while building stays the bug it is)."""
+    takes = [p for p in inspect.signature(cls).parameters if p not in ("host", "dim", "in_chans")]
+    unknown = sorted(set(options) - set(takes))
+    if unknown:
+        raise UserError(f"{name}: unknown option(s) {', '.join(unknown)}; it takes "
+                        f"{', '.join(takes) or 'none'}")
+    return options
