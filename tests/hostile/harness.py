@@ -250,8 +250,9 @@ def interrupted(case: Interrupt, ws: Path, timeout: float = 300) -> str:
     _wait_until_gone(process.pid)
     CASES_RUN[case.command] += 1
     assert "Traceback" not in stderr, stderr
-    # Death by SIGINT after the line is printed is the same exit to a shell ($? = 130): CPython ends that way when
-    # a KeyboardInterrupt once went through its PyRun_* C API (pybind11 uses it while torch imports).
+    # Death by SIGINT after the line is printed is the same exit to a shell ($? = 130). CPython ends that way
+    # when a KeyboardInterrupt once left code run through its PyRun_* C API (_Py_UnhandledKeyboardInterrupt),
+    # as extension modules' embedded Python does (pybind11's py::exec); seen for Ctrl-C while torch imports.
     assert process.returncode in (130, -signal.SIGINT), f"exit {process.returncode}: {stderr}"
     line = stderr.strip().splitlines()[-1]
     errors = [s for s in stderr.splitlines() if s.startswith("error:")]
