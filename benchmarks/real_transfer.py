@@ -458,6 +458,8 @@ def study(args, work: Path, journal: Journal) -> dict:
             print(f"{key}: refused: {exc}", flush=True)
             return []
         value = score(job, run, det, seg, work)
+        if job.task == "geo-det" and not args.keep:  # mmengine's iter_*.pth: the full study kept 56 GB of them
+            shutil.rmtree(work / job.name / "run")
         print(f"{job.name}: {'mAP' if job.task == 'geo-det' else 'mIoU'} {value:.3f} in {run['wall_s']:.0f} s",
               flush=True)
         return [{"task": job.task, "backbone": job.backbone, "method": job.method, "k": job.k, "seed": job.seed,
