@@ -25,11 +25,6 @@ def _on_sigint(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def pressed() -> bool:
-    """Whether Ctrl-C was pressed since `recording` began."""
-    return _pressed
-
-
 def check() -> None:
     """Raise KeyboardInterrupt again if Ctrl-C was pressed, whatever became of the first one."""
     if _pressed:

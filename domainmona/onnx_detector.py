@@ -245,6 +245,7 @@ def _pool(table: np.ndarray, shape: tuple[int, int], index: np.ndarray, geometry
 _SLACK = 1e-9  # how far, as a fraction of an edge, a candidate vertex may lie beyond it and still count
 _PARALLEL = 1e-8  # sine of the angle below which two edges count as parallel
 PAIR_CHUNK = 65536  # box pairs per vectorised step (24 candidate points each)
+ROW_BLOCK = 1024  # boxes whose distances to all others are taken at once in the pair search
 
 
 def _vertices(boxes: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -317,11 +318,12 @@ def _later_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centre = boxes[:, :2].astype(np.float64)
     radius = np.hypot(boxes[:, 2], boxes[:, 3]).astype(np.float64) / 2
     rows, cols = [], []
-    for start in range(0, len(boxes), 1024):
-        distance = np.hypot(*(centre[start:start + 1024, None] - centre[None]).transpose(2, 0, 1))
-        reach = radius[start:start + 1024, None] + radius[None]
+    for start in range(0, len(boxes), ROW_BLOCK):
+        block = slice(start, start + ROW_BLOCK)
+        distance = np.hypot(*(centre[block, None] - centre[None]).transpose(2, 0, 1))
+        reach = radius[block, None] + radius[None]
         near = (distance <= reach * (1 + 1e-5) + 1e-3) & \
-            (np.arange(len(boxes))[None] > np.arange(start, min(start + 1024, len(boxes)))[:, None])
+            (np.arange(len(boxes))[None] > np.arange(len(boxes))[block, None])
         i, j = np.nonzero(near)
         rows.append(i + start), cols.append(j)
     return np.concatenate(rows), np.concatenate(cols)
@@ -331,7 +333,8 @@ def _may_reach(boxes: np.ndarray, rows: np.ndarray, cols: np.ndarray, threshold:
     """The pairs whose IoU can reach ``threshold``: their intersection is at most the overlap of their
     axis-aligned hulls and at most the smaller box, and IoU = I / (a1 + a2 - I) grows with I; pairs whose
     bound stays (with a 1e-6 margin for rounding) below the threshold cannot suppress, so their exact IoU
-    is not needed. It cuts the exact IoUs to about a third on detector outputs."""
+    is not needed. At the RoI head's threshold 0.1 it drops about a fifth of the pairs (6,296 -> 5,169 on a
+    micro detector's 300 boxes of one class)."""
     hull = rbox_hull(boxes.astype(np.float64))
     first, second = hull[rows], hull[cols]
     overlap = (np.maximum(np.minimum(first[:, 2], second[:, 2]) - np.maximum(first[:, 0], second[:, 0]), 0)
